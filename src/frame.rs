@@ -1,0 +1,164 @@
+//! What flows between stages.
+//!
+//! A [`Frame`] is a small enum moved (never copied) through bounded channels.
+//! Frames that belong to a turn carry its [`TurnId`], so a stage can drop the
+//! leftovers of a turn that was cancelled (barge-in) on sight instead of
+//! relying on "is speaking" flags that race.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Sample rate of every audio frame that enters a pipeline: the decoder and
+/// the live-call edge resample to it once, so stages never have to.
+pub const PIPELINE_SAMPLE_RATE: u32 = 16_000;
+
+/// Identifies one user turn: from the VAD's "speech started" to the end of
+/// the reply. Monotonic within a pipeline run; 0 is never a real turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct TurnId(pub u64);
+
+impl fmt::Display for TurnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A piece of mono PCM audio, samples in [-1, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioChunk {
+    pub sample_rate: u32,
+    pub samples: Vec<f32>,
+}
+
+impl AudioChunk {
+    pub fn new(sample_rate: u32, samples: Vec<f32>) -> Self {
+        Self {
+            sample_rate,
+            samples,
+        }
+    }
+
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.samples.len() as f64 / self.sample_rate as f64)
+    }
+}
+
+/// The speech of one turn as the VAD cut it out, shared because several
+/// consumers (STT, the bench's recorder) may want it without copying.
+#[derive(Debug, Clone)]
+pub struct Utterance {
+    pub turn: TurnId,
+    pub audio: Arc<AudioChunk>,
+    /// Where the speech starts in the input stream (after any pre-roll).
+    pub start: Duration,
+    /// When the VAD decided the turn was over; latencies count from here.
+    pub ended_at: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// Input audio (16 kHz mono) or, after TTS, reply audio.
+    Audio(AudioChunk),
+    /// The VAD heard speech begin. In a live call this is the barge-in signal.
+    SpeechStarted { turn: TurnId, at: Duration },
+    /// The VAD heard the end of the turn; carries the turn's speech.
+    SpeechEnded(Utterance),
+    /// A transcript of the turn's speech; partial ones may be revised.
+    Transcript {
+        turn: TurnId,
+        text: String,
+        is_final: bool,
+    },
+    /// Planner output, in the order written.
+    ReplyDelta { turn: TurnId, text: String },
+    /// The turn is complete; each stage adds its own timing on the way down.
+    EndOfTurn(TurnMetrics),
+}
+
+impl Frame {
+    /// The turn this frame belongs to, if it belongs to one.
+    pub fn turn(&self) -> Option<TurnId> {
+        match self {
+            Frame::Audio(_) => None,
+            Frame::SpeechStarted { turn, .. }
+            | Frame::Transcript { turn, .. }
+            | Frame::ReplyDelta { turn, .. } => Some(*turn),
+            Frame::SpeechEnded(u) => Some(u.turn),
+            Frame::EndOfTurn(m) => Some(m.turn),
+        }
+    }
+
+    /// Short name for logs and test assertions.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Audio(_) => "audio",
+            Frame::SpeechStarted { .. } => "speech_started",
+            Frame::SpeechEnded(_) => "speech_ended",
+            Frame::Transcript { .. } => "transcript",
+            Frame::ReplyDelta { .. } => "reply_delta",
+            Frame::EndOfTurn(_) => "end_of_turn",
+        }
+    }
+}
+
+/// Per-turn timings. Travels inside [`Frame::EndOfTurn`]: each stage appends
+/// its [`StageTiming`] as the frame passes, so the sink sees the whole turn
+/// without any shared table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnMetrics {
+    pub turn: TurnId,
+    /// Length of the caller's speech in this turn.
+    #[serde(serialize_with = "ser_ms")]
+    pub speech: Duration,
+    /// When the VAD decided the turn ended (the anchor for latencies).
+    #[serde(skip)]
+    pub speech_ended_at: Instant,
+    pub stages: Vec<StageTiming>,
+}
+
+impl TurnMetrics {
+    pub fn new(turn: TurnId, speech: Duration, speech_ended_at: Instant) -> Self {
+        Self {
+            turn,
+            speech,
+            speech_ended_at,
+            stages: Vec::new(),
+        }
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&StageTiming> {
+        self.stages.iter().find(|s| s.stage == name)
+    }
+}
+
+/// One stage's share of a turn.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTiming {
+    pub stage: String,
+    /// From the stage's first input frame of the turn to its first output
+    /// frame of the turn. `None` when the stage's input carries no turn id
+    /// (the VAD reads raw audio) or it produced nothing for the turn.
+    #[serde(serialize_with = "ser_opt_ms")]
+    pub time_to_first_output: Option<Duration>,
+    /// From the end of the caller's speech to this stage's first output:
+    /// the latency a caller feels, stage by stage.
+    #[serde(serialize_with = "ser_opt_ms")]
+    pub first_output_after_speech_end: Option<Duration>,
+    /// Time spent working (not waiting for input) since the previous turn.
+    #[serde(serialize_with = "ser_ms")]
+    pub busy: Duration,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
+}
+
+fn ser_opt_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_ms(d, s),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,21 @@
+//! parlor: a voice-agent pipeline service.
+//!
+//! A caller speaks; the VAD finds the turn, Whisper transcribes it, a planner
+//! answers with tools from MCP servers, and TTS speaks the answer. Stages are
+//! declared in `pipelines/*.toml` and connected by bounded channels.
+//!
+//! # Layout
+//! - [`spec`]: pipeline specs, parsed and validated up front.
+//! - [`frame`]: what flows between stages, and per-turn metrics.
+//! - [`stages`]: the stage contract ([`stages::Stage`]) and one folder per kind.
+//! - [`runner`]: wires stages with bounded channels; shutdown and drain.
+//! - [`turns`]: turn ids and per-turn cancellation (barge-in).
+//! - [`audio`]: decode, resample, WAV (the only module that knows symphonia).
+//! - [`transcribe`]: the `parlor transcribe` job, as a library call.
+
+pub mod audio;
+pub mod frame;
+pub mod runner;
+pub mod spec;
+pub mod stages;
+pub mod turns;

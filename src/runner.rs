@@ -1,0 +1,190 @@
+//! Wires stages into a running pipeline.
+//!
+//! Every edge is a bounded `tokio::sync::mpsc` channel of the spec's
+//! capacity; sends wait when the next stage is full, so a slow stage holds
+//! the caller back instead of letting memory grow (audio and text must not
+//! be dropped). The runner owns the shutdown token and the stage tasks, and
+//! its [`RunningPipeline::shutdown`] drains within a deadline, naming the
+//! stages that did not stop.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::frame::Frame;
+use crate::stages::{Stage, StageContext, StageError, StageIo};
+use crate::turns::Turns;
+
+/// Stages in order, ready to start.
+pub struct Pipeline {
+    stages: Vec<Box<dyn Stage>>,
+    capacity: NonZeroUsize,
+    barge_in: bool,
+}
+
+impl Pipeline {
+    pub fn new(capacity: NonZeroUsize) -> Self {
+        Self {
+            stages: Vec::new(),
+            capacity,
+            barge_in: true,
+        }
+    }
+
+    pub fn stage(mut self, stage: Box<dyn Stage>) -> Self {
+        self.stages.push(stage);
+        self
+    }
+
+    /// Whether a new turn cancels the turns still in flight. On for live
+    /// calls; off when transcribing a file, which is read faster than real
+    /// time, so turns overlap without anyone interrupting.
+    pub fn barge_in(mut self, on: bool) -> Self {
+        self.barge_in = on;
+        self
+    }
+
+    /// Spawn one task per stage and connect them. Must be called inside a
+    /// tokio runtime.
+    pub fn start(self) -> RunningPipeline {
+        let shutdown = CancellationToken::new();
+        let turns = Arc::new(Turns::new(self.barge_in, shutdown.clone()));
+        let cx = StageContext {
+            shutdown: shutdown.clone(),
+            turns: turns.clone(),
+        };
+        let capacity = self.capacity.get();
+        let (input, mut upstream) = mpsc::channel(capacity);
+        let mut tasks = Vec::with_capacity(self.stages.len());
+        for stage in self.stages {
+            let (tx, rx) = mpsc::channel(capacity);
+            let name = stage.name();
+            let io = StageIo::new(name, upstream, tx);
+            let span = tracing::info_span!("stage", stage = name);
+            let cx = cx.clone();
+            let handle = tokio::spawn(
+                async move {
+                    tracing::debug!(message = "Stage started.");
+                    let result = stage.run(io, cx).await;
+                    match &result {
+                        Ok(()) | Err(StageError::DownstreamClosed) => {
+                            tracing::debug!(message = "Stage stopped.")
+                        }
+                        Err(error) => tracing::error!(message = "Stage failed.", %error),
+                    }
+                    result
+                }
+                .instrument(span),
+            );
+            tasks.push((name, handle));
+            upstream = rx;
+        }
+        RunningPipeline {
+            input: Some(input),
+            output: upstream,
+            tasks,
+            shutdown,
+            turns,
+        }
+    }
+}
+
+/// A started pipeline: push frames into `input`, read results from `output`.
+pub struct RunningPipeline {
+    input: Option<mpsc::Sender<Frame>>,
+    output: mpsc::Receiver<Frame>,
+    tasks: Vec<(&'static str, JoinHandle<Result<(), StageError>>)>,
+    shutdown: CancellationToken,
+    turns: Arc<Turns>,
+}
+
+/// How a pipeline ended.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Stages that returned an error, with it.
+    pub failed: Vec<(&'static str, String)>,
+    /// Stages that did not stop within the drain deadline and were aborted.
+    pub aborted: Vec<&'static str>,
+}
+
+impl Finished {
+    /// The first stage failure as an error, for callers that want `?`.
+    pub fn into_result(self) -> anyhow::Result<()> {
+        if let Some((stage, error)) = self.failed.into_iter().next() {
+            anyhow::bail!("{error} (stage {stage})");
+        }
+        if !self.aborted.is_empty() {
+            anyhow::bail!("stages did not stop in time: {}", self.aborted.join(", "));
+        }
+        Ok(())
+    }
+}
+
+impl RunningPipeline {
+    /// Where frames go in. `None` after [`Self::close_input`].
+    pub fn input(&self) -> Option<&mpsc::Sender<Frame>> {
+        self.input.as_ref()
+    }
+
+    /// A second handle to the input, e.g. for a feeder task.
+    pub fn input_handle(&self) -> mpsc::Sender<Frame> {
+        self.input.clone().expect("input already closed")
+    }
+
+    /// Frames out of the last stage.
+    pub fn output(&mut self) -> &mut mpsc::Receiver<Frame> {
+        &mut self.output
+    }
+
+    pub fn turns(&self) -> &Arc<Turns> {
+        &self.turns
+    }
+
+    /// Say that no more input is coming: stages finish what they hold and
+    /// stop in order, and the output ends after the last frame.
+    pub fn close_input(&mut self) {
+        self.input = None;
+    }
+
+    /// Wait for every stage to stop on its own (after [`Self::close_input`]
+    /// and the output has been read to its end), at most `deadline`.
+    pub async fn join(self, deadline: Duration) -> Finished {
+        self.drain(deadline, false).await
+    }
+
+    /// Stop now: cancel every stage and every turn, then wait at most
+    /// `deadline` for them, aborting and naming the ones still running.
+    pub async fn shutdown(self, deadline: Duration) -> Finished {
+        self.drain(deadline, true).await
+    }
+
+    async fn drain(mut self, deadline: Duration, cancel: bool) -> Finished {
+        self.input = None;
+        if cancel {
+            self.shutdown.cancel();
+        }
+        // Unread output would keep the last stage blocked on a full channel.
+        let output = std::mem::replace(&mut self.output, mpsc::channel(1).1);
+        drop(output);
+        let mut finished = Finished::default();
+        let until = tokio::time::Instant::now() + deadline;
+        for (name, mut handle) in self.tasks {
+            match tokio::time::timeout_at(until, &mut handle).await {
+                Ok(Ok(Ok(()) | Err(StageError::DownstreamClosed))) => {}
+                Ok(Ok(Err(error))) => finished.failed.push((name, error.to_string())),
+                Ok(Err(join_error)) => finished.failed.push((name, join_error.to_string())),
+                Err(_) => {
+                    tracing::warn!(message = "Stage did not stop in time; aborting.", stage = name);
+                    handle.abort();
+                    finished.aborted.push(name);
+                }
+            }
+        }
+        finished
+    }
+}

@@ -1,0 +1,662 @@
+//! Pipeline specs: `pipelines/*.toml` parsed and validated up front.
+//!
+//! A spec is a flat list of `[[stage]]` tables (a voice pipeline is a chain,
+//! not a graph) plus `[mcp.NAME]` server tables. `kind` selects the stage
+//! type through an internally tagged enum, so a typo gets "unknown variant
+//! `stt2`, expected one of ..." rather than "did not match any variant".
+//!
+//! Loading collects *every* problem before failing (each stage is
+//! deserialized on its own, then cross-checked), and each problem names the
+//! file, the place, the field and the fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default pipeline, embedded so `parlor` runs without a `--pipeline`.
+pub const LOCAL_PIPELINE: &str = include_str!("../pipelines/local.toml");
+/// How the embedded default is named in messages.
+pub const LOCAL_PIPELINE_PATH: &str = "pipelines/local.toml";
+
+const SETUP_FIX: &str = "run `bash models/setup.sh` from the project root";
+
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub name: String,
+    /// Capacity of every channel between stages. Bounded: a slow stage holds
+    /// the ones before it back instead of letting a queue grow.
+    pub channel_capacity: NonZeroUsize,
+    pub stages: Vec<StageSpec>,
+    pub mcp: BTreeMap<String, McpServerSpec>,
+    /// Where the spec came from, for messages.
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StageSpec {
+    Vad(VadSpec),
+    Stt(SttSpec),
+    Planner(PlannerSpec),
+    Tts(TtsSpec),
+    Realtime(RealtimeSpec),
+}
+
+impl StageSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageSpec::Vad(_) => "vad",
+            StageSpec::Stt(_) => "stt",
+            StageSpec::Planner(_) => "planner",
+            StageSpec::Tts(_) => "tts",
+            StageSpec::Realtime(_) => "realtime",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VadBackend {
+    /// Silero VAD (ONNX, through onnxruntime): a small neural net, robust to
+    /// noise and music.
+    Silero,
+    /// earshot: pure Rust, no model file, no runtime library.
+    Earshot,
+}
+
+/// Voice activity detection: where each turn's speech starts and ends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VadSpec {
+    #[serde(default = "default_vad_backend")]
+    pub backend: VadBackend,
+    /// Silero's ONNX model file.
+    #[serde(default = "default_silero_model")]
+    pub model: PathBuf,
+    /// onnxruntime shared library that Silero runs on (loaded at run time so
+    /// nothing is downloaded at build time).
+    #[serde(default = "default_onnxruntime")]
+    pub onnxruntime: PathBuf,
+    /// Speech probability above which a frame counts as speech.
+    #[serde(default = "default_vad_threshold")]
+    pub threshold: f32,
+    /// Silence that ends a turn. Shorter answers sooner but cuts callers who
+    /// pause mid-sentence.
+    #[serde(default = "default_end_of_turn_ms")]
+    pub end_of_turn_ms: u32,
+    /// Speech shorter than this is a click or a cough, not a turn.
+    #[serde(default = "default_min_speech_ms")]
+    pub min_speech_ms: u32,
+    /// Audio kept from before the detected start, so the first phoneme,
+    /// which the detector hears late, is not clipped.
+    #[serde(default = "default_pre_roll_ms")]
+    pub pre_roll_ms: u32,
+    /// A turn longer than this is ended anyway (Whisper reads 30 s windows).
+    #[serde(default = "default_max_turn_s")]
+    pub max_turn_s: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SttBackend {
+    /// whisper.cpp in process through whisper-rs.
+    WhisperLocal,
+    /// Any `/v1/audio/transcriptions` server.
+    Openai,
+}
+
+/// Speech to text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SttSpec {
+    pub backend: SttBackend,
+    /// A ggml file for `whisper-local`; a model name (`whisper-1`) for `openai`.
+    pub model: String,
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// CPU threads for whisper.cpp; 0 means one per core.
+    #[serde(default)]
+    pub threads: usize,
+    /// Encoder window in mel frames (1500 = 30 s). Smaller is faster but
+    /// changes transcripts on the tiny model (see MODELS.md); unset keeps
+    /// whisper's full window.
+    pub audio_ctx: Option<u32>,
+    /// Server for the `openai` backend.
+    pub base_url: Option<String>,
+    /// Environment variable that holds the API key for `openai`.
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+}
+
+/// The LLM that answers, using MCP tools. Options are filled in by the
+/// planner issue; the shape is here so specs validate today.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlannerSpec {
+    pub backend: ModelBackend,
+    pub model: Option<String>,
+    pub base_url: Option<String>,
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    /// System prompt file.
+    pub instructions: Option<PathBuf>,
+    /// Names of `[mcp.*]` servers whose tools the planner may use.
+    #[serde(default)]
+    pub mcp: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelBackend {
+    Local,
+    Openai,
+}
+
+/// Text to speech.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtsSpec {
+    pub backend: ModelBackend,
+    pub model: Option<String>,
+    pub voice: Option<String>,
+    pub base_url: Option<String>,
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    /// Output sample rate: 16000 or 24000.
+    #[serde(default = "default_tts_rate")]
+    pub sample_rate: u32,
+}
+
+/// Speech-to-speech over the Realtime protocol; replaces stt, planner, tts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RealtimeSpec {
+    #[serde(default = "default_realtime_model")]
+    pub model: String,
+    pub url: Option<String>,
+    #[serde(default = "default_api_key_env")]
+    pub api_key_env: String,
+    pub voice: Option<String>,
+    #[serde(default)]
+    pub mcp: Vec<String>,
+}
+
+/// One MCP server. `transport` selects how parlor reaches it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "transport", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum McpServerSpec {
+    /// A child process speaking over stdin/stdout. `env` is the *whole*
+    /// environment it gets besides PATH: secrets live with their server.
+    Stdio {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// Legacy HTTP+SSE.
+    Sse { url: String },
+    StreamableHttp { url: String },
+    /// Handed to the model provider, which calls the server itself.
+    Hosted { url: String },
+}
+
+fn default_vad_backend() -> VadBackend {
+    VadBackend::Silero
+}
+fn default_silero_model() -> PathBuf {
+    "models/silero_vad.onnx".into()
+}
+fn default_onnxruntime() -> PathBuf {
+    "models/libonnxruntime.so".into()
+}
+fn default_vad_threshold() -> f32 {
+    0.5
+}
+fn default_end_of_turn_ms() -> u32 {
+    400
+}
+fn default_min_speech_ms() -> u32 {
+    200
+}
+fn default_pre_roll_ms() -> u32 {
+    200
+}
+fn default_max_turn_s() -> u32 {
+    30
+}
+fn default_language() -> String {
+    "en".into()
+}
+fn default_api_key_env() -> String {
+    "OPENAI_API_KEY".into()
+}
+fn default_tts_rate() -> u32 {
+    24_000
+}
+fn default_realtime_model() -> String {
+    "gpt-realtime".into()
+}
+
+/// One thing wrong with a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the file: `stage 2 (stt)`, `mcp.orders`, or `top level`.
+    pub place: String,
+    /// The field at fault, when there is one.
+    pub field: Option<String>,
+    pub message: String,
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.place)?;
+        if let Some(field) = &self.field {
+            write!(f, ", field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, " (fix: {fix})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one spec file.
+#[derive(Debug, thiserror::Error)]
+pub struct SpecError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {n} problem{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl PipelineSpec {
+    /// Load and validate a spec file. Relative model paths resolve against
+    /// `base_dir` (normally the working directory).
+    pub fn load(path: &Path, base_dir: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                place: "file".into(),
+                field: None,
+                message: format!("cannot read it: {e}"),
+                fix: Some("check the --pipeline path".into()),
+            }],
+        })?;
+        Self::parse(&text, path, base_dir)
+    }
+
+    /// The embedded default pipeline.
+    pub fn local_default(base_dir: &Path) -> Result<Self, SpecError> {
+        Self::parse(LOCAL_PIPELINE, Path::new(LOCAL_PIPELINE_PATH), base_dir)
+    }
+
+    /// Parse and validate spec text; `source` names it in messages.
+    pub fn parse(text: &str, source: &Path, base_dir: &Path) -> Result<Self, SpecError> {
+        let fail = |problems| SpecError {
+            file: source.to_path_buf(),
+            problems,
+        };
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            fail(vec![Problem {
+                place: "syntax".into(),
+                field: None,
+                message: e.message().to_string(),
+                fix: Some(format!("fix the TOML {}", line_of(text, e.span()))),
+            }])
+        })?;
+        let mut problems = Vec::new();
+        let spec = Self::from_table(table, source, &mut problems);
+        validate(&spec, base_dir, &mut problems);
+        if problems.is_empty() {
+            Ok(spec)
+        } else {
+            Err(fail(problems))
+        }
+    }
+
+    fn from_table(mut table: toml::Table, source: &Path, problems: &mut Vec<Problem>) -> Self {
+        let top = |field: &str, message: String, fix: &str| Problem {
+            place: "top level".into(),
+            field: Some(field.into()),
+            message,
+            fix: Some(fix.into()),
+        };
+        let name = match table.remove("name") {
+            Some(toml::Value::String(s)) if !s.trim().is_empty() => s,
+            Some(_) => {
+                problems.push(top("name", "must be a non-empty string".into(), "name = \"local\""));
+                String::new()
+            }
+            None => {
+                problems.push(top("name", "missing".into(), "add name = \"...\""));
+                String::new()
+            }
+        };
+        let channel_capacity = match table.remove("channel_capacity") {
+            None => NonZeroUsize::new(32).expect("non-zero"),
+            Some(toml::Value::Integer(n)) if (1..=65_536).contains(&n) => {
+                NonZeroUsize::new(n as usize).expect("checked range")
+            }
+            Some(v) => {
+                problems.push(top(
+                    "channel_capacity",
+                    format!("must be an integer from 1 to 65536, got {v}"),
+                    "channel_capacity = 32",
+                ));
+                NonZeroUsize::new(32).expect("non-zero")
+            }
+        };
+        let mut stages = Vec::new();
+        match table.remove("stage") {
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let kind = item
+                        .get("kind")
+                        .and_then(|k| k.as_str())
+                        .unwrap_or("?")
+                        .to_string();
+                    match StageSpec::deserialize(item) {
+                        Ok(stage) => stages.push(stage),
+                        Err(e) => problems.push(serde_problem(
+                            format!("stage {} ({kind})", i + 1),
+                            e.message(),
+                        )),
+                    }
+                }
+            }
+            Some(_) => problems.push(top(
+                "stage",
+                "must be an array of tables".into(),
+                "write each stage as [[stage]]",
+            )),
+            None => problems.push(top(
+                "stage",
+                "no stages".into(),
+                "add at least one [[stage]] table",
+            )),
+        }
+        let mut mcp = BTreeMap::new();
+        match table.remove("mcp") {
+            Some(toml::Value::Table(servers)) => {
+                for (server, value) in servers {
+                    match McpServerSpec::deserialize(value) {
+                        Ok(s) => {
+                            mcp.insert(server, s);
+                        }
+                        Err(e) => problems.push(serde_problem(format!("mcp.{server}"), e.message())),
+                    }
+                }
+            }
+            Some(_) => problems.push(top(
+                "mcp",
+                "must be a table of servers".into(),
+                "write each server as [mcp.NAME]",
+            )),
+            None => {}
+        }
+        for (key, _) in table {
+            problems.push(Problem {
+                place: "top level".into(),
+                field: Some(key.clone()),
+                message: "unknown field".into(),
+                fix: Some("expected one of `name`, `channel_capacity`, `stage`, `mcp`".into()),
+            });
+        }
+        PipelineSpec {
+            name,
+            channel_capacity,
+            stages,
+            mcp,
+            source: source.to_path_buf(),
+        }
+    }
+
+    /// The stages a `transcribe` run needs: everything up to and including
+    /// speech-to-text.
+    pub fn listening_stages(&self) -> Vec<&StageSpec> {
+        self.stages
+            .iter()
+            .filter(|s| matches!(s, StageSpec::Vad(_) | StageSpec::Stt(_)))
+            .collect()
+    }
+}
+
+/// Turn a serde message into a problem, pulling out the field name serde
+/// puts in backticks ("unknown field `modle`", "missing field `model`").
+fn serde_problem(place: String, message: &str) -> Problem {
+    let field = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("field"))
+        .map(str::to_string);
+    let fix = if message.contains("unknown variant") {
+        Some("use one of the values listed".into())
+    } else if message.contains("unknown field") {
+        Some("remove it or correct its spelling; the valid fields are listed".into())
+    } else if message.contains("missing field") {
+        Some("add it".into())
+    } else {
+        None
+    };
+    let field = field.or_else(|| {
+        if message.contains("variant") {
+            Some(if message.contains("transport") || place.starts_with("mcp.") {
+                "transport".into()
+            } else if message.contains("kind") || !message.contains("backend") {
+                "kind".into()
+            } else {
+                "backend".into()
+            })
+        } else {
+            None
+        }
+    });
+    Problem {
+        place,
+        field,
+        message: message.to_string(),
+        fix,
+    }
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => format!(
+            "near line {}",
+            text[..span.start.min(text.len())].matches('\n').count() + 1
+        ),
+        None => String::new(),
+    }
+}
+
+/// Cross-field and cross-stage checks.
+fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
+    let place = |i: usize, s: &StageSpec| format!("stage {} ({})", i + 1, s.kind());
+    let problem = |place: String, field: &str, message: String, fix: &str| Problem {
+        place,
+        field: Some(field.into()),
+        message,
+        fix: Some(fix.into()),
+    };
+    let needs_file = |path: &Path| {
+        let full = base_dir.join(path);
+        (!full.is_file()).then(|| format!("file {} not found", path.display()))
+    };
+
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let at = place(i, stage);
+        match stage {
+            StageSpec::Vad(v) => {
+                if !(0.05..=0.95).contains(&v.threshold) {
+                    problems.push(problem(
+                        at.clone(),
+                        "threshold",
+                        format!("must be between 0.05 and 0.95, got {}", v.threshold),
+                        "threshold = 0.5",
+                    ));
+                }
+                if !(50..=5_000).contains(&v.end_of_turn_ms) {
+                    problems.push(problem(
+                        at.clone(),
+                        "end_of_turn_ms",
+                        format!("must be from 50 to 5000, got {}", v.end_of_turn_ms),
+                        "end_of_turn_ms = 400",
+                    ));
+                }
+                if v.pre_roll_ms > 1_000 {
+                    problems.push(problem(
+                        at.clone(),
+                        "pre_roll_ms",
+                        format!("must be at most 1000, got {}", v.pre_roll_ms),
+                        "pre_roll_ms = 200",
+                    ));
+                }
+                if !(1..=30).contains(&v.max_turn_s) {
+                    problems.push(problem(
+                        at.clone(),
+                        "max_turn_s",
+                        format!(
+                            "must be from 1 to 30 (one Whisper window), got {}",
+                            v.max_turn_s
+                        ),
+                        "max_turn_s = 30",
+                    ));
+                }
+                if v.backend == VadBackend::Silero {
+                    for (field, path) in [("model", &v.model), ("onnxruntime", &v.onnxruntime)] {
+                        if let Some(m) = needs_file(path) {
+                            problems.push(problem(at.clone(), field, m, SETUP_FIX));
+                        }
+                    }
+                }
+            }
+            StageSpec::Stt(s) => {
+                if s.backend == SttBackend::WhisperLocal {
+                    if let Some(m) = needs_file(Path::new(&s.model)) {
+                        problems.push(problem(at.clone(), "model", m, SETUP_FIX));
+                    }
+                }
+                if let Some(ctx) = s.audio_ctx {
+                    if !(64..=1500).contains(&ctx) {
+                        problems.push(problem(
+                            at.clone(),
+                            "audio_ctx",
+                            format!("must be from 64 to 1500, got {ctx}"),
+                            "remove it to use the full 1500",
+                        ));
+                    }
+                }
+            }
+            StageSpec::Tts(t) => {
+                if ![16_000, 24_000].contains(&t.sample_rate) {
+                    problems.push(problem(
+                        at.clone(),
+                        "sample_rate",
+                        format!("must be 16000 or 24000, got {}", t.sample_rate),
+                        "sample_rate = 24000",
+                    ));
+                }
+            }
+            StageSpec::Planner(_) | StageSpec::Realtime(_) => {}
+        }
+        let mcp_names = match stage {
+            StageSpec::Planner(p) => &p.mcp[..],
+            StageSpec::Realtime(r) => &r.mcp[..],
+            _ => &[],
+        };
+        for name in mcp_names {
+            if !spec.mcp.contains_key(name) {
+                let known: Vec<_> = spec.mcp.keys().map(String::as_str).collect();
+                problems.push(problem(
+                    at.clone(),
+                    "mcp",
+                    format!("unknown MCP server \"{name}\""),
+                    &if known.is_empty() {
+                        format!("declare it as [mcp.{name}]")
+                    } else {
+                        format!("declare [mcp.{name}] or use one of: {}", known.join(", "))
+                    },
+                ));
+            }
+        }
+    }
+
+    check_order(spec, problems);
+}
+
+/// The chain must make sense as a chain: VAD first, each kind once, stt →
+/// planner → tts in that order, and realtime alone (it replaces all three).
+fn check_order(spec: &PipelineSpec, problems: &mut Vec<Problem>) {
+    let kinds: Vec<&str> = spec.stages.iter().map(StageSpec::kind).collect();
+    let mut seen = std::collections::HashSet::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        if !seen.insert(*kind) {
+            problems.push(Problem {
+                place: format!("stage {} ({kind})", i + 1),
+                field: Some("kind".into()),
+                message: format!("a second {kind} stage"),
+                fix: Some("keep one stage of each kind".into()),
+            });
+        }
+    }
+    if let Some(rt) = kinds.iter().position(|k| *k == "realtime") {
+        for (i, kind) in kinds.iter().enumerate() {
+            if matches!(*kind, "stt" | "planner" | "tts") {
+                problems.push(Problem {
+                    place: format!("stage {} ({kind})", i + 1),
+                    field: Some("kind".into()),
+                    message: format!(
+                        "a {kind} stage cannot be mixed with the realtime stage (stage {}), which does speech-to-text, planning and speech itself",
+                        rt + 1
+                    ),
+                    fix: Some(format!("remove the {kind} stage, or the realtime stage")),
+                });
+            }
+        }
+    }
+    let rank = |k: &str| match k {
+        "vad" => 0,
+        "stt" | "realtime" => 1,
+        "planner" => 2,
+        _ => 3,
+    };
+    for pair in kinds.windows(2).enumerate() {
+        let (i, w) = pair;
+        if rank(w[0]) > rank(w[1]) {
+            problems.push(Problem {
+                place: format!("stage {} ({})", i + 2, w[1]),
+                field: Some("kind".into()),
+                message: format!("{} must come before {}", w[1], w[0]),
+                fix: Some("order the stages vad, stt, planner, tts".into()),
+            });
+        }
+    }
+    if !kinds.is_empty() && kinds[0] != "vad" {
+        problems.push(Problem {
+            place: "stage 1".into(),
+            field: Some("kind".into()),
+            message: format!("the first stage is {}, but turns come from the VAD", kinds[0]),
+            fix: Some("put a vad stage first".into()),
+        });
+    }
+}

@@ -1,0 +1,154 @@
+//! A stage's two channel ends, with the stage's clock attached.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{Receiver, Sender};
+
+use super::StageError;
+use crate::frame::{Frame, StageTiming, TurnId};
+
+/// The input and output of one stage. `recv` and `send` are the only way a
+/// stage touches its channels, which lets this type keep the stage's timings:
+/// time to first output per turn, and busy time (time not spent waiting for
+/// input), appended to every `EndOfTurn` the stage forwards.
+pub struct StageIo {
+    name: Arc<str>,
+    input: Receiver<Frame>,
+    output: Sender<Frame>,
+    clock: StageClock,
+}
+
+impl StageIo {
+    pub fn new(name: impl Into<Arc<str>>, input: Receiver<Frame>, output: Sender<Frame>) -> Self {
+        Self {
+            name: name.into(),
+            input,
+            output,
+            clock: StageClock::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next input frame, or `None` once the upstream has closed.
+    /// Cancel-safe: it may be used in `tokio::select!`.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        self.clock.idle();
+        let frame = self.input.recv().await;
+        self.clock.busy();
+        if let Some(frame) = &frame {
+            if let Some(turn) = frame.turn() {
+                self.clock.first_input(turn);
+            }
+        }
+        frame
+    }
+
+    /// Send a frame downstream, waiting while the next stage is full
+    /// (backpressure). An `EndOfTurn` gets this stage's timing appended.
+    ///
+    /// # Errors
+    /// [`StageError::DownstreamClosed`] when the next stage has stopped.
+    pub async fn send(&mut self, mut frame: Frame) -> Result<(), StageError> {
+        match &mut frame {
+            Frame::EndOfTurn(metrics) => {
+                let timing = self.clock.finish_turn(&self.name, metrics.turn, metrics.speech_ended_at);
+                metrics.stages.push(timing);
+            }
+            other => {
+                if let Some(turn) = other.turn() {
+                    self.clock.first_output(turn);
+                }
+            }
+        }
+        self.output
+            .send(frame)
+            .await
+            .map_err(|_| StageError::DownstreamClosed)
+    }
+}
+
+/// Per-turn marks for the turns currently passing through one stage.
+/// A stage rarely has more than two turns in flight, so a small vector beats
+/// a map.
+#[derive(Default)]
+struct StageClock {
+    turns: Vec<TurnMarks>,
+    busy_since: Option<Instant>,
+    busy_total: Duration,
+}
+
+struct TurnMarks {
+    turn: TurnId,
+    first_input: Option<Instant>,
+    first_output: Option<Instant>,
+}
+
+impl StageClock {
+    fn idle(&mut self) {
+        if let Some(since) = self.busy_since.take() {
+            self.busy_total += since.elapsed();
+        }
+    }
+
+    fn busy(&mut self) {
+        self.busy_since = Some(Instant::now());
+    }
+
+    fn marks(&mut self, turn: TurnId) -> &mut TurnMarks {
+        match self.turns.iter().position(|m| m.turn == turn) {
+            Some(i) => &mut self.turns[i],
+            None => {
+                // Turns that never got an EndOfTurn (cancelled) must not pile up.
+                if self.turns.len() >= 16 {
+                    self.turns.remove(0);
+                }
+                self.turns.push(TurnMarks {
+                    turn,
+                    first_input: None,
+                    first_output: None,
+                });
+                self.turns.last_mut().expect("just pushed")
+            }
+        }
+    }
+
+    fn first_input(&mut self, turn: TurnId) {
+        let marks = self.marks(turn);
+        marks.first_input.get_or_insert_with(Instant::now);
+    }
+
+    fn first_output(&mut self, turn: TurnId) {
+        let marks = self.marks(turn);
+        marks.first_output.get_or_insert_with(Instant::now);
+    }
+
+    fn finish_turn(&mut self, stage: &str, turn: TurnId, speech_ended_at: Instant) -> StageTiming {
+        // Busy time up to now counts for this turn, even mid-frame.
+        if let Some(since) = self.busy_since.replace(Instant::now()) {
+            self.busy_total += since.elapsed();
+        }
+        let busy = std::mem::take(&mut self.busy_total);
+        let marks = self
+            .turns
+            .iter()
+            .position(|m| m.turn == turn)
+            .map(|i| self.turns.remove(i));
+        let (first_input, first_output) = marks
+            .map(|m| (m.first_input, m.first_output))
+            .unwrap_or((None, None));
+        StageTiming {
+            stage: stage.to_string(),
+            time_to_first_output: match (first_input, first_output) {
+                (Some(i), Some(o)) => Some(o.saturating_duration_since(i)),
+                _ => None,
+            },
+            first_output_after_speech_end: first_output
+                .map(|o| o.saturating_duration_since(speech_ended_at)),
+            busy,
+        }
+    }
+}
