@@ -375,11 +375,12 @@ impl PipelineSpec {
                         .and_then(|k| k.as_str())
                         .unwrap_or("?")
                         .to_string();
-                    match StageSpec::deserialize(item) {
+                    match StageSpec::deserialize(item.clone()) {
                         Ok(stage) => stages.push(stage),
                         Err(e) => problems.push(serde_problem(
                             format!("stage {} ({kind})", i + 1),
                             e.message(),
+                            &item,
                         )),
                     }
                 }
@@ -399,11 +400,15 @@ impl PipelineSpec {
         match table.remove("mcp") {
             Some(toml::Value::Table(servers)) => {
                 for (server, value) in servers {
-                    match McpServerSpec::deserialize(value) {
+                    match McpServerSpec::deserialize(value.clone()) {
                         Ok(s) => {
                             mcp.insert(server, s);
                         }
-                        Err(e) => problems.push(serde_problem(format!("mcp.{server}"), e.message())),
+                        Err(e) => problems.push(serde_problem(
+                            format!("mcp.{server}"),
+                            e.message(),
+                            &value,
+                        )),
                     }
                 }
             }
@@ -441,14 +446,23 @@ impl PipelineSpec {
     }
 }
 
-/// Turn a serde message into a problem, pulling out the field name serde
-/// puts in backticks ("unknown field `modle`", "missing field `model`").
-fn serde_problem(place: String, message: &str) -> Problem {
-    let field = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.contains("field"))
-        .map(str::to_string);
+/// Turn a serde message into a problem naming the field at fault. serde
+/// puts the field in backticks for field errors ("unknown field `modle`");
+/// for an unknown enum value it names only the value, so the field is the
+/// key in `table` holding that value.
+fn serde_problem(place: String, message: &str, table: &toml::Value) -> Problem {
+    let quoted = message.split('`').nth(1);
+    let field = if message.contains("unknown variant") {
+        quoted.and_then(|value| {
+            table.as_table()?.iter().find_map(|(key, v)| {
+                (v.as_str() == Some(value)).then(|| key.clone())
+            })
+        })
+    } else if message.contains("field") {
+        quoted.map(str::to_string)
+    } else {
+        None
+    };
     let fix = if message.contains("unknown variant") {
         Some("use one of the values listed".into())
     } else if message.contains("unknown field") {
@@ -458,19 +472,6 @@ fn serde_problem(place: String, message: &str) -> Problem {
     } else {
         None
     };
-    let field = field.or_else(|| {
-        if message.contains("variant") {
-            Some(if message.contains("transport") || place.starts_with("mcp.") {
-                "transport".into()
-            } else if message.contains("kind") || !message.contains("backend") {
-                "kind".into()
-            } else {
-                "backend".into()
-            })
-        } else {
-            None
-        }
-    });
     Problem {
         place,
         field,

@@ -1,0 +1,213 @@
+//! Spec validation: one test per error class, each asserting that the
+//! message names the file, the place and the field.
+
+use std::path::{Path, PathBuf};
+
+use parlor::spec::{PipelineSpec, SpecError, StageSpec, VadBackend};
+
+/// A working directory holding the files the default specs point at, so
+/// "missing file" is the only thing a test controls.
+fn base_with_models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    for f in ["ggml-tiny.en.bin", "silero_vad.onnx", "libonnxruntime.so"] {
+        std::fs::write(dir.path().join("models").join(f), b"x").unwrap();
+    }
+    dir
+}
+
+fn parse(text: &str, base: &Path) -> Result<PipelineSpec, SpecError> {
+    PipelineSpec::parse(text, &PathBuf::from("pipelines/test.toml"), base)
+}
+
+fn problems(text: &str) -> (String, SpecError) {
+    let base = base_with_models();
+    let err = parse(text, base.path()).expect_err("spec should be rejected");
+    (err.to_string(), err)
+}
+
+const VAD: &str = "[[stage]]\nkind = \"vad\"\nbackend = \"earshot\"\n";
+const STT: &str =
+    "[[stage]]\nkind = \"stt\"\nbackend = \"whisper-local\"\nmodel = \"models/ggml-tiny.en.bin\"\n";
+
+#[test]
+fn shipped_local_pipeline_is_valid() {
+    let base = base_with_models();
+    let spec = PipelineSpec::local_default(base.path()).expect("local.toml validates");
+    assert_eq!(spec.name, "local");
+    let kinds: Vec<_> = spec.stages.iter().map(StageSpec::kind).collect();
+    assert_eq!(kinds, ["vad", "stt"]);
+    match &spec.stages[0] {
+        StageSpec::Vad(v) => assert_eq!(v.backend, VadBackend::Silero),
+        other => panic!("first stage is {}", other.kind()),
+    }
+    // The file on disk and the embedded copy are the same spec.
+    let from_disk = PipelineSpec::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/local.toml"),
+        base.path(),
+    )
+    .expect("pipelines/local.toml validates");
+    assert_eq!(from_disk.stages.len(), spec.stages.len());
+}
+
+#[test]
+fn toml_syntax_error_names_the_line() {
+    let (msg, _) = problems("name = \"x\"\n[[stage]\nkind = 1\n");
+    assert!(msg.starts_with("pipelines/test.toml:"), "{msg}");
+    assert!(msg.contains("near line 2"), "{msg}");
+}
+
+#[test]
+fn unknown_stage_kind_lists_the_valid_ones() {
+    let (msg, err) = problems(&format!("name = \"x\"\n{VAD}[[stage]]\nkind = \"sst\"\n"));
+    assert_eq!(err.problems.len(), 1, "{msg}");
+    let p = &err.problems[0];
+    assert_eq!(p.place, "stage 2 (sst)");
+    assert_eq!(p.field.as_deref(), Some("kind"));
+    assert!(msg.contains("unknown variant `sst`"), "{msg}");
+    assert!(msg.contains("`stt`"), "lists valid kinds: {msg}");
+}
+
+#[test]
+fn unknown_backend_names_the_backend_field() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n{VAD}[[stage]]\nkind = \"stt\"\nbackend = \"whisper\"\nmodel = \"m\"\n"
+    ));
+    assert_eq!(err.problems[0].field.as_deref(), Some("backend"), "{msg}");
+    assert!(msg.contains("whisper-local"), "{msg}");
+}
+
+#[test]
+fn misspelt_field_is_rejected_with_the_valid_fields() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n[[stage]]\nkind = \"vad\"\nbackend = \"earshot\"\nend_of_turn = 300\n{STT}"
+    ));
+    let p = &err.problems[0];
+    assert_eq!(p.place, "stage 1 (vad)");
+    assert_eq!(p.field.as_deref(), Some("end_of_turn"), "{msg}");
+    assert!(msg.contains("end_of_turn_ms"), "suggests the real field: {msg}");
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n{VAD}[[stage]]\nkind = \"stt\"\nbackend = \"whisper-local\"\n"
+    ));
+    assert_eq!(err.problems[0].field.as_deref(), Some("model"), "{msg}");
+    assert!(msg.contains("missing field `model`"), "{msg}");
+}
+
+#[test]
+fn out_of_range_values_name_field_and_a_fix() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\nchannel_capacity = 0\n[[stage]]\nkind = \"vad\"\nbackend = \"earshot\"\nthreshold = 1.5\nend_of_turn_ms = 10\n{STT}"
+    ));
+    let fields: Vec<_> = err
+        .problems
+        .iter()
+        .map(|p| p.field.clone().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["channel_capacity", "threshold", "end_of_turn_ms"],
+        "{msg}"
+    );
+    assert!(msg.contains("threshold = 0.5"), "gives a fix: {msg}");
+}
+
+#[test]
+fn missing_model_file_says_how_to_get_it() {
+    let empty = tempfile::tempdir().unwrap();
+    let err = PipelineSpec::local_default(empty.path()).expect_err("no models here");
+    let msg = err.to_string();
+    let fields: Vec<_> = err
+        .problems
+        .iter()
+        .map(|p| (p.place.as_str(), p.field.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("stage 1 (vad)", "model"),
+            ("stage 1 (vad)", "onnxruntime"),
+            ("stage 2 (stt)", "model")
+        ],
+        "{msg}"
+    );
+    assert!(
+        msg.contains("file models/ggml-tiny.en.bin not found"),
+        "{msg}"
+    );
+    assert!(msg.contains("bash models/setup.sh"), "{msg}");
+}
+
+#[test]
+fn unknown_mcp_server_lists_the_declared_ones() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"planner\"\nbackend = \"local\"\nmcp = [\"orders\", \"knowlege\"]\n\n[mcp.orders]\ntransport = \"stdio\"\ncommand = \"parlor-mcp-orders\"\n\n[mcp.knowledge]\ntransport = \"streamable-http\"\nurl = \"http://127.0.0.1:8931/mcp\"\n"
+    ));
+    assert_eq!(err.problems.len(), 1, "{msg}");
+    assert_eq!(err.problems[0].field.as_deref(), Some("mcp"));
+    assert!(msg.contains("unknown MCP server \"knowlege\""), "{msg}");
+    assert!(msg.contains("knowledge, orders"), "{msg}");
+}
+
+#[test]
+fn bad_mcp_transport_is_named() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n{VAD}{STT}\n[mcp.orders]\ntransport = \"websocket\"\nurl = \"ws://x\"\n"
+    ));
+    assert_eq!(err.problems[0].place, "mcp.orders", "{msg}");
+    assert_eq!(err.problems[0].field.as_deref(), Some("transport"), "{msg}");
+    assert!(msg.contains("streamable-http"), "{msg}");
+}
+
+#[test]
+fn realtime_mixed_with_chained_stages_is_refused() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"realtime\"\n[[stage]]\nkind = \"tts\"\nbackend = \"local\"\n"
+    ));
+    let mixed: Vec<_> = err
+        .problems
+        .iter()
+        .filter(|p| p.message.contains("cannot be mixed with the realtime stage"))
+        .map(|p| p.place.as_str())
+        .collect();
+    assert_eq!(mixed, ["stage 2 (stt)", "stage 4 (tts)"], "{msg}");
+}
+
+#[test]
+fn stage_order_and_duplicates_are_checked() {
+    let (msg, err) = problems(&format!("name = \"x\"\n{STT}{VAD}{VAD}"));
+    let messages: Vec<_> = err.problems.iter().map(|p| p.message.as_str()).collect();
+    assert!(messages.contains(&"a second vad stage"), "{msg}");
+    assert!(messages.contains(&"vad must come before stt"), "{msg}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("the first stage is stt")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let (msg, err) = problems(
+        "chanel_capacity = 8\n[[stage]]\nkind = \"vad\"\nbackend = \"silero\"\nthreshold = 2.0\nmodel = \"nope.onnx\"\n[[stage]]\nkind = \"stt\"\nbackend = \"whisper-local\"\nmodel = \"gone.bin\"\n",
+    );
+    // name missing, unknown top-level field, threshold, silero model, stt model.
+    assert_eq!(err.problems.len(), 5, "{msg}");
+    assert!(msg.contains("5 problems"), "{msg}");
+    assert!(msg.contains("field `chanel_capacity`: unknown field"), "{msg}");
+    assert!(msg.contains("file nope.onnx not found"), "{msg}");
+    assert!(msg.contains("file gone.bin not found"), "{msg}");
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let err = PipelineSpec::load(Path::new("pipelines/does-not-exist.toml"), Path::new("."))
+        .expect_err("no such file");
+    let msg = err.to_string();
+    assert!(msg.starts_with("pipelines/does-not-exist.toml:"), "{msg}");
+    assert!(msg.contains("--pipeline"), "{msg}");
+}
