@@ -179,7 +179,10 @@ impl RunningPipeline {
                 Ok(Ok(Err(error))) => finished.failed.push((name, error.to_string())),
                 Ok(Err(join_error)) => finished.failed.push((name, join_error.to_string())),
                 Err(_) => {
-                    tracing::warn!(message = "Stage did not stop in time; aborting.", stage = name);
+                    tracing::warn!(
+                        message = "Stage did not stop in time; aborting.",
+                        stage = name
+                    );
                     handle.abort();
                     finished.aborted.push(name);
                 }

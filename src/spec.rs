@@ -198,10 +198,16 @@ pub enum McpServerSpec {
         env: BTreeMap<String, String>,
     },
     /// Legacy HTTP+SSE.
-    Sse { url: String },
-    StreamableHttp { url: String },
+    Sse {
+        url: String,
+    },
+    StreamableHttp {
+        url: String,
+    },
     /// Handed to the model provider, which calls the server itself.
-    Hosted { url: String },
+    Hosted {
+        url: String,
+    },
 }
 
 fn default_vad_backend() -> VadBackend {
@@ -344,7 +350,11 @@ impl PipelineSpec {
         let name = match table.remove("name") {
             Some(toml::Value::String(s)) if !s.trim().is_empty() => s,
             Some(_) => {
-                problems.push(top("name", "must be a non-empty string".into(), "name = \"local\""));
+                problems.push(top(
+                    "name",
+                    "must be a non-empty string".into(),
+                    "name = \"local\"",
+                ));
                 String::new()
             }
             None => {
@@ -454,9 +464,10 @@ fn serde_problem(place: String, message: &str, table: &toml::Value) -> Problem {
     let quoted = message.split('`').nth(1);
     let field = if message.contains("unknown variant") {
         quoted.and_then(|value| {
-            table.as_table()?.iter().find_map(|(key, v)| {
-                (v.as_str() == Some(value)).then(|| key.clone())
-            })
+            table
+                .as_table()?
+                .iter()
+                .find_map(|(key, v)| (v.as_str() == Some(value)).then(|| key.clone()))
         })
     } else if message.contains("field") {
         quoted.map(str::to_string)
@@ -656,7 +667,10 @@ fn check_order(spec: &PipelineSpec, problems: &mut Vec<Problem>) {
         problems.push(Problem {
             place: "stage 1".into(),
             field: Some("kind".into()),
-            message: format!("the first stage is {}, but turns come from the VAD", kinds[0]),
+            message: format!(
+                "the first stage is {}, but turns come from the VAD",
+                kinds[0]
+            ),
             fix: Some("put a vad stage first".into()),
         });
     }

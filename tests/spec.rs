@@ -85,7 +85,10 @@ fn misspelt_field_is_rejected_with_the_valid_fields() {
     let p = &err.problems[0];
     assert_eq!(p.place, "stage 1 (vad)");
     assert_eq!(p.field.as_deref(), Some("end_of_turn"), "{msg}");
-    assert!(msg.contains("end_of_turn_ms"), "suggests the real field: {msg}");
+    assert!(
+        msg.contains("end_of_turn_ms"),
+        "suggests the real field: {msg}"
+    );
 }
 
 #[test]
@@ -170,7 +173,10 @@ fn realtime_mixed_with_chained_stages_is_refused() {
     let mixed: Vec<_> = err
         .problems
         .iter()
-        .filter(|p| p.message.contains("cannot be mixed with the realtime stage"))
+        .filter(|p| {
+            p.message
+                .contains("cannot be mixed with the realtime stage")
+        })
         .map(|p| p.place.as_str())
         .collect();
     assert_eq!(mixed, ["stage 2 (stt)", "stage 4 (tts)"], "{msg}");
@@ -198,7 +204,10 @@ fn every_problem_is_reported_at_once() {
     // name missing, unknown top-level field, threshold, silero model, stt model.
     assert_eq!(err.problems.len(), 5, "{msg}");
     assert!(msg.contains("5 problems"), "{msg}");
-    assert!(msg.contains("field `chanel_capacity`: unknown field"), "{msg}");
+    assert!(
+        msg.contains("field `chanel_capacity`: unknown field"),
+        "{msg}"
+    );
     assert!(msg.contains("file nope.onnx not found"), "{msg}");
     assert!(msg.contains("file gone.bin not found"), "{msg}");
 }

@@ -55,7 +55,9 @@ impl StageIo {
     pub async fn send(&mut self, mut frame: Frame) -> Result<(), StageError> {
         match &mut frame {
             Frame::EndOfTurn(metrics) => {
-                let timing = self.clock.finish_turn(&self.name, metrics.turn, metrics.speech_ended_at);
+                let timing =
+                    self.clock
+                        .finish_turn(&self.name, metrics.turn, metrics.speech_ended_at);
                 metrics.stages.push(timing);
             }
             other => {

@@ -32,7 +32,10 @@ pub enum StageError {
     #[error("the next stage has stopped")]
     DownstreamClosed,
     #[error("stage {stage}: {message}")]
-    Failed { stage: &'static str, message: String },
+    Failed {
+        stage: &'static str,
+        message: String,
+    },
 }
 
 impl StageError {
