@@ -8,10 +8,11 @@
 //!   the runtime is idle between frames either way), p50/p99 from send to
 //!   arrival at the end, printed after the criterion groups.
 //!
-//! Pipecat 1.14, measured on this kind of machine (issue #3): 71 µs per frame
-//! through 4 pass-through processors with optional processors off, 150 µs by
-//! default; paced p50 ≈ 100 µs. `benches/peers/pipecat_runner.py` measures
-//! it side by side when pipecat-ai is installed.
+//! Side by side: when `bash benches/peers/setup.sh` has installed Pipecat,
+//! `benches/peers/pipecat_runner.py` measures it in the same run, on the same
+//! shape of work, and a ratio table is printed at the end. (Pipecat 1.14 on
+//! this kind of machine, per issue #3: 71 µs per frame with its optional
+//! processors off, 150 µs by default; paced p50 ≈ 100 µs.)
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
@@ -120,8 +121,8 @@ fn throughput(c: &mut Criterion) {
 }
 
 /// Latency of a frame that arrives alone (the live-call case): the stages
-/// are parked, so this includes four task wake-ups.
-fn paced_latency() {
+/// are parked, so this includes four task wake-ups. Returns p50, p90, p99.
+fn paced_latency() -> [Duration; 3] {
     let rt = runtime();
     // Spawned, like a live call's handler task, rather than run on the
     // block_on thread (which would add a cross-thread wake-up each way).
@@ -135,6 +136,98 @@ fn paced_latency() {
         pct(0.99).as_secs_f64() * 1e6,
         samples.len()
     );
+    [pct(0.5), pct(0.9), pct(0.99)]
+}
+
+/// Time per frame through 4 stages (median of 20 runs of 1,000 frames), fed
+/// from a spawned task like a call handler, to put beside the peer's figure.
+fn throughput_per_frame() -> Duration {
+    let rt = runtime();
+    rt.block_on(async {
+        tokio::spawn(async {
+            let mut runs = Vec::with_capacity(20);
+            for _ in 0..20 {
+                let mut running = four_stages();
+                let input = running.input_handle();
+                let started = Instant::now();
+                let feeder = tokio::spawn(async move {
+                    for _ in 0..1_000 {
+                        input.send(audio()).await.unwrap();
+                    }
+                });
+                for _ in 0..1_000 {
+                    running.output().recv().await.unwrap();
+                }
+                runs.push(started.elapsed() / 1_000);
+                feeder.await.unwrap();
+            }
+            runs.sort();
+            runs[runs.len() / 2]
+        })
+        .await
+        .unwrap()
+    })
+}
+
+/// Run the Pipecat peer if its venv exists; one JSON object per config.
+fn pipecat_figures() -> Vec<serde_json::Value> {
+    let cache = std::env::var("PARLOR_CACHE").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/parlor",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let python = std::path::Path::new(&cache).join("peers-venv/bin/python");
+    if !python.exists() {
+        println!(
+            "pipecat: not installed; `bash benches/peers/setup.sh` adds the side-by-side figures"
+        );
+        return Vec::new();
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/peers/pipecat_runner.py"
+    );
+    match std::process::Command::new(python).arg(script).output() {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+        Ok(out) => {
+            println!("pipecat: failed: {}", String::from_utf8_lossy(&out.stderr));
+            Vec::new()
+        }
+        Err(e) => {
+            println!("pipecat: cannot run: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn side_by_side(paced: [Duration; 3], per_frame: Duration) {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("\n| 4 pass-through stages, 20 ms frames | per frame (µs) | paced p50 (µs) | paced p99 (µs) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| parlor | {:.2} | {:.1} | {:.1} |",
+        us(per_frame),
+        us(paced[0]),
+        us(paced[2])
+    );
+    for peer in pipecat_figures() {
+        let f = |k: &str| peer[k].as_f64().unwrap_or(f64::NAN);
+        println!(
+            "| Pipecat {} ({}) | {:.1} ({:.0}× parlor) | {:.1} ({:.0}×) | {:.1} ({:.0}×) |",
+            peer["version"].as_str().unwrap_or("?"),
+            peer["config"].as_str().unwrap_or("?"),
+            f("throughput_us_per_frame"),
+            f("throughput_us_per_frame") / us(per_frame),
+            f("paced_p50_us"),
+            f("paced_p50_us") / us(paced[0]),
+            f("paced_p99_us"),
+            f("paced_p99_us") / us(paced[2]),
+        );
+    }
 }
 
 async fn paced_samples() -> Vec<Duration> {
@@ -158,6 +251,7 @@ criterion_group!(benches, throughput);
 
 fn main() {
     benches();
-    paced_latency();
+    let paced = paced_latency();
+    side_by_side(paced, throughput_per_frame());
     Criterion::default().configure_from_args().final_summary();
 }

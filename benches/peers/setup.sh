@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# A Python venv with the peer frameworks the benches compare parlor with
+# (Pipecat). Separate from models/setup.sh because only the benches need it
+# and it is large (~0.5 GB). Idempotent.
+set -euo pipefail
+cache="${PARLOR_CACHE:-$HOME/.cache/parlor}"
+venv="$cache/peers-venv"
+if [ ! -x "$venv/bin/python" ]; then
+  echo "peers: creating $venv"
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c 'import pipecat' 2>/dev/null; then
+  echo "peers: installing pipecat-ai 1.14.0 (about 0.5 GB)"
+  "$venv/bin/pip" install -q "pipecat-ai==1.14.0"
+fi
+echo "peers: ready ($venv/bin/python)"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite: format, lints, then every test against the real
+# models that models/setup.sh fetched. Run from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+# Release profile throughout: whisper.cpp is built once, in release, and the
+# tests run the real models at a usable speed.
+step "cargo clippy -- -D warnings"
+cargo clippy --release --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --release --locked
