@@ -1,10 +1,239 @@
 //! Voice activity detection: turns a stream of audio frames into turns.
+//!
+//! # Layout
+//! - [`SpeechDetector`]: one backend's job, the speech probability of a frame.
+//!   - [`silero`]: Silero VAD through onnxruntime (a model file and a runtime
+//!     library).
+//!   - [`earshot`]: pure Rust, nothing to load.
+//! - [`segmenter`]: the backend-independent state machine that turns
+//!   probabilities into turns (threshold with hysteresis, minimum speech,
+//!   end-of-turn silence, pre-roll, maximum turn length).
+//! - [`VadStage`]: the pipeline stage around the two.
+//!
+//! The stage consumes `Frame::Audio` (it is the last stage that needs raw
+//! input audio: the STT works from each turn's utterance) and forwards every
+//! other frame unchanged. For each turn it sends
+//! `SpeechStarted` once `min_speech_ms` of speech has been heard, then
+//! `SpeechEnded` with the turn's audio and `EndOfTurn` when the caller has
+//! been silent for `end_of_turn_ms`, the turn reaches `max_turn_s`, or the
+//! input ends.
 
-use crate::spec::VadSpec;
+pub mod earshot;
+pub mod segmenter;
+pub mod silero;
 
-use super::Stage;
+use std::sync::Arc;
+use std::time::Instant;
 
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{AudioChunk, Frame, TurnId, TurnMetrics, Utterance, PIPELINE_SAMPLE_RATE};
+use crate::spec::{VadBackend, VadSpec};
+
+use super::{Stage, StageContext, StageError, StageIo};
+
+pub use self::earshot::EarshotDetector;
+pub use segmenter::{SegmentEvent, Segmenter, SegmenterConfig, SpeechSegment};
+pub use silero::SileroDetector;
+
+/// A voice activity detector for one 16 kHz audio stream. Stateful: frames
+/// must be given in stream order.
+pub trait SpeechDetector: Send {
+    /// The number of samples [`Self::speech_probability`] takes.
+    fn frame_len(&self) -> usize;
+
+    /// The probability, in [0, 1], that `frame` (exactly
+    /// [`Self::frame_len`] samples) contains speech.
+    ///
+    /// # Errors
+    /// [`VadError::Inference`] when the backend fails.
+    fn speech_probability(&mut self, frame: &[f32]) -> Result<f32, VadError>;
+
+    /// Forget the stream so far.
+    fn reset(&mut self);
+}
+
+/// Why a VAD could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VadError {
+    #[error("{detail} (fix: run `bash models/setup.sh` from the project root, or set `onnxruntime` to the library's path)")]
+    RuntimeMissing {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("{message} (fix: run `bash models/setup.sh` to fetch onnxruntime 1.24 or newer)")]
+    RuntimeLoad {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("Silero model {} not found (fix: run `bash models/setup.sh` from the project root, or set `model`)", path.display())]
+    ModelMissing { path: std::path::PathBuf },
+    #[error("cannot load the Silero model {}: {message}", path.display())]
+    ModelLoad {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("not a Silero VAD model: {0}")]
+    UnexpectedModel(String),
+    #[error("speech detection failed: {0}")]
+    Inference(String),
+}
+
+/// The detector a spec asks for. Blocking: Silero loads a model.
+///
+/// # Errors
+/// See [`SileroDetector::load`]; earshot cannot fail.
+pub fn detector(spec: &VadSpec) -> Result<Box<dyn SpeechDetector>, VadError> {
+    Ok(match spec.backend {
+        VadBackend::Silero => Box::new(SileroDetector::load(&spec.model, &spec.onnxruntime)?),
+        VadBackend::Earshot => Box::new(EarshotDetector::new()),
+    })
+}
+
+/// Build the VAD stage a validated spec describes.
 pub fn build(spec: &VadSpec) -> Result<Box<dyn Stage>, anyhow::Error> {
-    let _ = spec;
-    anyhow::bail!("vad: not built yet")
+    let detector = detector(spec)?;
+    Ok(Box::new(VadStage::new(
+        SegmenterConfig::from_spec(spec),
+        detector,
+    )))
+}
+
+/// Audio is handed to the segmenter in slices of at most this many samples
+/// (256 ms), so a big chunk from a file neither holds the runtime thread
+/// for long nor delays a shutdown.
+const SLICE: usize = 4_096;
+
+/// The VAD pipeline stage.
+pub struct VadStage {
+    segmenter: Segmenter,
+}
+
+impl VadStage {
+    pub fn new(config: SegmenterConfig, detector: Box<dyn SpeechDetector>) -> Self {
+        Self {
+            segmenter: Segmenter::new(config, detector),
+        }
+    }
+}
+
+#[async_trait]
+impl Stage for VadStage {
+    fn name(&self) -> &'static str {
+        "vad"
+    }
+
+    async fn run(self: Box<Self>, mut io: StageIo, cx: StageContext) -> Result<(), StageError> {
+        let mut segmenter = self.segmenter;
+        let mut events = Vec::with_capacity(4);
+        let mut turn: Option<TurnId> = None;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = cx.shutdown.cancelled() => return Ok(()),
+                frame = io.recv() => frame,
+            };
+            match frame {
+                None => {
+                    segmenter.finish(&mut events);
+                    emit(&mut io, &cx, &mut events, &mut turn).await?;
+                    return Ok(());
+                }
+                Some(Frame::Audio(chunk)) => {
+                    if chunk.sample_rate != PIPELINE_SAMPLE_RATE {
+                        return Err(StageError::failed(
+                            "vad",
+                            format!(
+                                "audio at {} Hz; the pipeline runs at {PIPELINE_SAMPLE_RATE} Hz (resample before the VAD)",
+                                chunk.sample_rate
+                            ),
+                        ));
+                    }
+                    let big = chunk.samples.len() > SLICE;
+                    for slice in chunk.samples.chunks(SLICE) {
+                        segmenter
+                            .push(slice, &mut events)
+                            .map_err(|e| StageError::failed("vad", e.to_string()))?;
+                        if !emit(&mut io, &cx, &mut events, &mut turn).await? {
+                            return Ok(());
+                        }
+                        if big {
+                            tokio::task::yield_now().await;
+                            if cx.shutdown.is_cancelled() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+                Some(other) => {
+                    if !send(&mut io, &cx.shutdown, other).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Turn segmenter events into frames. `Ok(false)` when shutdown came first.
+async fn emit(
+    io: &mut StageIo,
+    cx: &StageContext,
+    events: &mut Vec<SegmentEvent>,
+    turn: &mut Option<TurnId>,
+) -> Result<bool, StageError> {
+    for event in events.drain(..) {
+        match event {
+            SegmentEvent::Started { at } => {
+                let id = cx.turns.begin();
+                *turn = Some(id);
+                tracing::debug!(message = "Speech started.", turn = %id, at_ms = at.as_millis() as u64);
+                if !send(io, &cx.shutdown, Frame::SpeechStarted { turn: id, at }).await? {
+                    return Ok(false);
+                }
+            }
+            SegmentEvent::Ended(segment) => {
+                let ended_at = Instant::now();
+                // The segmenter always starts a turn before ending one.
+                let Some(id) = turn.take() else {
+                    continue;
+                };
+                tracing::debug!(
+                    message = "Speech ended.",
+                    turn = %id,
+                    speech_ms = segment.speech.as_millis() as u64,
+                    forced = segment.forced,
+                );
+                let utterance = Utterance {
+                    turn: id,
+                    audio: Arc::new(AudioChunk::new(PIPELINE_SAMPLE_RATE, segment.audio)),
+                    start: segment.audio_start,
+                    ended_at,
+                };
+                if !send(io, &cx.shutdown, Frame::SpeechEnded(utterance)).await? {
+                    return Ok(false);
+                }
+                let metrics = TurnMetrics::new(id, segment.speech, ended_at);
+                if !send(io, &cx.shutdown, Frame::EndOfTurn(metrics)).await? {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Send downstream unless shutdown comes first (`Ok(false)`): a full
+/// channel must not keep the stage from stopping.
+async fn send(
+    io: &mut StageIo,
+    shutdown: &CancellationToken,
+    frame: Frame,
+) -> Result<bool, StageError> {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => Ok(false),
+        sent = io.send(frame) => sent.map(|()| true),
+    }
 }
