@@ -18,4 +18,5 @@ pub mod frame;
 pub mod runner;
 pub mod spec;
 pub mod stages;
+pub mod transcribe;
 pub mod turns;

@@ -1,45 +1,172 @@
 //! The `parlor` command line.
+//!
+//! Exit codes: 0 success (silence is a success with no turns), 1 bad input
+//! or a failed run, 2 a bad pipeline spec or command line.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use parlor::audio::{decode_file, DecodeLimits};
+use parlor::spec::PipelineSpec;
+use parlor::transcribe::{listening_pipeline, transcribe, TurnTranscript};
+use serde_json::json;
 
 #[derive(Parser)]
 #[command(name = "parlor", version, about = "A voice-agent pipeline service")]
 struct Cli {
+    /// Log format on stderr. Level from PARLOR_LOG (e.g. `info`,
+    /// `parlor=debug`); default `warn`.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Check a pipeline spec and print what it declares.
+    /// Transcribe each turn spoken in an audio file (WAV, FLAC, MP3, Ogg).
+    Transcribe {
+        /// The audio file.
+        file: PathBuf,
+        /// Pipeline spec (default: the embedded pipelines/local.toml).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// One JSON object per turn on stdout, nothing else.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a pipeline spec and list its stages.
     Check {
         /// Pipeline spec (default: the embedded pipelines/local.toml).
         #[arg(long)]
-        pipeline: Option<std::path::PathBuf>,
+        pipeline: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Check { pipeline } => {
-            let cwd = std::env::current_dir().unwrap_or_default();
-            let spec = match pipeline {
-                Some(p) => parlor::spec::PipelineSpec::load(&p, &cwd),
-                None => parlor::spec::PipelineSpec::local_default(&cwd),
-            };
-            match spec {
-                Ok(spec) => {
-                    println!("{}: {} stages", spec.name, spec.stages.len());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
-            }
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Transcribe {
+                file,
+                pipeline,
+                json,
+            } => run_transcribe(&file, pipeline.as_deref(), json).await,
+            Command::Check { pipeline } => run_check(pipeline.as_deref()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
         }
     }
+}
+
+/// A message for stderr and the exit code that goes with it.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn input(e: impl std::fmt::Display) -> Self {
+        Self {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+    fn usage(e: impl std::fmt::Display) -> Self {
+        Self {
+            code: 2,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_spec(path: Option<&Path>) -> Result<PipelineSpec, Failure> {
+    let cwd = std::env::current_dir().map_err(Failure::usage)?;
+    match path {
+        Some(p) => PipelineSpec::load(p, &cwd),
+        None => PipelineSpec::local_default(&cwd),
+    }
+    .map_err(Failure::usage)
+}
+
+fn run_check(path: Option<&Path>) -> Result<(), Failure> {
+    let spec = load_spec(path)?;
+    println!(
+        "{} ({}): valid, channel capacity {}",
+        spec.name,
+        spec.source.display(),
+        spec.channel_capacity
+    );
+    for (i, stage) in spec.stages.iter().enumerate() {
+        println!("  stage {}: {}", i + 1, stage.kind());
+    }
+    for name in spec.mcp.keys() {
+        println!("  mcp server: {name}");
+    }
+    Ok(())
+}
+
+async fn run_transcribe(file: &Path, pipeline: Option<&Path>, json: bool) -> Result<(), Failure> {
+    let spec = load_spec(pipeline)?;
+    let audio = decode_file(file, &DecodeLimits::default())
+        .map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+    let built = listening_pipeline(&spec).await.map_err(Failure::input)?;
+    let turns = transcribe(built, audio).await.map_err(Failure::input)?;
+    if json {
+        for turn in &turns {
+            println!("{}", serde_json::to_string(turn).expect("serializable"));
+        }
+    } else {
+        print_human(&turns);
+    }
+    Ok(())
+}
+
+fn print_human(turns: &[TurnTranscript]) {
+    if turns.is_empty() {
+        println!("(no speech detected)");
+    }
+    for t in turns {
+        println!(
+            "[{:>7.2}s +{:.2}s] {}",
+            t.start_s,
+            t.metrics.speech.as_secs_f64(),
+            if t.text.is_empty() {
+                "(no words)"
+            } else {
+                &t.text
+            }
+        );
+    }
+    let timings: Vec<_> = turns
+        .iter()
+        .map(|t| json!({ "turn": t.turn, "speech_ms": t.metrics.speech.as_secs_f64() * 1e3, "stages": t.metrics.stages }))
+        .collect();
+    println!("{}", json!({ "timings": timings }));
 }
