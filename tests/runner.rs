@@ -54,7 +54,7 @@ impl Stage for SlowReplier {
                         }
                     }
                 }
-                other => io.send(other).await?,
+                other => io.forward(other).await?,
             }
         }
         Ok(())

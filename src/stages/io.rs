@@ -8,10 +8,16 @@ use tokio::sync::mpsc::{Receiver, Sender};
 use super::StageError;
 use crate::frame::{Frame, StageTiming, TurnId};
 
-/// The input and output of one stage. `recv` and `send` are the only way a
-/// stage touches its channels, which lets this type keep the stage's timings:
-/// time to first output per turn, and busy time (time not spent waiting for
-/// input), appended to every `EndOfTurn` the stage forwards.
+/// The input and output of one stage. `recv`, `send` and `forward` are the
+/// only way a stage touches its channels, which lets this type keep the
+/// stage's timings: time to first output per turn, and busy time (time not
+/// spent waiting for input), appended to every `EndOfTurn` the stage passes.
+///
+/// Time to first output runs from the first frame of the turn the stage
+/// *consumed* (received and did not [`forward`](Self::forward)) to the first
+/// frame of the turn it *produced* ([`send`](Self::send)). So the STT's clock
+/// starts at the utterance, not at the `SpeechStarted` it passed along, and
+/// stops at its transcript, not at a frame it merely forwarded.
 pub struct StageIo {
     name: Arc<str>,
     input: Receiver<Frame>,
@@ -36,35 +42,48 @@ impl StageIo {
     /// The next input frame, or `None` once the upstream has closed.
     /// Cancel-safe: it may be used in `tokio::select!`.
     pub async fn recv(&mut self) -> Option<Frame> {
+        self.clock.settle_input();
         self.clock.idle();
         let frame = self.input.recv().await;
         self.clock.busy();
         if let Some(frame) = &frame {
-            if let Some(turn) = frame.turn() {
-                self.clock.first_input(turn);
-            }
+            self.clock.received(frame.turn());
         }
         frame
     }
 
-    /// Send a frame downstream, waiting while the next stage is full
-    /// (backpressure). An `EndOfTurn` gets this stage's timing appended.
+    /// Send a frame this stage produced downstream, waiting while the next
+    /// stage is full (backpressure). An `EndOfTurn` gets this stage's timing
+    /// appended.
     ///
     /// # Errors
     /// [`StageError::DownstreamClosed`] when the next stage has stopped.
-    pub async fn send(&mut self, mut frame: Frame) -> Result<(), StageError> {
-        match &mut frame {
-            Frame::EndOfTurn(metrics) => {
-                let timing =
-                    self.clock
-                        .finish_turn(&self.name, metrics.turn, metrics.speech_ended_at);
-                metrics.stages.push(timing);
+    pub async fn send(&mut self, frame: Frame) -> Result<(), StageError> {
+        self.clock.settle_input();
+        if !matches!(frame, Frame::EndOfTurn(_)) {
+            if let Some(turn) = frame.turn() {
+                self.clock.first_output(turn);
             }
-            other => {
-                if let Some(turn) = other.turn() {
-                    self.clock.first_output(turn);
-                }
-            }
+        }
+        self.push(frame).await
+    }
+
+    /// Pass on the frame just received, unchanged: it neither starts nor
+    /// stops this stage's clock (an `EndOfTurn` still gets the timing).
+    ///
+    /// # Errors
+    /// [`StageError::DownstreamClosed`] when the next stage has stopped.
+    pub async fn forward(&mut self, frame: Frame) -> Result<(), StageError> {
+        self.clock.pending_input = None;
+        self.push(frame).await
+    }
+
+    async fn push(&mut self, mut frame: Frame) -> Result<(), StageError> {
+        if let Frame::EndOfTurn(metrics) = &mut frame {
+            let timing = self
+                .clock
+                .finish_turn(&self.name, metrics.turn, metrics.speech_ended_at);
+            metrics.stages.push(timing);
         }
         self.output
             .send(frame)
@@ -79,6 +98,9 @@ impl StageIo {
 #[derive(Default)]
 struct StageClock {
     turns: Vec<TurnMarks>,
+    /// The last frame received, until the stage shows whether it consumed
+    /// it (anything but `forward` next) or passed it on.
+    pending_input: Option<(TurnId, Instant)>,
     busy_since: Option<Instant>,
     busy_total: Duration,
 }
@@ -118,9 +140,15 @@ impl StageClock {
         }
     }
 
-    fn first_input(&mut self, turn: TurnId) {
-        let marks = self.marks(turn);
-        marks.first_input.get_or_insert_with(Instant::now);
+    fn received(&mut self, turn: Option<TurnId>) {
+        self.pending_input = turn.map(|t| (t, Instant::now()));
+    }
+
+    /// The pending frame was consumed: it may be the turn's first input.
+    fn settle_input(&mut self) {
+        if let Some((turn, at)) = self.pending_input.take() {
+            self.marks(turn).first_input.get_or_insert(at);
+        }
     }
 
     fn first_output(&mut self, turn: TurnId) {

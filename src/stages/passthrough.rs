@@ -33,7 +33,7 @@ impl Stage for Passthrough {
                 frame = io.recv() => frame,
             };
             match frame {
-                Some(frame) => io.send(frame).await?,
+                Some(frame) => io.forward(frame).await?,
                 None => return Ok(()),
             }
         }

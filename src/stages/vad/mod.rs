@@ -167,7 +167,12 @@ impl Stage for VadStage {
                     }
                 }
                 Some(other) => {
-                    if !send(&mut io, &cx.shutdown, other).await? {
+                    let forwarded = tokio::select! {
+                        biased;
+                        _ = cx.shutdown.cancelled() => false,
+                        sent = io.forward(other) => sent.map(|()| true)?,
+                    };
+                    if !forwarded {
                         return Ok(());
                     }
                 }
