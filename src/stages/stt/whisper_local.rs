@@ -1,0 +1,296 @@
+//! Whisper in process: whisper.cpp through whisper-rs.
+//!
+//! [`WhisperEngine`] is the blocking part: one loaded model and one decoding
+//! state, reused turn after turn (a state holds ~100 MB of buffers that are
+//! costly to allocate). [`WhisperLocal`] is the stage around it: it moves
+//! each turn's work onto tokio's blocking pool, so the runtime's workers
+//! never wait on the encoder, and stops the encoder mid-way when the turn is
+//! cancelled (barge-in).
+
+use std::ffi::{c_int, c_void};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Once};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+use whisper_rs::{
+    FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
+};
+
+use super::SttError;
+use crate::frame::{Frame, Utterance, PIPELINE_SAMPLE_RATE};
+use crate::spec::SttSpec;
+use crate::stages::{Stage, StageContext, StageError, StageIo};
+
+/// whisper.cpp returns nothing at all for input shorter than one second
+/// ("input is too short"); a short "yes" is a real turn, so pad it with
+/// silence past that limit. Whisper pads every input to 30 s anyway, so this
+/// costs nothing.
+const MIN_SAMPLES: usize = PIPELINE_SAMPLE_RATE as usize * 11 / 10;
+
+/// Audio whose loudest sample is below this (-60 dBFS) holds no speech.
+/// Whisper, given silence, does not return nothing: tiny.en says "you".
+/// The VAD should never send such a turn; this keeps a stray one from
+/// becoming words the planner answers.
+const SILENCE_PEAK: f32 = 0.001;
+
+/// How to decode; everything else is whisper.cpp's default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhisperSettings {
+    /// CPU threads for the encoder and decoder.
+    pub threads: usize,
+    /// Spoken language ("en"); "auto" detects it (multilingual models only).
+    pub language: String,
+    /// Encoder window in mel frames; `None` keeps the model's 1500 (30 s).
+    pub audio_ctx: Option<u32>,
+}
+
+impl WhisperSettings {
+    pub fn from_spec(spec: &SttSpec) -> Self {
+        Self {
+            threads: if spec.threads == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                spec.threads
+            },
+            language: spec.language.clone(),
+            audio_ctx: spec.audio_ctx,
+        }
+    }
+}
+
+/// A loaded Whisper model with its reusable decoding state. Blocking: call
+/// [`WhisperEngine::transcribe`] off the async runtime.
+pub struct WhisperEngine {
+    state: WhisperState,
+    settings: WhisperSettings,
+    model: PathBuf,
+}
+
+impl WhisperEngine {
+    /// Load a ggml Whisper model. Takes ~100 ms for tiny.en.
+    pub fn load(model: &Path, settings: WhisperSettings) -> Result<Self, SttError> {
+        route_whisper_logs();
+        if !model.is_file() {
+            return Err(SttError::ModelMissing {
+                path: model.to_path_buf(),
+            });
+        }
+        let load_error = |reason: String| SttError::ModelLoad {
+            path: model.to_path_buf(),
+            reason,
+        };
+        let context = WhisperContext::new_with_params(model, WhisperContextParameters::default())
+            .map_err(|e| load_error(format!("whisper.cpp rejected it ({e:?})")))?;
+        // The state keeps the model alive (it holds a reference to it).
+        let state = context
+            .create_state()
+            .map_err(|e| load_error(format!("cannot allocate a decoding state ({e:?})")))?;
+        tracing::info!(
+            message = "Whisper model loaded.",
+            model = %model.display(),
+            kind = context.model_type_readable_str_lossy().as_deref().unwrap_or("?"),
+            multilingual = context.is_multilingual(),
+            threads = settings.threads,
+        );
+        Ok(Self {
+            state,
+            settings,
+            model: model.to_path_buf(),
+        })
+    }
+
+    pub fn settings(&self) -> &WhisperSettings {
+        &self.settings
+    }
+
+    pub fn model(&self) -> &Path {
+        &self.model
+    }
+
+    /// Transcribe 16 kHz mono samples into trimmed text ("" for no speech).
+    /// `cancel`, when it fires, stops whisper.cpp between graph nodes and the
+    /// call returns [`SttError::Cancelled`].
+    pub fn transcribe(
+        &mut self,
+        samples: &[f32],
+        cancel: Option<&CancellationToken>,
+    ) -> Result<String, SttError> {
+        if samples.iter().all(|s| s.abs() < SILENCE_PEAK) {
+            return Ok(String::new());
+        }
+        let padded;
+        let samples = if samples.len() < MIN_SAMPLES {
+            let mut v = Vec::with_capacity(MIN_SAMPLES);
+            v.extend_from_slice(samples);
+            v.resize(MIN_SAMPLES, 0.0);
+            padded = v;
+            &padded[..]
+        } else {
+            samples
+        };
+
+        let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        params.set_n_threads(c_int::try_from(self.settings.threads).unwrap_or(c_int::MAX));
+        params.set_language(Some(&self.settings.language));
+        params.set_translate(false);
+        // Each turn stands alone: the previous turn's text as a prompt helps
+        // long dictation, but here it makes one misheard turn poison the next.
+        params.set_no_context(true);
+        params.set_no_timestamps(true);
+        // A turn is at most one 30 s window: no need to split it.
+        params.set_single_segment(true);
+        params.set_print_special(false);
+        params.set_print_progress(false);
+        params.set_print_realtime(false);
+        params.set_print_timestamps(false);
+        // No "[BLANK_AUDIO]", "(music)" or leading-blank tokens: the planner
+        // reads this text as the caller's words.
+        params.set_suppress_blank(true);
+        params.set_suppress_nst(true);
+        if let Some(ctx) = self.settings.audio_ctx {
+            params.set_audio_ctx(c_int::try_from(ctx).unwrap_or(1500));
+        }
+        if let Some(token) = cancel {
+            // SAFETY: `abort_if_cancelled` only reads the token through a
+            // shared reference, and `token` outlives `params`, which is
+            // consumed by `full` below before this function returns.
+            unsafe {
+                params.set_abort_callback(Some(abort_if_cancelled));
+                params
+                    .set_abort_callback_user_data(token as *const CancellationToken as *mut c_void);
+            }
+        }
+
+        let result = self.state.full(params, samples);
+        if cancel.is_some_and(CancellationToken::is_cancelled) {
+            return Err(SttError::Cancelled);
+        }
+        result.map_err(|e| SttError::Whisper(format!("{e:?}")))?;
+
+        let mut text = String::new();
+        for segment in self.state.as_iter() {
+            let piece = segment
+                .to_str_lossy()
+                .map_err(|e| SttError::Whisper(format!("segment text: {e:?}")))?;
+            text.push_str(&piece);
+        }
+        Ok(text.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
+/// whisper.cpp's abort callback: asked between graph nodes whether to stop.
+unsafe extern "C" fn abort_if_cancelled(data: *mut c_void) -> bool {
+    // SAFETY: `data` is the `&CancellationToken` set in `transcribe`, alive
+    // for the whole `full` call during which this is invoked.
+    let token = unsafe { &*(data as *const CancellationToken) };
+    token.is_cancelled()
+}
+
+/// whisper.cpp and ggml print to stderr by default; route them to tracing
+/// (targets `whisper_rs::…`) so they follow the service's log settings.
+fn route_whisper_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(whisper_rs::install_logging_hooks);
+}
+
+/// The `whisper-local` stt stage.
+pub struct WhisperLocal {
+    engine: Arc<Mutex<WhisperEngine>>,
+}
+
+impl WhisperLocal {
+    /// Load the spec's model (blocking).
+    pub fn load(spec: &SttSpec) -> Result<Self, SttError> {
+        let engine = WhisperEngine::load(Path::new(&spec.model), WhisperSettings::from_spec(spec))?;
+        Ok(Self::new(engine))
+    }
+
+    pub fn new(engine: WhisperEngine) -> Self {
+        Self {
+            engine: Arc::new(Mutex::new(engine)),
+        }
+    }
+
+    /// Transcribe one utterance on the blocking pool. `Ok(None)` when the
+    /// turn was cancelled while it ran.
+    async fn transcribe(
+        &self,
+        utterance: Utterance,
+        cancel: CancellationToken,
+    ) -> Result<Option<String>, StageError> {
+        let engine = self.engine.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let mut engine = engine
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            engine.transcribe(&utterance.audio.samples, Some(&cancel))
+        });
+        match job.await {
+            Ok(Ok(text)) => Ok(Some(text)),
+            Ok(Err(SttError::Cancelled)) => Ok(None),
+            Ok(Err(e)) => Err(StageError::failed("stt", e.to_string())),
+            Err(join) => Err(StageError::failed(
+                "stt",
+                format!("whisper task panicked: {join}"),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Stage for WhisperLocal {
+    fn name(&self) -> &'static str {
+        "stt"
+    }
+
+    async fn run(self: Box<Self>, mut io: StageIo, cx: StageContext) -> Result<(), StageError> {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                _ = cx.shutdown.cancelled() => return Ok(()),
+                frame = io.recv() => frame,
+            };
+            let Some(frame) = frame else {
+                return Ok(());
+            };
+            let Frame::SpeechEnded(utterance) = frame else {
+                io.send(frame).await?;
+                continue;
+            };
+            let turn = utterance.turn;
+            if !cx.turns.is_live(turn) {
+                tracing::debug!(message = "Dropping the speech of a cancelled turn.", %turn);
+                continue;
+            }
+            if utterance.audio.sample_rate != PIPELINE_SAMPLE_RATE {
+                let e = SttError::SampleRate {
+                    expected: PIPELINE_SAMPLE_RATE,
+                    got: utterance.audio.sample_rate,
+                };
+                return Err(StageError::failed("stt", e.to_string()));
+            }
+            let seconds = utterance.audio.duration().as_secs_f64();
+            // The turn's token is a child of the shutdown token, so shutting
+            // down stops a running encoder too.
+            let Some(text) = self.transcribe(utterance, cx.turns.token(turn)).await? else {
+                tracing::debug!(message = "Transcription cancelled with its turn.", %turn);
+                continue;
+            };
+            // Cancelled right after whisper finished: the text is stale.
+            if !cx.turns.is_live(turn) {
+                continue;
+            }
+            tracing::debug!(message = "Transcribed.", %turn, seconds, chars = text.len());
+            if text.is_empty() {
+                continue;
+            }
+            io.send(Frame::Transcript {
+                turn,
+                text,
+                is_final: true,
+            })
+            .await?;
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! The local Whisper stage against the real tiny.en model and real speech:
+//! LibriVox and command clips from pocketsphinx's test data and espeak-ng
+//! sentences, all fetched or made by `bash models/setup.sh`.
+//!
+//! Every test drives the stage through a real `StageIo` on tokio channels,
+//! the way the runner does.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use parlor::frame::{AudioChunk, Frame, TurnId, TurnMetrics, Utterance};
+use parlor::stages::stt::{WhisperEngine, WhisperLocal, WhisperSettings};
+use parlor::stages::{Stage, StageContext, StageIo};
+use parlor::turns::Turns;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const SETUP: &str = "run `bash models/setup.sh` from the project root first";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model_path() -> PathBuf {
+    let path = root().join("models/ggml-tiny.en.bin");
+    assert!(path.is_file(), "{} is missing: {SETUP}", path.display());
+    path
+}
+
+fn load_stage() -> WhisperLocal {
+    let settings = WhisperSettings {
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        language: "en".into(),
+        audio_ctx: None,
+    };
+    let engine = WhisperEngine::load(&model_path(), settings).expect("load the whisper model");
+    WhisperLocal::new(engine)
+}
+
+/// One clip of the corpus: 16 kHz mono speech and what was said.
+struct Clip {
+    name: String,
+    samples: Vec<f32>,
+    reference: String,
+}
+
+fn read_wav(path: &Path) -> Vec<f32> {
+    let mut reader = hound::WavReader::open(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e} ({SETUP})", path.display()));
+    let spec = reader.spec();
+    assert_eq!(
+        (spec.sample_rate, spec.channels, spec.bits_per_sample),
+        (16_000, 1, 16),
+        "{}: the corpus is 16 kHz mono 16-bit",
+        path.display()
+    );
+    reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.expect("wav sample")) / 32_768.0)
+        .collect()
+}
+
+/// Every `*.wav` with a `*.txt` beside it under models/speech/{dirs}.
+fn corpus(dirs: &[&str]) -> Vec<Clip> {
+    let mut clips = Vec::new();
+    for dir in dirs {
+        let dir = root().join("models/speech").join(dir);
+        let entries =
+            std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}: {SETUP}", dir.display()));
+        let mut wavs: Vec<PathBuf> = entries
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wav"))
+            .collect();
+        wavs.sort();
+        assert!(!wavs.is_empty(), "no clips in {}: {SETUP}", dir.display());
+        for wav in wavs {
+            let txt = wav.with_extension("txt");
+            let reference = std::fs::read_to_string(&txt)
+                .unwrap_or_else(|e| panic!("{}: {e}: {SETUP}", txt.display()));
+            clips.push(Clip {
+                name: format!(
+                    "{}/{}",
+                    dir.file_name().unwrap().to_string_lossy(),
+                    wav.file_stem().unwrap().to_string_lossy()
+                ),
+                samples: read_wav(&wav),
+                reference: reference.trim().to_string(),
+            });
+        }
+    }
+    clips
+}
+
+// ---------------------------------------------------------------------------
+// Word error rate
+// ---------------------------------------------------------------------------
+
+const ONES: [&str; 20] = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+];
+const TENS: [&str; 10] = [
+    "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+];
+
+/// Numbers as words, the way the references spell them. Whisper writes
+/// "10 of clubs" and "order 1042"; the references say "ten of clubs" and
+/// "one zero four two". One- and two-digit numbers are read as cardinals,
+/// longer ones digit by digit (order numbers, codes), which is how every
+/// reference in the corpus reads them.
+fn number_words(digits: &str) -> Vec<String> {
+    match digits.parse::<usize>() {
+        Ok(n) if digits.len() <= 2 && n < 20 => vec![ONES[n].to_string()],
+        Ok(n) if digits.len() <= 2 => {
+            let mut words = vec![TENS[n / 10].to_string()];
+            if n % 10 != 0 {
+                words.push(ONES[n % 10].to_string());
+            }
+            words
+        }
+        _ => digits
+            .chars()
+            .map(|c| ONES[c.to_digit(10).unwrap_or(0) as usize].to_string())
+            .collect(),
+    }
+}
+
+/// Lower case, punctuation and hyphens to spaces (so "cold-hearted" and
+/// "cold hearted" agree), apostrophes kept inside words, numbers as words.
+fn normalise(text: &str) -> Vec<String> {
+    let cleaned: String = text
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '\'' {
+                c
+            } else {
+                ' '
+            }
+        })
+        .collect();
+    cleaned
+        .split_whitespace()
+        .map(|w| w.trim_matches('\''))
+        .filter(|w| !w.is_empty())
+        .flat_map(|w| {
+            if w.chars().all(|c| c.is_ascii_digit()) {
+                number_words(w)
+            } else {
+                vec![w.to_string()]
+            }
+        })
+        .collect()
+}
+
+/// Word-level Levenshtein distance over the reference's length.
+fn word_error_rate(reference: &str, hypothesis: &str) -> f64 {
+    let r = normalise(reference);
+    let h = normalise(hypothesis);
+    if r.is_empty() {
+        return if h.is_empty() { 0.0 } else { 1.0 };
+    }
+    let mut previous: Vec<usize> = (0..=h.len()).collect();
+    for (i, rw) in r.iter().enumerate() {
+        let mut current = vec![i + 1; h.len() + 1];
+        for (j, hw) in h.iter().enumerate() {
+            let substitution = previous[j] + usize::from(rw != hw);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[h.len()] as f64 / r.len() as f64
+}
+
+#[test]
+fn wer_counts_substitutions_insertions_and_deletions() {
+    assert_eq!(
+        word_error_rate("go forward ten meters", "Go forward, 10 meters."),
+        0.0
+    );
+    assert_eq!(
+        word_error_rate("order one zero four two", "order 1042"),
+        0.0
+    );
+    assert_eq!(word_error_rate("a b c d", "a x c d"), 0.25);
+    assert_eq!(word_error_rate("a b c d", "a b c d e"), 0.25);
+    assert_eq!(word_error_rate("a b c d", "a c d"), 0.25);
+    assert_eq!(word_error_rate("cold hearted", "cold-hearted"), 0.0);
+    assert_eq!(word_error_rate("forty two", "42"), 0.0);
+}
+
+// ---------------------------------------------------------------------------
+// Running the stage
+// ---------------------------------------------------------------------------
+
+struct Harness {
+    input: mpsc::Sender<Frame>,
+    output: mpsc::Receiver<Frame>,
+    turns: Arc<Turns>,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), parlor::stages::StageError>>,
+}
+
+fn start(stage: WhisperLocal, barge_in: bool) -> Harness {
+    let (input, stage_in) = mpsc::channel(8);
+    let (stage_out, output) = mpsc::channel(8);
+    let shutdown = CancellationToken::new();
+    let turns = Arc::new(Turns::new(barge_in, shutdown.clone()));
+    let cx = StageContext {
+        shutdown: shutdown.clone(),
+        turns: turns.clone(),
+    };
+    let io = StageIo::new(stage.name(), stage_in, stage_out);
+    let task = tokio::spawn(Box::new(stage).run(io, cx));
+    Harness {
+        input,
+        output,
+        turns,
+        shutdown,
+        task,
+    }
+}
+
+fn speech_ended(turn: TurnId, samples: Vec<f32>) -> Frame {
+    Frame::SpeechEnded(Utterance {
+        turn,
+        audio: Arc::new(AudioChunk::new(16_000, samples)),
+        start: Duration::ZERO,
+        ended_at: Instant::now(),
+    })
+}
+
+fn end_of_turn(turn: TurnId, seconds: f64) -> Frame {
+    Frame::EndOfTurn(TurnMetrics::new(
+        turn,
+        Duration::from_secs_f64(seconds),
+        Instant::now(),
+    ))
+}
+
+/// "go forward ten meters": a short, known-good utterance for the control tests.
+fn sample_clip() -> &'static Clip {
+    static CLIP: OnceLock<Clip> = OnceLock::new();
+    CLIP.get_or_init(|| {
+        corpus(&["commands"])
+            .into_iter()
+            .next()
+            .expect("commands/goforward.wav")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transcribes_the_corpus_within_the_word_error_budget() {
+    let clips = corpus(&["librivox", "cards", "commands", "espeak"]);
+    let mut h = start(load_stage(), false);
+
+    // All turns in, then read: the stage takes them in order, one at a time.
+    let feeder = {
+        let input = h.input.clone();
+        let turns = h.turns.clone();
+        let audio: Vec<Vec<f32>> = clips.iter().map(|c| c.samples.clone()).collect();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for samples in audio {
+                let turn = turns.begin();
+                let seconds = samples.len() as f64 / 16_000.0;
+                input.send(speech_ended(turn, samples)).await.unwrap();
+                input.send(end_of_turn(turn, seconds)).await.unwrap();
+                ids.push(turn);
+            }
+            ids
+        })
+    };
+    drop(h.input);
+
+    let mut transcripts: Vec<(TurnId, String)> = Vec::new();
+    let mut ends: Vec<TurnMetrics> = Vec::new();
+    while let Some(frame) = h.output.recv().await {
+        match frame {
+            Frame::Transcript {
+                turn,
+                text,
+                is_final,
+            } => {
+                assert!(is_final);
+                assert!(
+                    !ends.iter().any(|m| m.turn == turn),
+                    "turn {turn}: transcript after its EndOfTurn"
+                );
+                transcripts.push((turn, text));
+            }
+            Frame::EndOfTurn(m) => ends.push(m),
+            other => panic!("unexpected {} frame", other.kind()),
+        }
+    }
+    let ids = feeder.await.unwrap();
+    h.task
+        .await
+        .unwrap()
+        .expect("stage ends cleanly when its input closes");
+    assert_eq!(ends.len(), clips.len(), "every EndOfTurn is forwarded");
+
+    let mut total = 0.0;
+    let mut report = String::from("\n");
+    for (clip, turn) in clips.iter().zip(&ids) {
+        let text = transcripts
+            .iter()
+            .find(|(t, _)| t == turn)
+            .map(|(_, text)| text.as_str())
+            .unwrap_or("");
+        let wer = word_error_rate(&clip.reference, text);
+        let timing = ends
+            .iter()
+            .find(|m| m.turn == *turn)
+            .and_then(|m| m.stage("stt"))
+            .expect("EndOfTurn carries the stt stage's timing");
+        let ms = timing
+            .time_to_first_output
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
+        total += wer;
+        report += &format!(
+            "{:<50} {:>4.1} s  {ms:>6.0} ms  WER {wer:.3}  {text:?}\n",
+            clip.name,
+            clip.samples.len() as f64 / 16_000.0
+        );
+    }
+    let mean = total / clips.len() as f64;
+    eprintln!("{report}mean WER over {} clips: {mean:.3}", clips.len());
+    // Measured here (tiny.en f16, greedy, 2 threads): mean WER 0.043 over
+    // these 19 clips. The misses are real: "ill disposed" heard as
+    // "old-sposed" and "four queen of clubs" as "4. Queen of Clothes" (0.25
+    // each), "clubs" as "close" (0.11), "the opening" as "me opening"
+    // (0.11); everything else is exact. MODELS.md saw 0.071 on 11 similar
+    // clips. 0.10 leaves room for another CPU's rounding to flip a word or
+    // three, and still fails when the conversion, the mel filters or the
+    // decoding settings go wrong: those push WER past 0.5.
+    assert!(mean < 0.10, "mean WER {mean:.3} ≥ 0.10");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drops_cancelled_turns_and_passes_other_frames_through() {
+    let clip = sample_clip();
+    let mut h = start(load_stage(), false);
+
+    let stale = h.turns.begin();
+    let live = h.turns.begin();
+    h.turns.cancel(stale); // as barge-in or a hang-up would
+    assert!(!h.turns.is_live(stale));
+
+    let audio = Frame::Audio(AudioChunk::new(16_000, vec![0.0; 320]));
+    h.input
+        .send(speech_ended(stale, clip.samples.clone()))
+        .await
+        .unwrap();
+    h.input.send(end_of_turn(stale, 1.0)).await.unwrap();
+    h.input.send(audio).await.unwrap();
+    h.input
+        .send(Frame::SpeechStarted {
+            turn: live,
+            at: Duration::from_secs(3),
+        })
+        .await
+        .unwrap();
+    h.input
+        .send(speech_ended(live, clip.samples.clone()))
+        .await
+        .unwrap();
+    h.input.send(end_of_turn(live, 1.0)).await.unwrap();
+    // Silence is a turn with no words: no transcript, but its EndOfTurn.
+    let quiet = h.turns.begin();
+    h.input
+        .send(speech_ended(quiet, vec![0.0; 16_000]))
+        .await
+        .unwrap();
+    h.input.send(end_of_turn(quiet, 1.0)).await.unwrap();
+    drop(h.input);
+
+    let mut seen = Vec::new();
+    while let Some(frame) = h.output.recv().await {
+        let label = format!("{}:{}", frame.kind(), frame.turn().map_or(0, |t| t.0));
+        if let Frame::Transcript { text, .. } = &frame {
+            assert!(word_error_rate(&clip.reference, text) < 0.5, "{text:?}");
+        }
+        seen.push(label);
+    }
+    h.task.await.unwrap().expect("clean stop");
+    assert_eq!(
+        seen,
+        [
+            "end_of_turn:1",
+            "audio:0",
+            "speech_started:2",
+            "transcript:2",
+            "end_of_turn:2",
+            "end_of_turn:3",
+        ],
+        "the stale turn's speech is dropped, everything else passes in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_turn_mid_transcription_drops_it_and_the_next_turn_still_works() {
+    let clip = sample_clip();
+    let mut h = start(load_stage(), true);
+
+    let first = h.turns.begin();
+    h.input
+        .send(speech_ended(first, clip.samples.clone()))
+        .await
+        .unwrap();
+    h.input.send(end_of_turn(first, 1.0)).await.unwrap();
+    // The encoder alone takes hundreds of milliseconds: cancel inside it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = h.turns.begin(); // barge-in cancels `first`
+    h.input
+        .send(speech_ended(second, clip.samples.clone()))
+        .await
+        .unwrap();
+    h.input.send(end_of_turn(second, 1.0)).await.unwrap();
+    drop(h.input);
+
+    let mut seen = Vec::new();
+    while let Some(frame) = h.output.recv().await {
+        if let Frame::Transcript { turn, text, .. } = &frame {
+            assert_eq!(*turn, second, "no transcript for the cancelled turn");
+            assert!(word_error_rate(&clip.reference, text) < 0.5, "{text:?}");
+        }
+        seen.push(format!(
+            "{}:{}",
+            frame.kind(),
+            frame.turn().map_or(0, |t| t.0)
+        ));
+    }
+    h.task.await.unwrap().expect("clean stop");
+    assert_eq!(seen, ["end_of_turn:1", "transcript:2", "end_of_turn:2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_stage_even_while_transcribing() {
+    let clip = sample_clip();
+    let h = start(load_stage(), false);
+    let turn = h.turns.begin();
+    h.input
+        .send(speech_ended(turn, clip.samples.clone()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.shutdown.cancel();
+    // Input still open: only the shutdown token can stop it.
+    let result = tokio::time::timeout(Duration::from_secs(10), h.task)
+        .await
+        .expect("the stage stops on shutdown")
+        .unwrap();
+    assert!(result.is_ok());
+    drop(h.input);
+}
+
+#[test]
+fn a_missing_model_names_the_file_and_the_fix() {
+    let settings = WhisperSettings {
+        threads: 1,
+        language: "en".into(),
+        audio_ctx: None,
+    };
+    let err = WhisperEngine::load(Path::new("models/no-such-model.bin"), settings)
+        .err()
+        .expect("loading a missing file fails")
+        .to_string();
+    assert!(err.contains("models/no-such-model.bin"), "{err}");
+    assert!(err.contains("models/setup.sh"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_model_names_the_file_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.bin");
+    std::fs::write(&bogus, b"this is not a ggml file").unwrap();
+    let settings = WhisperSettings {
+        threads: 1,
+        language: "en".into(),
+        audio_ctx: None,
+    };
+    let err = WhisperEngine::load(&bogus, settings)
+        .err()
+        .expect("loading garbage fails")
+        .to_string();
+    assert!(err.contains("bogus.bin"), "{err}");
+    assert!(err.contains("models/setup.sh"), "{err}");
+}
