@@ -719,7 +719,7 @@ fn no_panic(bytes: Vec<u8>, hint: Option<&str>, what: &str) {
 fn random_bytes_never_panic() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let hints = [None, Some("wav"), Some("mp3"), Some("flac"), Some("ogg")];
-    for i in 0..400 {
+    for i in 0..1_500 {
         let len = (rng.next() % 5_000) as usize;
         let mut bytes = rng.bytes(len);
         // Random bytes with a real magic number reach deeper into the readers.
@@ -747,7 +747,7 @@ fn every_truncation_and_corruption_of_every_fixture_never_panics() {
         for cut in cuts {
             no_panic(bytes[..cut].to_vec(), None, &format!("{name} cut at {cut}"));
         }
-        for round in 0..60 {
+        for round in 0..150 {
             let mut damaged = bytes.clone();
             for _ in 0..1 + round % 8 {
                 let at = (rng.next() as usize) % len;
