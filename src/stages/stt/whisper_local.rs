@@ -255,7 +255,8 @@ impl Stage for WhisperLocal {
                 return Ok(());
             };
             let Frame::SpeechEnded(utterance) = frame else {
-                io.send(frame).await?;
+                // Not ours: passing it on must not start the turn's clock.
+                io.forward(frame).await?;
                 continue;
             };
             let turn = utterance.turn;
