@@ -79,7 +79,10 @@ fn silence(seconds: f32) -> Vec<i16> {
 fn word_recall(expected: &str, got: &str) -> f32 {
     let norm = |s: &str| -> Vec<String> {
         s.split_whitespace()
-            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_alphanumeric())
+                    .to_lowercase()
+            })
             .filter(|w| !w.is_empty())
             .collect()
     };
@@ -122,7 +125,12 @@ fn two_questions_give_two_turns_in_order() {
         .map(|s| s["stage"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(stages, ["vad", "stt"]);
-    assert!(turns[0]["metrics"]["stages"][1]["time_to_first_output"].as_f64().unwrap() > 0.0);
+    assert!(
+        turns[0]["metrics"]["stages"][1]["time_to_first_output"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 }
 
 #[test]
@@ -183,7 +191,11 @@ fn bad_audio_exits_1_with_the_reason() {
     std::fs::write(&empty, b"").unwrap();
     let out = parlor(&["transcribe", empty.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).to_lowercase().contains("empty"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("empty"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = parlor(&["transcribe", "/nonexistent/x.wav"]);
     assert_eq!(out.status.code(), Some(1));
@@ -217,6 +229,9 @@ fn check_lists_the_default_pipeline() {
     let out = parlor(&["check"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.starts_with("local (pipelines/local.toml): valid"), "{text}");
+    assert!(
+        text.starts_with("local (pipelines/local.toml): valid"),
+        "{text}"
+    );
     assert!(text.contains("stage 2: stt"), "{text}");
 }
