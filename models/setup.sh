@@ -254,7 +254,12 @@ mkdir -p "$speech/espeak" "$speech/samples"
 espeak_stamp="$speech/espeak/.made-from"
 espeak_spec="$(espeak-ng --version | head -n1); $(printf '%s\n' "${ESPEAK_CLIPS[@]}")"
 made=0
-if [[ "$(cat "$espeak_stamp" 2>/dev/null)" != "$espeak_spec" ]]; then
+complete=1
+for clip in "${ESPEAK_CLIPS[@]}"; do
+  IFS='|' read -r _ _ name _ <<<"$clip"
+  [[ -f "$speech/espeak/$name.wav" && -f "$speech/espeak/$name.txt" ]] || complete=0
+done
+if [[ $complete == 0 || "$(cat "$espeak_stamp" 2>/dev/null)" != "$espeak_spec" ]]; then
   rm -f "$speech"/espeak/*.wav "$speech"/espeak/*.txt "$speech/samples/question.wav"
   for clip in "${ESPEAK_CLIPS[@]}"; do
     IFS='|' read -r voice wpm name text <<<"$clip"
