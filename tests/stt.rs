@@ -507,3 +507,44 @@ fn a_file_that_is_not_a_model_names_the_file_and_the_fix() {
     assert!(err.contains("bogus.bin"), "{err}");
     assert!(err.contains("models/setup.sh"), "{err}");
 }
+
+#[test]
+fn a_turn_shorter_than_a_second_is_still_transcribed() {
+    // "ten of clubs", cut to its ~0.75 s of speech: a short answer must
+    // come through whole, and a 50 ms scrap (under whisper.cpp's 100 ms
+    // minimum, padded by the engine) must not be an error.
+    let clip = corpus(&["cards"])
+        .into_iter()
+        .find(|c| c.name == "cards/001")
+        .expect("cards/001.wav");
+    let loud = |s: &f32| s.abs() > 0.02;
+    let first = clip.samples.iter().position(loud).unwrap();
+    let last = clip.samples.iter().rposition(loud).unwrap();
+    let margin = 800; // 50 ms
+    let speech =
+        &clip.samples[first.saturating_sub(margin)..(last + margin).min(clip.samples.len())];
+    assert!(
+        speech.len() < 16_000,
+        "{} samples: not short enough",
+        speech.len()
+    );
+
+    let settings = WhisperSettings {
+        threads: 2,
+        language: "en".into(),
+        audio_ctx: None,
+    };
+    let mut engine = WhisperEngine::load(&model_path(), settings).expect("load");
+    let text = engine.transcribe(speech, None).expect("transcribe");
+    assert!(
+        word_error_rate(&clip.reference, &text) < 0.5,
+        "{text:?} for {:.2} s of {:?}",
+        speech.len() as f64 / 16_000.0,
+        clip.reference
+    );
+    assert_eq!(
+        engine.transcribe(&[0.0; 8_000], None).unwrap(),
+        "",
+        "silence"
+    );
+}
