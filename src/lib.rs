@@ -11,10 +11,12 @@
 //! - [`runner`]: wires stages with bounded channels; shutdown and drain.
 //! - [`turns`]: turn ids and per-turn cancellation (barge-in).
 //! - [`audio`]: decode, resample, WAV (the only module that knows symphonia).
+//! - [`mcp`]: the MCP client pool (the only module that knows rmcp).
 //! - [`transcribe`]: the `parlor transcribe` job, as a library call.
 
 pub mod audio;
 pub mod frame;
+pub mod mcp;
 pub mod runner;
 pub mod spec;
 pub mod stages;

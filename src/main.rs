@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use parlor::audio::{decode_file, DecodeLimits};
+use parlor::mcp::McpPool;
 use parlor::spec::PipelineSpec;
 use parlor::transcribe::{listening_pipeline, transcribe, TurnTranscript};
 use serde_json::json;
@@ -48,6 +49,22 @@ enum Command {
         #[arg(long)]
         pipeline: Option<PathBuf>,
     },
+    /// The MCP servers of a pipeline.
+    Mcp {
+        #[command(subcommand)]
+        command: McpCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum McpCommand {
+    /// Connect to every [mcp.*] server and list its tools, resources and
+    /// prompts (tools under the `server__tool` names the planner sees).
+    List {
+        /// Pipeline spec (default: the embedded pipelines/local.toml).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -62,6 +79,9 @@ fn main() -> ExitCode {
                 json,
             } => run_transcribe(&file, pipeline.as_deref(), json).await,
             Command::Check { pipeline } => run_check(pipeline.as_deref()),
+            Command::Mcp {
+                command: McpCommand::List { pipeline },
+            } => run_mcp_list(pipeline.as_deref()).await,
         }
     });
     match result {
@@ -130,6 +150,125 @@ fn run_check(path: Option<&Path>) -> Result<(), Failure> {
         println!("  mcp server: {name}");
     }
     Ok(())
+}
+
+async fn run_mcp_list(path: Option<&Path>) -> Result<(), Failure> {
+    let spec = load_spec(path)?;
+    if spec.mcp.is_empty() {
+        println!("(no MCP servers in {})", spec.source.display());
+        return Ok(());
+    }
+    let names: Vec<String> = spec.mcp.keys().cloned().collect();
+    let pool = McpPool::connect(&spec.mcp, &names)
+        .await
+        .map_err(Failure::input)?;
+    let mut rows = vec![[
+        "SERVER".to_string(),
+        "TRANSPORT".into(),
+        "PROTOCOL".into(),
+        "IMPLEMENTATION".into(),
+        "TARGET".into(),
+    ]];
+    for s in pool.servers() {
+        rows.push([
+            s.name,
+            s.transport.into(),
+            s.protocol_version.unwrap_or_default(),
+            s.server_info.unwrap_or_default(),
+            s.target,
+        ]);
+    }
+    for (name, server) in &spec.mcp {
+        if let parlor::spec::McpServerSpec::Hosted { url } = server {
+            rows.push([
+                name.clone(),
+                "hosted".into(),
+                "-".into(),
+                "(called by the model provider)".into(),
+                url.clone(),
+            ]);
+        }
+    }
+    print_table(&rows);
+    let tools = pool.tools().await;
+    println!("\ntools ({}):", tools.len());
+    let mut rows = vec![["NAME".to_string(), "DESCRIPTION".into()]];
+    rows.extend(
+        tools
+            .into_iter()
+            .map(|t| [t.name, one_line(t.description.as_deref())]),
+    );
+    print_table(&rows);
+    let resources = pool.resources().await;
+    println!("\nresources ({}):", resources.len());
+    let mut rows = vec![[
+        "SERVER".to_string(),
+        "URI".into(),
+        "MIME".into(),
+        "DESCRIPTION".into(),
+    ]];
+    rows.extend(resources.into_iter().map(|r| {
+        [
+            r.server,
+            r.uri,
+            r.mime_type.unwrap_or_default(),
+            one_line(r.description.as_deref().or(Some(&r.name))),
+        ]
+    }));
+    print_table(&rows);
+    let prompts = pool.prompts().await;
+    println!("\nprompts ({}):", prompts.len());
+    let mut rows = vec![[
+        "SERVER".to_string(),
+        "PROMPT(ARGS, *=required)".into(),
+        "DESCRIPTION".into(),
+    ]];
+    rows.extend(prompts.into_iter().map(|p| {
+        let args: Vec<String> = p
+            .arguments
+            .iter()
+            .map(|a| format!("{}{}", a.name, if a.required { "*" } else { "" }))
+            .collect();
+        [
+            p.server,
+            format!("{}({})", p.name, args.join(", ")),
+            one_line(p.description.as_deref()),
+        ]
+    }));
+    print_table(&rows);
+    pool.shutdown().await;
+    Ok(())
+}
+
+/// First line of `text`, at most 80 characters.
+fn one_line(text: Option<&str>) -> String {
+    let line = text.unwrap_or("").lines().next().unwrap_or("");
+    if line.chars().count() > 80 {
+        format!("{}…", line.chars().take(79).collect::<String>())
+    } else {
+        line.to_string()
+    }
+}
+
+/// Columns padded to their widest cell.
+fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
 }
 
 async fn run_transcribe(file: &Path, pipeline: Option<&Path>, json: bool) -> Result<(), Failure> {

@@ -1,0 +1,23 @@
+//! The MCP client pool: the only module that knows rmcp.
+//!
+//! # Layout
+//! - [`pool`]: [`McpPool`], one live session per server; tools under
+//!   `server__tool` names, cached lists refreshed on `list_changed`,
+//!   resources (read, subscribe, inject within a budget), prompts,
+//!   reconnection with backoff. Every request has a deadline.
+//! - [`transport`]: an `[mcp.NAME]` spec to a connected rmcp session (stdio
+//!   child with a cleared environment, legacy SSE, Streamable HTTP).
+//! - [`sse`]: the legacy HTTP+SSE client transport rmcp 3.x no longer ships.
+//! - [`error`]: [`McpError`] for set-up and requests, [`ToolCallError`] for
+//!   tool calls that produced no result.
+
+pub mod error;
+pub mod pool;
+pub mod sse;
+pub mod transport;
+
+pub use error::{McpError, ToolCallError};
+pub use pool::{
+    McpPool, McpPoolOptions, PromptArgumentInfo, PromptInfo, PromptText, ResourceContent,
+    ResourceInfo, ServerStatus, ToolInfo, ToolOutput,
+};

@@ -1,0 +1,135 @@
+//! From an `[mcp.NAME]` table to a live rmcp client session.
+//!
+//! - `stdio`: a child process. Its environment is cleared and rebuilt from
+//!   PATH plus the spec's `env` only, so one server's secrets never reach
+//!   another (nor does parlor's own environment). Its stderr goes to tracing
+//!   (stdout is the protocol).
+//! - `sse`: the legacy HTTP+SSE transport in [`super::sse`].
+//! - `streamable-http`: rmcp's Streamable HTTP client.
+//!
+//! The handshake sends `initialize` with the newest protocol version that
+//! still has one ([`ProtocolVersion::LATEST_WITH_INITIALIZE`]); servers answer
+//! with the newest they speak, down to 2024-11-05, and rmcp uses that.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use rmcp::model::{ClientConfig, ProtocolVersion};
+use rmcp::service::RunningService;
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::error::McpError;
+use super::sse::SseClientTransport;
+use crate::spec::McpServerSpec;
+
+/// What parlor says about itself in `initialize`.
+pub fn client_config() -> ClientConfig {
+    serde_json::from_value(serde_json::json!({
+        "protocolVersion": ProtocolVersion::LATEST_WITH_INITIALIZE.as_str(),
+        "capabilities": {},
+        "clientInfo": { "name": "parlor", "version": env!("CARGO_PKG_VERSION") },
+    }))
+    .expect("static client config")
+}
+
+/// The transport's name as written in the spec.
+pub fn transport_name(spec: &McpServerSpec) -> &'static str {
+    match spec {
+        McpServerSpec::Stdio { .. } => "stdio",
+        McpServerSpec::Sse { .. } => "sse",
+        McpServerSpec::StreamableHttp { .. } => "streamable-http",
+        McpServerSpec::Hosted { .. } => "hosted",
+    }
+}
+
+/// Where the server is: the command line or the URL.
+pub fn target(spec: &McpServerSpec) -> String {
+    match spec {
+        McpServerSpec::Stdio { command, args, .. } => std::iter::once(command.as_str())
+            .chain(args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        McpServerSpec::Sse { url }
+        | McpServerSpec::StreamableHttp { url }
+        | McpServerSpec::Hosted { url } => url.clone(),
+    }
+}
+
+/// Connects to server `name` and completes the MCP handshake within
+/// `timeout`.
+///
+/// # Errors
+/// [`McpError::Connect`] when the transport cannot be set up (bad command or
+/// URL), [`McpError::Handshake`] when `initialize` fails,
+/// [`McpError::Timeout`] when either takes longer than `timeout`, and
+/// [`McpError::NotConnectable`] for `hosted` servers.
+pub async fn connect<H: ClientHandler>(
+    name: &str,
+    spec: &McpServerSpec,
+    handler: H,
+    timeout: Duration,
+) -> Result<RunningService<RoleClient, H>, McpError> {
+    let connect_err = |reason: String| McpError::Connect {
+        server: name.to_string(),
+        reason,
+    };
+    let handshake = |e: rmcp::service::ClientInitializeError| McpError::Handshake {
+        server: name.to_string(),
+        reason: e.to_string(),
+    };
+    let deadline = |_| McpError::Timeout {
+        server: name.to_string(),
+        what: "connect and initialize",
+        after: timeout,
+    };
+    match spec {
+        McpServerSpec::Stdio { command, args, env } => {
+            let mut cmd = tokio::process::Command::new(command);
+            cmd.args(args).env_clear();
+            if let Some(path) = std::env::var_os("PATH") {
+                cmd.env("PATH", path);
+            }
+            cmd.envs(env).kill_on_drop(true);
+            let (child, stderr) = TokioChildProcess::builder(cmd)
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| connect_err(format!("cannot start `{command}`: {e}")))?;
+            if let Some(stderr) = stderr {
+                let server = name.to_string();
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        tracing::info!(message = "MCP server stderr.", server = %server, line = %line);
+                    }
+                });
+            }
+            tokio::time::timeout(timeout, handler.serve(child))
+                .await
+                .map_err(deadline)?
+                .map_err(handshake)
+        }
+        McpServerSpec::Sse { url } => {
+            let transport = SseClientTransport::connect(url, timeout)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            tokio::time::timeout(timeout, handler.serve(transport))
+                .await
+                .map_err(deadline)?
+                .map_err(handshake)
+        }
+        McpServerSpec::StreamableHttp { url } => {
+            reqwest::Url::parse(url).map_err(|e| connect_err(format!("bad URL {url:?}: {e}")))?;
+            let transport = StreamableHttpClientTransport::from_uri(url.as_str());
+            tokio::time::timeout(timeout, handler.serve(transport))
+                .await
+                .map_err(deadline)?
+                .map_err(|e| connect_err(format!("{url}: {e}")))
+        }
+        McpServerSpec::Hosted { .. } => Err(McpError::NotConnectable {
+            server: name.to_string(),
+            transport: "hosted".into(),
+        }),
+    }
+}
