@@ -8,11 +8,14 @@
 //! - [`transport`]: an `[mcp.NAME]` spec to a connected rmcp session (stdio
 //!   child with a cleared environment, legacy SSE, Streamable HTTP).
 //! - [`sse`]: the legacy HTTP+SSE client transport rmcp 3.x no longer ships.
+//! - [`servers`]: parlor's own MCP servers (orders over stdio, knowledge over
+//!   HTTP), run as the `parlor-mcp-*` binaries.
 //! - [`error`]: [`McpError`] for set-up and requests, [`ToolCallError`] for
 //!   tool calls that produced no result.
 
 pub mod error;
 pub mod pool;
+pub mod servers;
 pub mod sse;
 pub mod transport;
 

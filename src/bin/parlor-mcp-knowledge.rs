@@ -1,0 +1,63 @@
+//! `parlor-mcp-knowledge`: retrieval over the shop's documents as an MCP server,
+//! over Streamable HTTP (`/mcp`) and legacy SSE (`/sse` + `/message`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use parlor::mcp::servers::knowledge::{self, KnowledgeBase, KnowledgeServer};
+use tracing_subscriber::EnvFilter;
+
+/// The shop's help documents, searchable, as an MCP server over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "parlor-mcp-knowledge", version)]
+struct Args {
+    /// Address to listen on. Pipelines reach it at http://<addr>/mcp (or /sse).
+    #[arg(long, env = "KNOWLEDGE_ADDR", default_value = knowledge::DEFAULT_ADDR)]
+    addr: SocketAddr,
+    /// Index the *.md files of this directory instead of the bundled documents.
+    #[arg(long, env = "KNOWLEDGE_DOCS")]
+    docs: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("PARLOR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let args = Args::parse();
+    let docs = match &args.docs {
+        Some(dir) => knowledge::documents_from_dir(dir)?,
+        None => knowledge::bundled_documents(),
+    };
+    let kb = KnowledgeBase::build(docs)?;
+    tracing::info!(
+        docs = kb.documents().count(),
+        passages = kb.passage_count(),
+        message = "Knowledge index built."
+    );
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (is another server on it? try --addr)",
+                args.addr
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, mcp = %format!("http://{addr}/mcp"), sse = %format!("http://{addr}/sse"), message = "Knowledge server listening.");
+    knowledge::serve(
+        listener,
+        KnowledgeServer::new(Arc::new(kb)),
+        parlor::mcp::servers::shutdown_signal(),
+    )
+    .await?;
+    tracing::info!(message = "Knowledge server stopped.");
+    Ok(())
+}

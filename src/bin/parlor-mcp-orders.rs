@@ -1,0 +1,31 @@
+//! `parlor-mcp-orders`: the orders and customer database as an MCP server over stdio.
+//!
+//! stdout carries the protocol, so logs go to stderr only.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// Orders and customers (SQLite) as an MCP server on stdin/stdout.
+#[derive(Debug, Parser)]
+#[command(name = "parlor-mcp-orders", version)]
+struct Args {
+    /// The SQLite database; created and seeded with the bundled demo data when missing.
+    #[arg(long, env = "ORDERS_DB", default_value = "data/orders.db")]
+    db: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("PARLOR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let args = Args::parse();
+    parlor::mcp::servers::orders::serve_stdio(&args.db, parlor::mcp::servers::shutdown_signal())
+        .await
+}

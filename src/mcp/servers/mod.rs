@@ -1,0 +1,53 @@
+//! parlor's own MCP servers: the tools and documents the example pipelines call.
+//!
+//! They are ordinary MCP servers, run as their own processes
+//! (`src/bin/parlor-mcp-*.rs`), so the planner reaches them through the same
+//! client pool, policy layer and transports as any third-party server.
+//!
+//! # Layout
+//! - [`orders`]: an orders and customer database over stdio, backed by SQLite
+//!   and seeded from `pipelines/data/orders.sql` ("where is my order?").
+//! - [`knowledge`]: retrieval over the bundled documents in
+//!   `pipelines/data/knowledge/` with a tantivy index, over Streamable HTTP
+//!   (`/mcp`) and legacy SSE (`/sse` + `/message`).
+
+pub mod knowledge;
+pub mod orders;
+
+use rmcp::model::{CallToolResult, ContentBlock};
+
+/// A failed tool call the model should read and recover from (unknown order,
+/// order already shipped), as opposed to a protocol error, which a client
+/// treats as a broken server.
+pub(crate) fn tool_error(message: impl Into<String>) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM: what a terminal or a supervisor sends.
+/// A signal whose handler cannot be installed is logged and then never fires.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, message = "Cannot listen for Ctrl-C.");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, message = "Cannot listen for SIGTERM.");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!(message = "Ctrl-C received, shutting down."),
+        () = terminate => tracing::info!(message = "SIGTERM received, shutting down."),
+    }
+}
