@@ -645,3 +645,34 @@ async fn wrong_command_or_url_fails_at_start_naming_the_server() {
         .to_string();
     assert!(err.contains("\"ghost\""), "{err}");
 }
+
+#[tokio::test]
+async fn a_2024_11_05_server_is_spoken_to_in_its_version() {
+    let pool = pool(vec![(
+        "old",
+        McpServerSpec::Stdio {
+            command: python(),
+            args: vec![concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/old_protocol_server.py"
+            )
+            .into()],
+            env: BTreeMap::new(),
+        },
+    )])
+    .await;
+    assert_eq!(
+        pool.servers()[0].protocol_version.as_deref(),
+        Some("2024-11-05")
+    );
+    assert!(pool.tools().await.iter().any(|t| t.name == "old__add"));
+    let out = pool
+        .call_tool("old__add", json!({"a": 20, "b": 22}))
+        .await
+        .expect("add");
+    assert_eq!(out.text, "42");
+    assert!(
+        pool.resources().await.is_empty(),
+        "no resources capability: no request"
+    );
+}
