@@ -1,0 +1,181 @@
+//! Local planner: time to first token on the same turn, cold (empty KV
+//! cache: the whole prompt — system prompt, tool schemas, question — is
+//! evaluated) against with prefix reuse (the system prompt and tools are
+//! cached from the previous turn; only the question is evaluated). Also a
+//! follow-up turn after a tool result, and generation speed.
+//!
+//! Uses the question set in benches/tasks/planner_questions.json and
+//! Qwen2.5-Coder-0.5B-Instruct Q4_K_M on 2 threads. Needs
+//! `bash models/setup.sh`. Run: `cargo bench --bench llm`.
+//! `PARLOR_BENCH_RUNS` (default 3) sets the runs per question,
+//! `PARLOR_BENCH_QUESTIONS` how many questions (default all).
+
+use std::path::Path;
+use std::time::Duration;
+
+use parlor::llm::{ChatMessage, LlmError, LocalLlm, LocalLlmOptions, ToolSpec};
+use serde_json::Value;
+
+const THREADS: usize = 2;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Time to first token of one request. The request stops after that
+/// token (a one-token limit), so only the first token is paid for.
+fn ttft(
+    llm: &mut LocalLlm,
+    messages: &[ChatMessage],
+    tools: &[ToolSpec],
+) -> (Duration, usize, usize) {
+    llm.options_mut().max_tokens = 1;
+    match llm.decide(messages, tools, |_| {}) {
+        Ok(_) | Err(LlmError::TokenLimit { .. }) => {}
+        Err(e) => panic!("{e}"),
+    }
+    let s = llm.last_stats();
+    (s.time_to_first_token, s.prompt_tokens, s.reused_tokens)
+}
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let model = root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    assert!(
+        model.exists(),
+        "{} missing: run `bash models/setup.sh`",
+        model.display()
+    );
+    let set: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("benches/tasks/planner_questions.json")).unwrap(),
+    )
+    .unwrap();
+    let tools: Vec<ToolSpec> = serde_json::from_value(set["tools"].clone()).unwrap();
+    let system = set["system"].as_str().unwrap();
+    let questions: Vec<&str> = set["questions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["question"].as_str().unwrap())
+        .collect();
+    // PARLOR_BENCH_QUESTIONS limits the table to the first N questions.
+    let limit: usize = std::env::var("PARLOR_BENCH_QUESTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(usize::MAX);
+    let questions: Vec<&str> = questions.into_iter().take(limit).collect();
+    let runs: usize = std::env::var("PARLOR_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+
+    let mut llm = LocalLlm::load(
+        &model,
+        LocalLlmOptions {
+            threads: THREADS,
+            context_len: 2048,
+            ..LocalLlmOptions::default()
+        },
+    )
+    .expect("load model");
+    let convo = |q: &str| vec![ChatMessage::system(system), ChatMessage::user(q)];
+
+    // Warm up (page the weights in, let the CPU settle).
+    ttft(&mut llm, &convo(questions[0]), &tools);
+
+    println!(
+        "Local planner, time to first token on the same turn ({runs} runs per question, median)"
+    );
+    println!(
+        "{:<55} {:>8} {:>10} {:>7} {:>7}",
+        "question", "cold ms", "cached ms", "ratio", "tokens"
+    );
+    let (mut all_cold, mut all_warm) = (Vec::new(), Vec::new());
+    for (i, q) in questions.iter().enumerate() {
+        let (mut cold, mut warm) = (Vec::new(), Vec::new());
+        let mut shape = (0, 0);
+        for _ in 0..runs {
+            llm.clear_cache();
+            let (t, prompt, reused) = ttft(&mut llm, &convo(q), &tools);
+            assert_eq!(reused, 0);
+            cold.push(t);
+            // The previous turn was another question: its system prompt
+            // and tools are in the cache, the question is not.
+            let other = questions[(i + 1) % questions.len()];
+            ttft(&mut llm, &convo(other), &tools);
+            let (t, _, reused) = ttft(&mut llm, &convo(q), &tools);
+            warm.push(t);
+            shape = (prompt, reused);
+        }
+        let (c, w) = (median(cold.clone()), median(warm.clone()));
+        all_cold.extend(cold);
+        all_warm.extend(warm);
+        println!(
+            "{:<55} {:>8.1} {:>10.1} {:>6.1}x {:>3}/{:<3}",
+            q,
+            ms(c),
+            ms(w),
+            ms(c) / ms(w),
+            shape.1,
+            shape.0
+        );
+    }
+    let (c, w) = (median(all_cold), median(all_warm));
+    println!(
+        "ALL (median)                                            {:>8.1} {:>10.1} {:>6.1}x",
+        ms(c),
+        ms(w),
+        ms(c) / ms(w)
+    );
+
+    // A follow-up after a tool result: the cache holds the conversation up
+    // to the model's own call; only the result is new.
+    let mut messages = convo("Where is my order 1042?");
+    llm.options_mut().max_tokens = 96;
+    llm.clear_cache();
+    let call = llm.decide(&messages, &tools, |_| {}).expect("decide");
+    messages.push(call.to_message("call-1"));
+    messages.push(ChatMessage::tool_result(
+        "call-1",
+        call.name(),
+        r#"{"order_id": "1042", "status": "shipped", "carrier": "DHL", "expected_delivery": "Friday"}"#,
+    ));
+    let mut follow = Vec::new();
+    let mut follow_cold = Vec::new();
+    for _ in 0..runs {
+        // Re-establish the cache as it is right after the call.
+        llm.clear_cache();
+        llm.options_mut().max_tokens = 96;
+        llm.decide(&messages[..2], &tools, |_| {}).expect("decide");
+        follow.push(ttft(&mut llm, &messages, &tools).0);
+        llm.clear_cache();
+        follow_cold.push(ttft(&mut llm, &messages, &tools).0);
+    }
+    let (fc, fw) = (median(follow_cold), median(follow));
+    println!(
+        "after a tool result: cold {:.1} ms, cached {:.1} ms ({:.1}x)",
+        ms(fc),
+        ms(fw),
+        ms(fc) / ms(fw)
+    );
+
+    // Generation speed: whole decisions, cached prefix.
+    llm.options_mut().max_tokens = 96;
+    let (mut tokens, mut secs) = (0usize, 0.0);
+    for q in &questions {
+        llm.decide(&convo(q), &tools, |_| {}).expect("decide");
+        let s = llm.last_stats();
+        tokens += s.generated_tokens.saturating_sub(1);
+        secs += s.generation_time.as_secs_f64();
+    }
+    println!(
+        "generation: {:.1} tokens/s over {} questions (greedy, grammar-constrained)",
+        tokens as f64 / secs,
+        questions.len()
+    );
+}
