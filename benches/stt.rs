@@ -1,10 +1,13 @@
 //! Speech-to-text speed, per clip:
 //!
 //! - `bare`: one `WhisperState::full` call from whisper-rs with the stage's
-//!   settings — the floor;
-//! - `stage`: the `whisper-local` stage driven through real channels and
-//!   `StageIo` (spawn_blocking, the engine's mutex, frames) — the bare call
-//!   plus the stage's overhead;
+//!   settings — the floor — with whisper's full 30 s window (`full`,
+//!   `audio_ctx = 1500`) and with the stage's default, automatic window
+//!   (`default`, `whisper_local::auto_audio_ctx`: 1024 frames for turns
+//!   under ~15 s);
+//! - `stage`: the `whisper-local` stage with its default settings, driven
+//!   through real channels and `StageIo` (spawn_blocking, the engine's
+//!   mutex, frames) — the default bare call plus the stage's overhead;
 //! - `faster-whisper`: the same tiny.en weights in their original
 //!   CTranslate2 form, int8, through `benches/peers/faster_whisper_bench.py`
 //!   in the venv models/setup.sh made — the peer.
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use parlor::frame::{AudioChunk, Frame, Utterance};
+use parlor::stages::stt::whisper_local::{auto_audio_ctx, FULL_AUDIO_CTX};
 use parlor::stages::stt::{WhisperEngine, WhisperLocal, WhisperSettings};
 use parlor::stages::{Stage, StageContext, StageIo};
 use parlor::turns::Turns;
@@ -100,7 +104,8 @@ impl Bare {
         }
     }
 
-    fn transcribe(&mut self, samples: &[f32]) -> String {
+    /// `audio_ctx`: the encoder window in 20 ms frames.
+    fn transcribe(&mut self, samples: &[f32], audio_ctx: u32) -> String {
         let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         p.set_n_threads(THREADS as c_int);
         p.set_language(Some("en"));
@@ -113,6 +118,7 @@ impl Bare {
         p.set_print_timestamps(false);
         p.set_suppress_blank(true);
         p.set_suppress_nst(true);
+        p.set_audio_ctx(audio_ctx as c_int);
         self.state.full(p, samples).expect("whisper full");
         self.state
             .as_iter()
@@ -194,14 +200,16 @@ fn criterion_benches(
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(8));
-    // A short command and the longest sentence: every clip is padded to
-    // Whisper's 30 s window, so length matters little; two is enough here.
+    // A short command and the longest sentence: whisper pads every clip to
+    // its window (1024 frames by default for both), so length matters
+    // little; two is enough here.
     for name in ["commands/goforward", "librivox/0870"] {
         let Some(clip) = clips.iter().find(|c| c.name == name) else {
             continue;
         };
+        let ctx = auto_audio_ctx(clip.samples.len());
         group.bench_function(format!("bare/{name}"), |b| {
-            b.iter(|| bare.transcribe(&clip.samples))
+            b.iter(|| bare.transcribe(&clip.samples, ctx))
         });
         group.bench_function(format!("stage/{name}"), |b| {
             b.iter_custom(|iters| {
@@ -261,24 +269,32 @@ fn side_by_side(rt: &Runtime, bare: &mut Bare, rig: &mut StageRig, clips: &[Clip
         eprintln!("faster-whisper column skipped: {e}");
     }
     println!(
-        "\nper clip, median of {runs} runs, {THREADS} threads (ms)\n{:<18} {:>5}  {:>7} {:>7} {:>8}  {:>7} {:>8}  same text",
-        "clip", "s", "bare", "stage", "overhead", "f-w int8", "f-w/bare"
+        "\nper clip, median of {runs} runs, {THREADS} threads (ms); full = whisper's 30 s window, \
+         default = the stage's automatic one; f-w/x > 1: parlor is faster\n\
+         {:<18} {:>5}  {:>6} {:>7} {:>7} {:>8}  {:>7} {:>8} {:>9}  same text",
+        "clip", "s", "full", "default", "stage", "overhead", "f-w int8", "f-w/full", "f-w/dflt"
     );
-    let (mut sum_bare, mut sum_stage, mut sum_peer, mut same) = (0.0, 0.0, 0.0, 0);
+    let (mut sum_full, mut sum_default, mut sum_stage, mut sum_peer) = (0.0, 0.0, 0.0, 0.0);
+    let (mut same, mut same_full) = (0, 0);
     for clip in clips {
-        let mut bare_ms = Vec::new();
-        let mut stage_ms = Vec::new();
-        let mut text = String::new();
+        let ctx = auto_audio_ctx(clip.samples.len());
+        let (mut full_ms, mut default_ms, mut stage_ms) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut text, mut text_full) = (String::new(), String::new());
+        // Interleaved, so load on a shared machine hits all three alike.
         for _ in 0..runs {
             let t = Instant::now();
-            text = bare.transcribe(&clip.samples);
-            bare_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            text_full = bare.transcribe(&clip.samples, FULL_AUDIO_CTX);
+            full_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            text = bare.transcribe(&clip.samples, ctx);
+            default_ms.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
             rt.block_on(rig.transcribe(&clip.samples));
             stage_ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        let (b, s) = (median(bare_ms), median(stage_ms));
-        sum_bare += b;
+        let (f, d, s) = (median(full_ms), median(default_ms), median(stage_ms));
+        sum_full += f;
+        sum_default += d;
         sum_stage += s;
         let peer_clip = peer.as_ref().ok().and_then(|p| {
             p["clips"]
@@ -297,26 +313,34 @@ fn side_by_side(rt: &Runtime, bare: &mut Bare, rig: &mut StageRig, clips: &[Clip
         sum_peer += peer_ms;
         let same_text = peer_clip.is_some() && peer_text == text;
         same += usize::from(same_text);
+        same_full += usize::from(peer_clip.is_some() && peer_text == text_full);
         println!(
-            "{:<18} {:>5.1}  {b:>7.0} {s:>7.0} {:>+8.1}  {peer_ms:>7.0} {:>8.2}  {}",
+            "{:<18} {:>5.1}  {f:>6.0} {d:>7.0} {s:>7.0} {:>+8.1}  {peer_ms:>7.0} {:>8.2} {:>9.2}  {}",
             clip.name,
             clip.samples.len() as f64 / 16_000.0,
-            s - b,
-            peer_ms / b,
+            s - d,
+            peer_ms / f,
+            peer_ms / d,
             if same_text { "yes" } else { "no" },
         );
     }
     let n = clips.len() as f64;
     println!(
-        "{:<18} {:>5}  {:>7.0} {:>7.0} {:>+8.1}  {:>7.0} {:>8.2}  {same}/{}",
+        "{:<18} {:>5}  {:>6.0} {:>7.0} {:>7.0} {:>+8.1}  {:>7.0} {:>8.2} {:>9.2}  {same}/{}",
         "mean",
         "",
-        sum_bare / n,
+        sum_full / n,
+        sum_default / n,
         sum_stage / n,
-        (sum_stage - sum_bare) / n,
+        (sum_stage - sum_default) / n,
         sum_peer / n,
-        sum_peer / sum_bare,
+        sum_peer / sum_full,
+        sum_peer / sum_default,
         clips.len()
+    );
+    println!(
+        "same text as faster-whisper: default window {same}/{n}, full window {same_full}/{n}",
+        n = clips.len()
     );
 }
 

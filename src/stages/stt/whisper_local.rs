@@ -25,9 +25,70 @@ use crate::stages::{Stage, StageContext, StageError, StageIo};
 
 /// whisper.cpp returns nothing for input under 100 ms ("input is too
 /// short") and warns; pad such scraps with silence to one second so every
-/// turn gets a real decode. Whisper pads every input to its 30 s window
-/// anyway, so this costs nothing.
+/// turn gets a real decode. Whisper pads every input to its window (20 to
+/// 30 s) anyway, so this costs nothing.
 const MIN_SAMPLES: usize = PIPELINE_SAMPLE_RATE as usize;
+
+/// Whisper's full encoder window: 1500 frames of 20 ms, 30 s.
+pub const FULL_AUDIO_CTX: u32 = 1500;
+
+/// Samples of 16 kHz audio per encoder frame (10 ms mel hop, stride-2 conv).
+const SAMPLES_PER_CTX_FRAME: usize = 320;
+
+/// The automatic window never goes below this many frames (20.48 s)…
+const AUTO_AUDIO_CTX_MIN: u32 = 1024;
+
+/// …and covers the utterance plus this many (5.12 s) of trailing silence.
+const AUTO_AUDIO_CTX_MARGIN: u32 = 256;
+
+/// The encoder window for an utterance of `samples` when the spec leaves
+/// `audio_ctx` unset: the speech plus 5 s, at least 1024 frames, at most
+/// the full 1500, in steps of 64.
+///
+/// whisper.cpp pads every clip to its window and the encoder, ~95% of the
+/// time, scales with it. Measured side by side on the 19 clips of
+/// tests/stt.rs (1.1–7.1 s; tiny.en f16, llamafile kernels, 2 threads,
+/// median of 3 interleaved runs):
+///
+/// | window | mean WER | ms a clip | clips changed vs 1500 |
+/// |---|---|---|---|
+/// | 1500 (full) | 0.043 | 739 | – |
+/// | 1024 | 0.051 | 357 | 2: "ill-disposed" → "old-sposed"; "Eight" → "8" |
+/// | 768 | 0.068 | 268 | 6: also "clubs" → "close", punctuation |
+/// | 512 | 0.068 | 173 | 7, the same misses |
+///
+/// 1024 is the smallest window within +0.02 WER of the full one, with no
+/// loop or made-up words anywhere (384 gave WER 0.17 and 256 loops:
+/// MODELS.md). It is not free: joined into one 11.7 s turn, the cards
+/// clips lose "clubs" to "clothes" three times (WER 0.14, 0 with 1500; 1216
+/// frames does the same); joined espeak clips (15.7 s) read alike. Over
+/// those 19 + 3 joined clips the mean is still +0.013. The margin keeps a
+/// long turn whole: past the window whisper.cpp does not just drop words,
+/// it makes up new ones (a fixed 1024 on 26.7 s of LibriVox wrote a
+/// paragraph of nonsense; this gives 1500, read right). In `cargo bench
+/// --bench stt`: 264 ms a clip, faster-whisper int8 350, the full window
+/// 518. For the full window, `audio_ctx = 1500`.
+pub fn auto_audio_ctx(samples: usize) -> u32 {
+    let frames = u32::try_from(samples.div_ceil(SAMPLES_PER_CTX_FRAME)).unwrap_or(u32::MAX);
+    frames
+        .saturating_add(AUTO_AUDIO_CTX_MARGIN)
+        .div_ceil(64)
+        .saturating_mul(64)
+        .clamp(AUTO_AUDIO_CTX_MIN, FULL_AUDIO_CTX)
+}
+
+/// The window to encode `samples` with: `fixed` when set, widened to hold
+/// the whole utterance (past the window whisper.cpp loses the words and
+/// may invent others), else [`auto_audio_ctx`].
+pub fn audio_ctx_for(fixed: Option<u32>, samples: usize) -> u32 {
+    match fixed {
+        Some(ctx) => {
+            let frames = u32::try_from(samples.div_ceil(SAMPLES_PER_CTX_FRAME)).unwrap_or(u32::MAX);
+            ctx.max(frames).min(FULL_AUDIO_CTX)
+        }
+        None => auto_audio_ctx(samples),
+    }
+}
 
 /// Audio whose loudest sample is below this (-60 dBFS) holds no speech.
 /// Whisper, given silence, does not return nothing: tiny.en says "you".
@@ -42,7 +103,8 @@ pub struct WhisperSettings {
     pub threads: usize,
     /// Spoken language ("en"); "auto" detects it (multilingual models only).
     pub language: String,
-    /// Encoder window in mel frames; `None` keeps the model's 1500 (30 s).
+    /// Encoder window in 20 ms frames: a number is fixed (1500 = whisper's
+    /// full 30 s window); `None` picks one per utterance, [`auto_audio_ctx`].
     pub audio_ctx: Option<u32>,
 }
 
@@ -151,9 +213,12 @@ impl WhisperEngine {
         // reads this text as the caller's words.
         params.set_suppress_blank(true);
         params.set_suppress_nst(true);
-        if let Some(ctx) = self.settings.audio_ctx {
-            params.set_audio_ctx(c_int::try_from(ctx).unwrap_or(1500));
-        }
+        // Also measured on the corpus, full window: `flash_attn` is slower
+        // (871 vs 739 ms a clip) and changes a transcript;
+        // `temperature_inc(0.0)` (no fallback re-decodes) changes nothing:
+        // no clip fell back.
+        let ctx = audio_ctx_for(self.settings.audio_ctx, samples.len());
+        params.set_audio_ctx(c_int::try_from(ctx).unwrap_or(0));
         if let Some(token) = cancel {
             // SAFETY: `abort_if_cancelled` only reads the token through a
             // shared reference, and `token` outlives `params`, which is
