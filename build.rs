@@ -6,11 +6,6 @@
 //! `--exclude-libs ALL` keeps the static copy out of the executable's
 //! dynamic symbol table; otherwise libllama.so would bind to whisper's ggml
 //! at run time instead of its own.
-//!
-//! llama-cpp-sys-2 copies its shared libraries next to the binaries
-//! (target/release/ and target/release/deps/), so an `$ORIGIN` run path lets
-//! `target/release/parlor` start without LD_LIBRARY_PATH.
 fn main() {
     println!("cargo:rustc-link-arg=-Wl,--exclude-libs,ALL");
-    println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN");
 }

@@ -337,6 +337,15 @@ if [[ "${PARLOR_SKIP_BUILD:-0}" == 1 ]]; then
   step "cargo build skipped (PARLOR_SKIP_BUILD=1)"
 else
   step "cargo build --release (target: ${CARGO_TARGET_DIR:-$ROOT/target})"
+  # llama-cpp-sys-2 hard-links libllama.so & co. next to the binaries, and
+  # copies them as symlinks whose targets are not there. When its build
+  # script runs again in a warm target dir, `exists()` is false for those
+  # dangling links and the hard link fails with "File exists". They point at
+  # nothing, so removing them loses nothing.
+  target="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+  for dir in "$target" "$target/deps" "$target/examples"; do
+    [[ -d "$dir" ]] && find "$dir" -maxdepth 1 -xtype l \( -name 'libllama*' -o -name 'libggml*' -o -name 'libmtmd*' \) -delete
+  done
   (cd "$ROOT" && cargo build --release) || die "cargo build --release failed"
 fi
 
