@@ -410,17 +410,15 @@ async fn crash_mid_call_fails_cleanly_then_reconnects() {
     assert_eq!(out.text, "9");
 }
 
-#[tokio::test]
-async fn http_server_dies_mid_session_next_call_reconnects() {
+/// Start the Python peer on `transport`, make one call, kill the server,
+/// start it again on the same port: the next call must reconnect and succeed.
+async fn server_dies_mid_session_next_call_reconnects(
+    transport: &str,
+    spec: impl Fn(u16) -> McpServerSpec,
+) {
     let port = free_port();
-    let peer = spawn_py("streamable-http", port).await;
-    let pool = pool(vec![(
-        "py",
-        McpServerSpec::StreamableHttp {
-            url: format!("http://127.0.0.1:{port}/mcp"),
-        },
-    )])
-    .await;
+    let peer = spawn_py(transport, port).await;
+    let pool = pool(vec![("py", spec(port))]).await;
     assert_eq!(
         pool.call_tool("py__add", json!({"a": 1, "b": 1}))
             .await
@@ -430,7 +428,7 @@ async fn http_server_dies_mid_session_next_call_reconnects() {
     );
     drop(peer);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _peer = spawn_py("streamable-http", port).await;
+    let _peer = spawn_py(transport, port).await;
     let out = pool
         .call_tool("py__add", json!({"a": 2, "b": 2}))
         .await
@@ -439,31 +437,21 @@ async fn http_server_dies_mid_session_next_call_reconnects() {
 }
 
 #[tokio::test]
-async fn sse_server_dies_mid_session_next_call_reconnects() {
-    let port = free_port();
-    let peer = spawn_py("sse", port).await;
-    let pool = pool(vec![(
-        "py",
-        McpServerSpec::Sse {
-            url: format!("http://127.0.0.1:{port}/sse"),
-        },
-    )])
+async fn http_server_dies_mid_session_next_call_reconnects() {
+    server_dies_mid_session_next_call_reconnects("streamable-http", |port| {
+        McpServerSpec::StreamableHttp {
+            url: format!("http://127.0.0.1:{port}/mcp"),
+        }
+    })
     .await;
-    assert_eq!(
-        pool.call_tool("py__add", json!({"a": 1, "b": 1}))
-            .await
-            .expect("first")
-            .text,
-        "2"
-    );
-    drop(peer);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _peer = spawn_py("sse", port).await;
-    let out = pool
-        .call_tool("py__add", json!({"a": 2, "b": 2}))
-        .await
-        .expect("after restart");
-    assert_eq!(out.text, "4");
+}
+
+#[tokio::test]
+async fn sse_server_dies_mid_session_next_call_reconnects() {
+    server_dies_mid_session_next_call_reconnects("sse", |port| McpServerSpec::Sse {
+        url: format!("http://127.0.0.1:{port}/sse"),
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use parlor::mcp::servers::knowledge::{self, KnowledgeBase, KnowledgeServer};
-use tracing_subscriber::EnvFilter;
 
 /// The shop's help documents, searchable, as an MCP server over HTTP.
 #[derive(Debug, Parser)]
@@ -24,13 +23,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("PARLOR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    parlor::mcp::servers::init_stderr_logging();
     let args = Args::parse();
     let docs = match &args.docs {
         Some(dir) => knowledge::documents_from_dir(dir)?,

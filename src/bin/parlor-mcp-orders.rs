@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Orders and customers (SQLite) as an MCP server on stdin/stdout.
 #[derive(Debug, Parser)]
@@ -18,13 +17,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("PARLOR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    parlor::mcp::servers::init_stderr_logging();
     let args = Args::parse();
     parlor::mcp::servers::orders::serve_stdio(&args.db, parlor::mcp::servers::shutdown_signal())
         .await

@@ -51,3 +51,15 @@ pub async fn shutdown_signal() {
         () = terminate => tracing::info!(message = "SIGTERM received, shutting down."),
     }
 }
+
+/// Logging for a server binary: stderr only (for stdio servers stdout is
+/// the protocol), no colour, level from `PARLOR_LOG` (default `info`).
+pub fn init_stderr_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARLOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
