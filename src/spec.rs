@@ -135,22 +135,82 @@ pub struct SttSpec {
     pub api_key_env: String,
 }
 
-/// The LLM that answers, using MCP tools. Options are filled in by the
-/// planner issue; the shape is here so specs validate today.
+/// The LLM that answers, using MCP tools.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlannerSpec {
     pub backend: ModelBackend,
+    /// A GGUF file for `local` (default: the bundled Qwen2.5 0.5B); a model
+    /// name for `openai` (default `gpt-4.1-mini`).
     pub model: Option<String>,
+    /// Server for `openai` (default `https://api.openai.com/v1`).
     pub base_url: Option<String>,
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
     /// System prompt file.
     pub instructions: Option<PathBuf>,
+    /// The system prompt from an MCP prompt instead (`prompts/get`),
+    /// appended to `instructions` if both are given.
+    pub prompt: Option<McpPromptSpec>,
     /// Names of `[mcp.*]` servers whose tools the planner may use.
     #[serde(default)]
     pub mcp: Vec<String>,
+    /// Resources read at start and put in the system prompt as data, each
+    /// `"server:uri"` (e.g. `"knowledge:config://settings"`).
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// At most this many bytes of resources in the prompt.
+    #[serde(default = "default_resource_budget")]
+    pub resource_budget_bytes: usize,
+    /// Model requests per turn that may call tools.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: usize,
+    /// One tool call, in milliseconds.
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// A whole turn, in milliseconds.
+    #[serde(default = "default_turn_timeout_ms")]
+    pub turn_timeout_ms: u64,
+    /// Conversation kept between turns, in (estimated) tokens.
+    #[serde(default = "default_history_tokens")]
+    pub history_tokens: usize,
 }
+
+/// A system prompt taken from an MCP server's prompt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpPromptSpec {
+    pub server: String,
+    pub name: String,
+    #[serde(default)]
+    pub arguments: BTreeMap<String, String>,
+}
+
+impl PlannerSpec {
+    /// The GGUF file of a `local` planner.
+    pub fn local_model(&self) -> PathBuf {
+        self.model
+            .as_deref()
+            .unwrap_or(DEFAULT_LOCAL_PLANNER_MODEL)
+            .into()
+    }
+
+    /// `resources` as (server, uri) pairs; `None` for an entry without a
+    /// server.
+    pub fn resource_refs(&self) -> Vec<Option<(String, String)>> {
+        self.resources
+            .iter()
+            .map(|r| {
+                r.split_once(':')
+                    .filter(|(s, u)| !s.is_empty() && !u.is_empty() && !s.contains('/'))
+                    .map(|(s, u)| (s.to_string(), u.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// The planner model the setup script fetches.
+pub const DEFAULT_LOCAL_PLANNER_MODEL: &str = "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -243,6 +303,21 @@ fn default_language() -> String {
 }
 fn default_api_key_env() -> String {
     "OPENAI_API_KEY".into()
+}
+fn default_resource_budget() -> usize {
+    4000
+}
+fn default_max_steps() -> usize {
+    4
+}
+fn default_call_timeout_ms() -> u64 {
+    15_000
+}
+fn default_turn_timeout_ms() -> u64 {
+    60_000
+}
+fn default_history_tokens() -> usize {
+    1500
 }
 fn default_tts_rate() -> u32 {
     24_000
@@ -505,15 +580,18 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-/// Cross-field and cross-stage checks.
-fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
-    let place = |i: usize, s: &StageSpec| format!("stage {} ({})", i + 1, s.kind());
-    let problem = |place: String, field: &str, message: String, fix: &str| Problem {
+fn problem(place: String, field: &str, message: String, fix: &str) -> Problem {
+    Problem {
         place,
         field: Some(field.into()),
         message,
         fix: Some(fix.into()),
-    };
+    }
+}
+
+/// Cross-field and cross-stage checks.
+fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
+    let place = |i: usize, s: &StageSpec| format!("stage {} ({})", i + 1, s.kind());
     let needs_file = |path: &Path| {
         let full = base_dir.join(path);
         (!full.is_file()).then(|| format!("file {} not found", path.display()))
@@ -593,7 +671,8 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
                     ));
                 }
             }
-            StageSpec::Planner(_) | StageSpec::Realtime(_) => {}
+            StageSpec::Planner(p) => check_planner(p, &at, &needs_file, problems),
+            StageSpec::Realtime(_) => {}
         }
         let mcp_names = match stage {
             StageSpec::Planner(p) => &p.mcp[..],
@@ -618,6 +697,80 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
     }
 
     check_order(spec, problems);
+}
+
+fn check_planner(
+    p: &PlannerSpec,
+    at: &str,
+    needs_file: &dyn Fn(&Path) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    if p.backend == ModelBackend::Local {
+        if let Some(m) = needs_file(&p.local_model()) {
+            problems.push(problem(at.to_string(), "model", m, SETUP_FIX));
+        }
+    }
+    if let Some(path) = &p.instructions {
+        if let Some(m) = needs_file(path) {
+            problems.push(problem(
+                at.to_string(),
+                "instructions",
+                m,
+                "point it at a text file with the system prompt",
+            ));
+        }
+    }
+    if let Some(prompt) = &p.prompt {
+        if !p.mcp.contains(&prompt.server) {
+            problems.push(problem(
+                at.to_string(),
+                "prompt",
+                format!(
+                    "server \"{}\" is not in this stage's mcp list",
+                    prompt.server
+                ),
+                &format!("add \"{}\" to mcp", prompt.server),
+            ));
+        }
+    }
+    for (raw, parsed) in p.resources.iter().zip(p.resource_refs()) {
+        match parsed {
+            None => problems.push(problem(
+                at.to_string(),
+                "resources",
+                format!("\"{raw}\" is not \"server:uri\""),
+                "e.g. \"knowledge:config://settings\"",
+            )),
+            Some((server, _)) if !p.mcp.contains(&server) => problems.push(problem(
+                at.to_string(),
+                "resources",
+                format!("server \"{server}\" is not in this stage's mcp list"),
+                &format!("add \"{server}\" to mcp"),
+            )),
+            Some(_) => {}
+        }
+    }
+    if !(1..=16).contains(&p.max_steps) {
+        problems.push(problem(
+            at.to_string(),
+            "max_steps",
+            format!("must be from 1 to 16, got {}", p.max_steps),
+            "max_steps = 4",
+        ));
+    }
+    for (field, ms) in [
+        ("call_timeout_ms", p.call_timeout_ms),
+        ("turn_timeout_ms", p.turn_timeout_ms),
+    ] {
+        if ms == 0 {
+            problems.push(problem(
+                at.to_string(),
+                field,
+                "must be more than 0".into(),
+                "e.g. 15000",
+            ));
+        }
+    }
 }
 
 /// The chain must make sense as a chain: VAD first, each kind once, stt →

@@ -1,5 +1,6 @@
 //! `parlor-mcp-knowledge`: retrieval over the shop's documents as an MCP server,
-//! over Streamable HTTP (`/mcp`) and legacy SSE (`/sse` + `/message`).
+//! over Streamable HTTP (`/mcp`) and legacy SSE (`/sse` + `/message`), or
+//! over stdin/stdout with `--stdio`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,9 @@ struct Args {
     /// Index the *.md files of this directory instead of the bundled documents.
     #[arg(long, env = "KNOWLEDGE_DOCS")]
     docs: Option<PathBuf>,
+    /// Speak MCP on stdin/stdout instead of listening (for `transport = "stdio"`).
+    #[arg(long)]
+    stdio: bool,
 }
 
 #[tokio::main]
@@ -35,6 +39,15 @@ async fn main() -> anyhow::Result<()> {
         passages = kb.passage_count(),
         message = "Knowledge index built."
     );
+    let server = KnowledgeServer::new(Arc::new(kb));
+    if args.stdio {
+        return parlor::mcp::servers::serve_stdio(
+            server,
+            "knowledge",
+            parlor::mcp::servers::shutdown_signal(),
+        )
+        .await;
+    }
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| {
@@ -45,12 +58,7 @@ async fn main() -> anyhow::Result<()> {
         })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mcp = %format!("http://{addr}/mcp"), sse = %format!("http://{addr}/sse"), message = "Knowledge server listening.");
-    knowledge::serve(
-        listener,
-        KnowledgeServer::new(Arc::new(kb)),
-        parlor::mcp::servers::shutdown_signal(),
-    )
-    .await?;
+    knowledge::serve(listener, server, parlor::mcp::servers::shutdown_signal()).await?;
     tracing::info!(message = "Knowledge server stopped.");
     Ok(())
 }

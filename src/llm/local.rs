@@ -582,11 +582,20 @@ pub fn render_prompt(messages: &[ChatMessage], tools: Option<&[ToolSpec]>) -> St
         in_tool_results = is_result;
     }
     if in_tool_results {
+        // Small models otherwise tend to repeat the question or call the
+        // next tool; the nudge sits at the very end of the prompt, so the
+        // cached prefix stays valid.
+        out.push_str(AFTER_TOOL_RESULTS);
         out.push_str("<|im_end|>\n");
     }
     out.push_str("<|im_start|>assistant\n");
     out
 }
+
+/// Appended after the tool results that end a prompt.
+const AFTER_TOOL_RESULTS: &str =
+    "\nIf this answers the question, say the answer to the user in one or two \
+     short sentences; call another function only if it is still needed.";
 
 fn function_json(name: &str, description: &str, parameters: &serde_json::Value) -> String {
     json!({

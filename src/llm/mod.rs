@@ -6,14 +6,18 @@
 //! is a [`Decision`]: say something, or call one tool. The planner stage
 //! loops: call the tool, append its result, decide again.
 
+pub mod backend;
 pub mod chat;
 pub mod grammar;
 pub mod local;
+pub mod openai;
 
 use std::path::PathBuf;
 
+pub use backend::{LocalPlanner, ModelReply, ModelRequest, PlannerModel};
 pub use chat::{ChatMessage, Decision, ToolCall, ToolChoice, ToolSpec, SAY};
 pub use local::{GenerationStats, LocalLlm, LocalLlmOptions};
+pub use openai::OpenAiPlanner;
 
 /// Why a planner model could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +45,10 @@ pub enum LlmError {
     TokenLimit { max_tokens: usize, output: String },
     #[error(transparent)]
     Parse(#[from] grammar::ParseDecisionError),
+    /// An OpenAI-compatible server refused the request or the connection
+    /// failed; the message is the server's.
+    #[error("the model server failed: {0}")]
+    Remote(String),
     #[error("cancelled")]
     Cancelled,
 }

@@ -86,7 +86,7 @@ pub async fn connect<H: ClientHandler>(
     };
     match spec {
         McpServerSpec::Stdio { command, args, env } => {
-            let mut cmd = tokio::process::Command::new(command);
+            let mut cmd = tokio::process::Command::new(resolve_command(command));
             cmd.args(args).env_clear();
             if let Some(path) = std::env::var_os("PATH") {
                 cmd.env("PATH", path);
@@ -132,4 +132,39 @@ pub async fn connect<H: ClientHandler>(
             transport: "hosted".into(),
         }),
     }
+}
+
+/// A bare command name (no `/`) that is not on `PATH` but sits beside the
+/// running executable (or, for a test or example binary in `deps/` or
+/// `examples/`, one level up) is
+/// taken from there: so `command = "parlor-mcp-orders"` works from a build
+/// tree without installing anything.
+fn resolve_command(command: &str) -> std::path::PathBuf {
+    let bare = std::path::PathBuf::from(command);
+    if command.contains('/') || on_path(command) {
+        return bare;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return bare;
+    };
+    let dirs = exe.parent().into_iter().chain(
+        exe.parent()
+            .filter(|d| {
+                d.file_name()
+                    .is_some_and(|n| n == "deps" || n == "examples")
+            })
+            .and_then(|d| d.parent()),
+    );
+    for dir in dirs {
+        let candidate = dir.join(command);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    bare
+}
+
+fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(command).is_file()))
 }

@@ -10,6 +10,7 @@
 //! (`stt/whisper_local.rs`); `build` turns a validated spec into a stage.
 
 pub mod passthrough;
+pub mod planner;
 pub mod stt;
 pub mod vad;
 
@@ -90,6 +91,11 @@ pub fn build(index: usize, spec: &StageSpec) -> Result<Box<dyn Stage>, BuildErro
     match spec {
         StageSpec::Vad(vad) => vad::build(vad).map_err(|e| err(e.to_string())),
         StageSpec::Stt(stt) => stt::build(stt).map_err(|e| err(e.to_string())),
+        StageSpec::Planner(_) => Err(err(
+            "the planner connects to its model and MCP servers asynchronously: build it with \
+             planner::setup::connect and stages::planner::PlannerStage"
+                .into(),
+        )),
         other => Err(err(format!(
             "the {} stage is not available in this build yet",
             other.kind()

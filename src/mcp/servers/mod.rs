@@ -9,7 +9,7 @@
 //!   and seeded from `pipelines/data/orders.sql` ("where is my order?").
 //! - [`knowledge`]: retrieval over the bundled documents in
 //!   `pipelines/data/knowledge/` with a tantivy index, over Streamable HTTP
-//!   (`/mcp`) and legacy SSE (`/sse` + `/message`).
+//!   (`/mcp`) and legacy SSE (`/sse` + `/message`), or over stdio.
 
 pub mod knowledge;
 pub mod orders;
@@ -21,6 +21,32 @@ use rmcp::model::{CallToolResult, ContentBlock};
 /// treats as a broken server.
 pub(crate) fn tool_error(message: impl Into<String>) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message.into())])
+}
+
+/// Serves `server` over stdin/stdout until the client closes the pipe or
+/// `shutdown` resolves. `what` names the server in logs.
+///
+/// # Errors
+/// When the MCP handshake fails or the session ends with an error.
+pub async fn serve_stdio<S: rmcp::ServerHandler>(
+    server: S,
+    what: &str,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use rmcp::ServiceExt;
+    let running = server.serve(rmcp::transport::stdio()).await?;
+    let cancel = running.cancellation_token();
+    tokio::select! {
+        quit = running.waiting() => {
+            let reason = quit?;
+            tracing::info!(?reason, server = what, message = "Server stopped.");
+        }
+        () = shutdown => {
+            cancel.cancel();
+            tracing::info!(server = what, message = "Server shut down.");
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM: what a terminal or a supervisor sends.

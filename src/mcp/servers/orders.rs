@@ -634,22 +634,7 @@ pub async fn serve_stdio(
     db_path: &Path,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    use rmcp::ServiceExt;
     let conn = open_or_seed(db_path)?;
     tracing::info!(db = %db_path.display(), message = "Orders server started on stdio.");
-    let running = OrdersServer::new(conn)
-        .serve(rmcp::transport::stdio())
-        .await?;
-    let cancel = running.cancellation_token();
-    tokio::select! {
-        quit = running.waiting() => {
-            let reason = quit?;
-            tracing::info!(?reason, message = "Orders server stopped.");
-        }
-        () = shutdown => {
-            cancel.cancel();
-            tracing::info!(message = "Orders server shut down.");
-        }
-    }
-    Ok(())
+    super::serve_stdio(OrdersServer::new(conn), "orders", shutdown).await
 }

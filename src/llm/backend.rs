@@ -1,0 +1,134 @@
+//! The planner's view of a language model: one request (a conversation and
+//! the tools on offer) gives one [`ModelReply`] (text, tool calls, or both),
+//! with the text streamed as it is written. Implemented by the in-process
+//! llama.cpp model ([`LocalPlanner`]) and by any OpenAI-compatible server
+//! ([`super::openai::OpenAiPlanner`]), so the tool loop in
+//! [`crate::planner`] does not know which one it talks to.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use super::chat::{ChatMessage, Decision, ToolCall, ToolChoice, ToolSpec};
+use super::local::LocalLlm;
+use super::LlmError;
+
+/// One request to a planner model.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelRequest<'a> {
+    pub messages: &'a [ChatMessage],
+    pub tools: &'a [ToolSpec],
+    pub choice: ToolChoice,
+}
+
+/// What the model answered: words for the caller, tool calls to run, or (from
+/// models that do both) words first and then calls.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelReply {
+    pub text: String,
+    pub calls: Vec<ToolCall>,
+}
+
+/// A language model the planner can drive.
+#[async_trait]
+pub trait PlannerModel: Send + Sync {
+    /// For logs and `parlor ask`: which model, where.
+    fn describe(&self) -> String;
+
+    /// Answer `request`. Reply text is sent to `text` piece by piece as the
+    /// model writes it (a closed receiver is not an error). `cancel` stops
+    /// the request early with [`LlmError::Cancelled`] (barge-in, turn
+    /// timeout).
+    async fn respond(
+        &self,
+        request: ModelRequest<'_>,
+        text: &UnboundedSender<String>,
+        cancel: &CancellationToken,
+    ) -> Result<ModelReply, LlmError>;
+}
+
+/// The in-process model as a [`PlannerModel`]. One llama.cpp context serves
+/// one request at a time: concurrent requests queue on its lock (each on a
+/// blocking-pool thread), which also keeps the prefix cache warm for the
+/// conversation that uses it most.
+#[derive(Clone)]
+pub struct LocalPlanner {
+    llm: Arc<Mutex<LocalLlm>>,
+    name: String,
+    next_call: Arc<AtomicU64>,
+}
+
+impl LocalPlanner {
+    pub fn new(llm: LocalLlm, name: impl Into<String>) -> Self {
+        Self::shared(Arc::new(Mutex::new(llm)), name)
+    }
+
+    /// A planner over a context someone else also uses (the
+    /// `/v1/chat/completions` route and a pipeline in one process).
+    pub fn shared(llm: Arc<Mutex<LocalLlm>>, name: impl Into<String>) -> Self {
+        Self {
+            llm,
+            name: name.into(),
+            next_call: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    pub fn llm(&self) -> &Arc<Mutex<LocalLlm>> {
+        &self.llm
+    }
+}
+
+#[async_trait]
+impl PlannerModel for LocalPlanner {
+    fn describe(&self) -> String {
+        format!("local {}", self.name)
+    }
+
+    async fn respond(
+        &self,
+        request: ModelRequest<'_>,
+        text: &UnboundedSender<String>,
+        cancel: &CancellationToken,
+    ) -> Result<ModelReply, LlmError> {
+        let llm = self.llm.clone();
+        let messages = request.messages.to_vec();
+        let tools = request.tools.to_vec();
+        let choice = request.choice;
+        let text = text.clone();
+        let cancel = cancel.clone();
+        let decision = tokio::task::spawn_blocking(move || {
+            if cancel.is_cancelled() {
+                return Err(LlmError::Cancelled);
+            }
+            let mut llm = llm.lock().unwrap_or_else(|e| e.into_inner());
+            llm.decide_with(&messages, &tools, choice, |piece| {
+                let _ = text.send(piece.to_string());
+                if cancel.is_cancelled() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+        })
+        .await
+        .map_err(|e| LlmError::Backend(format!("the model thread panicked: {e}")))??;
+        Ok(match decision {
+            Decision::Say(text) => ModelReply {
+                text,
+                calls: Vec::new(),
+            },
+            Decision::Call { name, arguments } => ModelReply {
+                text: String::new(),
+                calls: vec![ToolCall {
+                    id: format!("call_{}", self.next_call.fetch_add(1, Ordering::Relaxed)),
+                    name,
+                    arguments,
+                }],
+            },
+        })
+    }
+}

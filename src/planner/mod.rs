@@ -1,0 +1,360 @@
+//! The planner: a caller's words in, an answer out, using tools.
+//!
+//! One turn is a loop: ask the model; if it calls tools, run them (in
+//! parallel, each within its own deadline), append their results and ask
+//! again; stop when it answers in words or the step limit is reached (the
+//! last request then allows words only). Tool failures of every kind become
+//! tool results the model can explain; the turn as a whole is bounded by a
+//! deadline. Reply text streams out as it is written, so speech can start on
+//! the first sentence.
+//!
+//! - [`tools`]: [`Toolbox`], what tools are called through (the MCP pool).
+//! - [`history`]: the session's conversation within a token budget.
+//! - [`setup`]: a [`Planner`] from a pipeline spec (model, MCP servers,
+//!   system prompt).
+
+pub mod history;
+pub mod setup;
+pub mod tools;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio_util::sync::CancellationToken;
+
+use crate::llm::{ChatMessage, LlmError, ModelRequest, PlannerModel, ToolCall, ToolChoice};
+pub use history::History;
+pub use tools::{NoTools, ToolAnswer, Toolbox};
+
+/// Limits of one turn.
+#[derive(Debug, Clone)]
+pub struct PlannerOptions {
+    /// Model requests per turn that may call tools; one more request, words
+    /// only, follows if the limit is reached.
+    pub max_steps: usize,
+    /// One tool call, from the planner's side (the MCP pool has its own
+    /// deadline too; the shorter wins).
+    pub call_timeout: Duration,
+    /// The whole turn: every model request and tool call.
+    pub turn_timeout: Duration,
+    /// History kept between turns, in estimated tokens.
+    pub history_tokens: usize,
+    /// A tool result longer than this (bytes) is cut before the model sees it.
+    pub max_result_bytes: usize,
+}
+
+impl Default for PlannerOptions {
+    fn default() -> Self {
+        Self {
+            max_steps: 4,
+            call_timeout: Duration::from_secs(15),
+            turn_timeout: Duration::from_secs(60),
+            history_tokens: 1500,
+            max_result_bytes: 4000,
+        }
+    }
+}
+
+/// What happens during a turn, in order, for whoever shows or speaks it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlannerEvent {
+    /// A piece of the reply.
+    Text(String),
+    ToolStarted(ToolCall),
+    ToolFinished(ToolRecord),
+}
+
+/// One tool call of a turn and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolRecord {
+    pub id: String,
+    pub name: String,
+    pub arguments: Value,
+    pub is_error: bool,
+    /// What the tool answered (or why it failed), as the model saw it.
+    pub output: String,
+    #[serde(serialize_with = "ser_ms")]
+    pub latency: Duration,
+}
+
+/// A finished turn.
+#[derive(Debug, Clone, Serialize)]
+pub struct TurnOutcome {
+    /// Everything said to the caller.
+    pub reply: String,
+    pub tools: Vec<ToolRecord>,
+    /// Model requests made.
+    pub steps: usize,
+    /// The step limit forced a words-only answer.
+    pub hit_step_limit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlannerError {
+    #[error("the turn took longer than {0:?} and was stopped")]
+    TurnTimeout(Duration),
+    #[error("the turn was cancelled")]
+    Cancelled,
+    #[error("the planner model failed: {0}")]
+    Model(LlmError),
+}
+
+impl PlannerError {
+    /// What to tell the caller instead of an answer.
+    pub fn apology(&self) -> &'static str {
+        match self {
+            PlannerError::TurnTimeout(_) => "Sorry, that is taking too long. Please try again.",
+            PlannerError::Cancelled => "",
+            PlannerError::Model(_) => "Sorry, I can't answer right now. Please try again.",
+        }
+    }
+}
+
+/// A model, its tools and a system prompt. Shared by every session.
+#[derive(Clone)]
+pub struct Planner {
+    model: Arc<dyn PlannerModel>,
+    tools: Arc<dyn Toolbox>,
+    system: String,
+    options: PlannerOptions,
+}
+
+impl Planner {
+    pub fn new(
+        model: Arc<dyn PlannerModel>,
+        tools: Arc<dyn Toolbox>,
+        system: impl Into<String>,
+        options: PlannerOptions,
+    ) -> Self {
+        Self {
+            model,
+            tools,
+            system: system.into(),
+            options,
+        }
+    }
+
+    pub fn model(&self) -> &Arc<dyn PlannerModel> {
+        &self.model
+    }
+
+    pub fn toolbox(&self) -> &Arc<dyn Toolbox> {
+        &self.tools
+    }
+
+    pub fn system_prompt(&self) -> &str {
+        &self.system
+    }
+
+    pub fn options(&self) -> &PlannerOptions {
+        &self.options
+    }
+
+    /// Answer `user` in the conversation `history`, reporting progress to
+    /// `events`. The history gains the turn whatever happens (on failure,
+    /// the question and any words already said), never a call without its
+    /// result, and is trimmed to the budget.
+    pub async fn run_turn(
+        &self,
+        history: &mut History,
+        user: &str,
+        events: &UnboundedSender<PlannerEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<TurnOutcome, PlannerError> {
+        let mut turn = vec![ChatMessage::user(user)];
+        let mut outcome = TurnOutcome {
+            reply: String::new(),
+            tools: Vec::new(),
+            steps: 0,
+            hit_step_limit: false,
+        };
+        let turn_cancel = cancel.child_token();
+        let work = self.tool_loop(history, &mut turn, &mut outcome, events, &turn_cancel);
+        // Barge-in stops tool calls too, not only the model.
+        let result = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Err(PlannerError::Cancelled),
+            done = tokio::time::timeout(self.options.turn_timeout, work) => {
+                done.unwrap_or(Err(PlannerError::TurnTimeout(self.options.turn_timeout)))
+            }
+        };
+        turn_cancel.cancel();
+        if result.is_err() {
+            // Keep the question and what was already said; drop calls that
+            // may lack results.
+            turn.retain(|m| matches!(m, ChatMessage::User { .. }));
+            if !outcome.reply.is_empty() {
+                turn.push(ChatMessage::assistant(outcome.reply.clone()));
+            }
+        }
+        history.push_turn(turn);
+        history.trim_to(self.options.history_tokens);
+        result.map(|()| outcome)
+    }
+
+    async fn tool_loop(
+        &self,
+        history: &History,
+        turn: &mut Vec<ChatMessage>,
+        outcome: &mut TurnOutcome,
+        events: &UnboundedSender<PlannerEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<(), PlannerError> {
+        let specs = self.tools.specs().await;
+        for step in 0..=self.options.max_steps {
+            let last = step == self.options.max_steps;
+            let choice = if last || specs.is_empty() {
+                ToolChoice::SayOnly
+            } else {
+                ToolChoice::Auto
+            };
+            let mut messages = Vec::with_capacity(1 + history.messages().len() + turn.len());
+            messages.push(ChatMessage::system(self.system.clone()));
+            messages.extend_from_slice(history.messages());
+            messages.extend_from_slice(turn);
+            let request = ModelRequest {
+                messages: &messages,
+                tools: &specs,
+                choice,
+            };
+            outcome.steps += 1;
+            let reply = self.ask(request, events, cancel).await?;
+            if !reply.text.is_empty() {
+                outcome.reply.push_str(&reply.text);
+                turn.push(ChatMessage::assistant(reply.text));
+            }
+            if reply.calls.is_empty() {
+                return Ok(());
+            }
+            if last {
+                // Asked for words only and got calls anyway (a remote model
+                // may ignore tool_choice): end the turn without running them.
+                outcome.hit_step_limit = true;
+                tracing::warn!(
+                    message = "Step limit reached; tool calls not run.",
+                    calls = reply.calls.len()
+                );
+                return Ok(());
+            }
+            if step + 1 == self.options.max_steps {
+                outcome.hit_step_limit = true;
+            }
+            let records = self.run_calls(&reply.calls, events).await;
+            for (call, record) in reply.calls.into_iter().zip(&records) {
+                turn.push(ChatMessage::ToolCall(call));
+                turn.push(ChatMessage::tool_result(
+                    record.id.clone(),
+                    record.name.clone(),
+                    record.output.clone(),
+                ));
+            }
+            outcome.tools.extend(records);
+        }
+        Ok(())
+    }
+
+    /// One model request, its text forwarded to `events` as it arrives.
+    async fn ask(
+        &self,
+        request: ModelRequest<'_>,
+        events: &UnboundedSender<PlannerEvent>,
+        cancel: &CancellationToken,
+    ) -> Result<crate::llm::ModelReply, PlannerError> {
+        let (text_tx, mut text_rx) = mpsc::unbounded_channel();
+        let respond = async move {
+            let reply = self.model.respond(request, &text_tx, cancel).await;
+            drop(text_tx);
+            reply
+        };
+        let forward = async {
+            while let Some(piece) = text_rx.recv().await {
+                let _ = events.send(PlannerEvent::Text(piece));
+            }
+        };
+        let (reply, ()) = tokio::join!(respond, forward);
+        reply.map_err(|e| match e {
+            LlmError::Cancelled => PlannerError::Cancelled,
+            other => PlannerError::Model(other),
+        })
+    }
+
+    /// Run a step's calls at once, each within the call deadline; results in
+    /// call order.
+    async fn run_calls(
+        &self,
+        calls: &[ToolCall],
+        events: &UnboundedSender<PlannerEvent>,
+    ) -> Vec<ToolRecord> {
+        let runs = calls.iter().map(|call| async move {
+            let _ = events.send(PlannerEvent::ToolStarted(call.clone()));
+            let started = Instant::now();
+            let answer = match &call.arguments {
+                Value::String(raw) => ToolAnswer::error(format!(
+                    "tool \"{}\": the arguments are not valid JSON: {raw}",
+                    call.name
+                )),
+                arguments => {
+                    match tokio::time::timeout(
+                        self.options.call_timeout,
+                        self.tools.call(&call.name, arguments.clone()),
+                    )
+                    .await
+                    {
+                        Ok(answer) => answer,
+                        Err(_) => ToolAnswer::error(format!(
+                            "tool \"{}\": no answer within {:?}",
+                            call.name, self.options.call_timeout
+                        )),
+                    }
+                }
+            };
+            let record = ToolRecord {
+                id: call.id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+                is_error: answer.is_error,
+                output: cap(answer.text, self.options.max_result_bytes),
+                latency: started.elapsed(),
+            };
+            let _ = events.send(PlannerEvent::ToolFinished(record.clone()));
+            record
+        });
+        futures::future::join_all(runs).await
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary, marked.
+fn cap(mut text: String, max: usize) -> String {
+    const MARK: &str = " [truncated]";
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(MARK);
+    text
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cap;
+
+    #[test]
+    fn cap_cuts_at_a_character_boundary_and_marks_it() {
+        assert_eq!(cap("short".into(), 100), "short");
+        let long = "é".repeat(100);
+        let cut = cap(long, 31);
+        assert!(cut.len() <= 31, "{}", cut.len());
+        assert!(cut.ends_with(" [truncated]"));
+    }
+}

@@ -1,0 +1,535 @@
+//! The planner's tool loop.
+//!
+//! Faults a real model cannot produce on demand (a model that keeps calling
+//! tools, one that fails, one that calls a tool that does not exist) come
+//! from a scripted model; every tool runs on a real MCP server (the Python
+//! SDK peer over stdio, parlor's own servers). The end-to-end tests use the
+//! real local model.
+
+mod support;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parlor::llm::{
+    ChatMessage, LlmError, ModelReply, ModelRequest, PlannerModel, ToolCall, ToolChoice,
+};
+use parlor::mcp::McpPool;
+use parlor::planner::{History, Planner, PlannerError, PlannerEvent, PlannerOptions};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// What the scripted model answers, request by request.
+enum Step {
+    Say(&'static str),
+    Calls(Vec<(&'static str, Value)>),
+    Fail(&'static str),
+}
+
+/// A model that follows a script and records what it was asked.
+#[derive(Default)]
+struct Scripted {
+    steps: Mutex<VecDeque<Step>>,
+    seen: Mutex<Vec<(ToolChoice, Vec<ChatMessage>)>>,
+}
+
+impl Scripted {
+    fn new(steps: Vec<Step>) -> Arc<Self> {
+        Arc::new(Self {
+            steps: Mutex::new(steps.into()),
+            seen: Mutex::default(),
+        })
+    }
+
+    fn choices(&self) -> Vec<ToolChoice> {
+        self.seen.lock().unwrap().iter().map(|(c, _)| *c).collect()
+    }
+
+    fn last_messages(&self) -> Vec<ChatMessage> {
+        self.seen.lock().unwrap().last().unwrap().1.clone()
+    }
+}
+
+#[async_trait]
+impl PlannerModel for Scripted {
+    fn describe(&self) -> String {
+        "scripted".into()
+    }
+
+    async fn respond(
+        &self,
+        request: ModelRequest<'_>,
+        text: &mpsc::UnboundedSender<String>,
+        _cancel: &CancellationToken,
+    ) -> Result<ModelReply, LlmError> {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((request.choice, request.messages.to_vec()));
+        let step = self.steps.lock().unwrap().pop_front();
+        let n = self.seen.lock().unwrap().len();
+        match step {
+            Some(Step::Say(words)) => {
+                for piece in words.split_inclusive(' ') {
+                    let _ = text.send(piece.to_string());
+                }
+                Ok(ModelReply {
+                    text: words.into(),
+                    calls: vec![],
+                })
+            }
+            Some(Step::Calls(calls)) => Ok(ModelReply {
+                text: String::new(),
+                calls: calls
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (name, arguments))| ToolCall {
+                        id: format!("r{n}c{i}"),
+                        name: name.into(),
+                        arguments,
+                    })
+                    .collect(),
+            }),
+            Some(Step::Fail(why)) => Err(LlmError::Remote(why.into())),
+            None => panic!("the script ran out at request {n}"),
+        }
+    }
+}
+
+async fn py_pool() -> Arc<McpPool> {
+    let specs = BTreeMap::from([("py".to_string(), support::py_stdio_server())]);
+    Arc::new(
+        McpPool::connect(&specs, &["py".into()])
+            .await
+            .expect("connect the Python peer"),
+    )
+}
+
+fn planner(model: Arc<Scripted>, pool: Arc<McpPool>, options: PlannerOptions) -> Planner {
+    Planner::new(model, pool, "You are a test.", options)
+}
+
+struct Turn {
+    result: Result<parlor::planner::TurnOutcome, PlannerError>,
+    events: Vec<PlannerEvent>,
+}
+
+async fn turn(planner: &Planner, history: &mut History, question: &str) -> Turn {
+    turn_with(planner, history, question, &CancellationToken::new()).await
+}
+
+async fn turn_with(
+    planner: &Planner,
+    history: &mut History,
+    question: &str,
+    cancel: &CancellationToken,
+) -> Turn {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let result = planner.run_turn(history, question, &tx, cancel).await;
+    drop(tx);
+    let mut events = Vec::new();
+    while let Some(e) = rx.recv().await {
+        events.push(e);
+    }
+    Turn { result, events }
+}
+
+fn no_dangling_calls(history: &History) {
+    let calls: Vec<_> = history
+        .messages()
+        .iter()
+        .filter_map(|m| match m {
+            ChatMessage::ToolCall(c) => Some(c.id.clone()),
+            _ => None,
+        })
+        .collect();
+    for id in calls {
+        assert!(
+            history
+                .messages()
+                .iter()
+                .any(|m| matches!(m, ChatMessage::ToolResult { call_id, .. } if *call_id == id)),
+            "call {id} has no result in {:#?}",
+            history.messages()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_calls_run_together_and_their_results_reach_the_model() {
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![
+        Step::Calls(vec![
+            ("py__slow", json!({"seconds": 0.3})),
+            ("py__add", json!({"a": 2, "b": 40})),
+        ]),
+        Step::Say("The sum is 42."),
+    ]);
+    let p = planner(model.clone(), pool, PlannerOptions::default());
+    let mut history = History::default();
+    let t = turn(&p, &mut history, "add 2 and 40").await;
+    let outcome = t.result.expect("turn");
+    assert_eq!(outcome.reply, "The sum is 42.");
+    assert_eq!(outcome.tools.len(), 2);
+    assert!(!outcome.tools[1].is_error, "{:?}", outcome.tools[1]);
+    assert_eq!(outcome.tools[1].output.trim(), "42");
+    // Both calls started before either finished: they ran at once.
+    let kinds: Vec<&str> = t
+        .events
+        .iter()
+        .map(|e| match e {
+            PlannerEvent::ToolStarted(_) => "start",
+            PlannerEvent::ToolFinished(_) => "finish",
+            PlannerEvent::Text(_) => "text",
+        })
+        .collect();
+    assert_eq!(
+        &kinds[..4],
+        ["start", "start", "finish", "finish"],
+        "{kinds:?}"
+    );
+    // The add call (fast) finished first, but the results reach the model in
+    // call order, each paired with its call id.
+    let results: Vec<(String, String)> = model
+        .last_messages()
+        .into_iter()
+        .filter_map(|m| match m {
+            ChatMessage::ToolResult {
+                call_id, content, ..
+            } => Some((call_id, content)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0].0, "r1c0");
+    assert_eq!(results[1], ("r1c1".to_string(), "42".to_string()));
+    // Text streamed in pieces, then the history holds the whole turn.
+    let text: String = t
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            PlannerEvent::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(text, "The sum is 42.");
+    assert_eq!(history.messages().len(), 6, "{:#?}", history.messages());
+    no_dangling_calls(&history);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_step_limit_forces_an_answer_in_words() {
+    let pool = py_pool().await;
+    let call = || Step::Calls(vec![("py__echo", json!({"text": "again"}))]);
+    let model = Scripted::new(vec![
+        call(),
+        call(),
+        Step::Say("I keep checking; let me stop here."),
+    ]);
+    let options = PlannerOptions {
+        max_steps: 2,
+        ..PlannerOptions::default()
+    };
+    let p = planner(model.clone(), pool, options);
+    let mut history = History::default();
+    let outcome = turn(&p, &mut history, "loop").await.result.expect("turn");
+    assert_eq!(
+        model.choices(),
+        [ToolChoice::Auto, ToolChoice::Auto, ToolChoice::SayOnly]
+    );
+    assert!(outcome.hit_step_limit);
+    assert_eq!(outcome.tools.len(), 2);
+    assert_eq!(outcome.reply, "I keep checking; let me stop here.");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_ignores_the_limit_gets_no_more_tool_runs() {
+    let pool = py_pool().await;
+    let call = || Step::Calls(vec![("py__echo", json!({"text": "again"}))]);
+    let model = Scripted::new(vec![call(), call()]);
+    let options = PlannerOptions {
+        max_steps: 1,
+        ..PlannerOptions::default()
+    };
+    let p = planner(model.clone(), pool, options);
+    let mut history = History::default();
+    let outcome = turn(&p, &mut history, "loop").await.result.expect("turn");
+    assert_eq!(model.choices(), [ToolChoice::Auto, ToolChoice::SayOnly]);
+    assert_eq!(
+        outcome.tools.len(),
+        1,
+        "the second round of calls must not run"
+    );
+    assert!(outcome.hit_step_limit);
+    no_dangling_calls(&history);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_tool_failure_becomes_a_result_the_model_reads() {
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![
+        Step::Calls(vec![
+            ("py__fail", json!({"reason": "out of stock"})),
+            ("py__no_such_tool", json!({})),
+            ("py__add", Value::String("{\"a\": 1,".into())),
+            ("py__slow", json!({"seconds": 5})),
+            ("py__add", json!({"a": "two", "b": 1})),
+        ]),
+        Step::Say("Some of that failed."),
+    ]);
+    let options = PlannerOptions {
+        call_timeout: Duration::from_millis(400),
+        ..PlannerOptions::default()
+    };
+    let p = planner(model.clone(), pool, options);
+    let mut history = History::default();
+    let outcome = turn(&p, &mut history, "try everything")
+        .await
+        .result
+        .expect("the turn survives");
+    assert_eq!(outcome.reply, "Some of that failed.");
+    let tools = &outcome.tools;
+    assert!(tools.iter().all(|t| t.is_error), "{tools:#?}");
+    assert!(tools[0].output.contains("fail"), "{}", tools[0].output);
+    assert!(
+        tools[1].output.contains("unknown tool"),
+        "{}",
+        tools[1].output
+    );
+    assert!(
+        tools[2].output.contains("not valid JSON"),
+        "{}",
+        tools[2].output
+    );
+    assert!(
+        tools[3].output.contains("no answer within"),
+        "{}",
+        tools[3].output
+    );
+    assert!(!tools[4].output.is_empty());
+    // The model saw all five, as results of its calls.
+    let results = model
+        .last_messages()
+        .iter()
+        .filter(|m| matches!(m, ChatMessage::ToolResult { .. }))
+        .count();
+    assert_eq!(results, 5);
+    no_dangling_calls(&history);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_crash_mid_call_is_a_tool_error_and_the_next_turn_reconnects() {
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![
+        Step::Calls(vec![("py__crash", json!({}))]),
+        Step::Say("That tool broke."),
+        Step::Calls(vec![("py__add", json!({"a": 1, "b": 2}))]),
+        Step::Say("Three."),
+    ]);
+    let p = planner(model.clone(), pool, PlannerOptions::default());
+    let mut history = History::default();
+    let first = turn(&p, &mut history, "crash").await.result.expect("turn");
+    assert!(first.tools[0].is_error, "{:?}", first.tools[0]);
+    let mut second = turn(&p, &mut history, "add").await.result.expect("turn");
+    // Reconnection may take one backoff interval; a retry is the caller's.
+    if second.tools[0].is_error {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        model.steps.lock().unwrap().extend([
+            Step::Calls(vec![("py__add", json!({"a": 1, "b": 2}))]),
+            Step::Say("Three."),
+        ]);
+        second = turn(&p, &mut history, "add").await.result.expect("turn");
+    }
+    assert!(!second.tools[0].is_error, "{:?}", second.tools[0]);
+    assert_eq!(second.tools[0].output.trim(), "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_over_its_deadline_stops_and_the_session_goes_on() {
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![
+        Step::Calls(vec![("py__slow", json!({"seconds": 5}))]),
+        Step::Say("Hello again."),
+    ]);
+    let options = PlannerOptions {
+        turn_timeout: Duration::from_millis(500),
+        ..PlannerOptions::default()
+    };
+    let p = planner(model.clone(), pool, options);
+    let mut history = History::default();
+    let t = turn(&p, &mut history, "slow please").await;
+    let err = t.result.expect_err("the deadline must stop the turn");
+    assert!(matches!(err, PlannerError::TurnTimeout(_)), "{err}");
+    assert!(!err.apology().is_empty());
+    // The question stays, the unfinished call does not.
+    assert_eq!(history.messages(), [ChatMessage::user("slow please")]);
+    let next = turn(&p, &mut history, "hi")
+        .await
+        .result
+        .expect("next turn");
+    assert_eq!(next.reply, "Hello again.");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_cancels_a_turn_waiting_on_a_tool() {
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![Step::Calls(vec![(
+        "py__slow",
+        json!({"seconds": 30}),
+    )])]);
+    let p = planner(model, pool, PlannerOptions::default());
+    let mut history = History::default();
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        trigger.cancel();
+    });
+    let t = tokio::time::timeout(
+        Duration::from_secs(10),
+        turn_with(&p, &mut history, "wait", &cancel),
+    )
+    .await
+    .expect("cancellation must end the turn long before the tool's 30 s");
+    assert!(matches!(t.result, Err(PlannerError::Cancelled)));
+    no_dangling_calls(&history);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_model_fails_the_turn_with_a_reason_and_keeps_the_question() {
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![Step::Fail("503 upstream overloaded")]);
+    let p = planner(model, pool, PlannerOptions::default());
+    let mut history = History::default();
+    let err = turn(&p, &mut history, "hello")
+        .await
+        .result
+        .expect_err("model failed");
+    assert!(err.to_string().contains("503 upstream overloaded"), "{err}");
+    assert_eq!(history.messages(), [ChatMessage::user("hello")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_stays_within_its_budget_over_a_long_call() {
+    let pool = py_pool().await;
+    let mut steps = Vec::new();
+    for _ in 0..12 {
+        steps.push(Step::Calls(vec![(
+            "py__echo",
+            json!({"text": "x".repeat(200)}),
+        )]));
+        steps.push(Step::Say("Done with that one, anything else?"));
+    }
+    let model = Scripted::new(steps);
+    let options = PlannerOptions {
+        history_tokens: 300,
+        ..PlannerOptions::default()
+    };
+    let p = planner(model.clone(), pool, options);
+    let mut history = History::default();
+    for n in 0..12 {
+        turn(&p, &mut history, &format!("question {n}"))
+            .await
+            .result
+            .expect("turn");
+        assert!(
+            history.estimated_tokens() <= 300,
+            "turn {n}: {}",
+            history.estimated_tokens()
+        );
+        no_dangling_calls(&history);
+    }
+    assert!(
+        matches!(&history.messages()[0], ChatMessage::User { content } if content != "question 0"),
+        "old turns must be gone"
+    );
+    // The model saw the system prompt first, then the kept history.
+    let last = model.last_messages();
+    assert!(matches!(&last[0], ChatMessage::System { content } if content == "You are a test."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stage_streams_reply_deltas_then_passes_the_end_of_turn_on() {
+    use parlor::frame::{Frame, TurnMetrics};
+    use parlor::runner::Pipeline;
+    use parlor::stages::planner::PlannerStage;
+
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![
+        Step::Calls(vec![("py__add", json!({"a": 1, "b": 1}))]),
+        Step::Say("One and one make two."),
+        Step::Fail("connection refused"),
+    ]);
+    let p = planner(model, pool, PlannerOptions::default());
+    // Both turns are queued at once, so barge-in (which would cancel the
+    // first when the second begins) is off, as when a file is played in.
+    let mut running = Pipeline::new(std::num::NonZeroUsize::new(4).unwrap())
+        .barge_in(false)
+        .stage(Box::new(PlannerStage::new(p)))
+        .start();
+    let input = running.input_handle();
+    for question in ["what is one and one", "and now?"] {
+        let turn = running.turns().begin();
+        input
+            .send(Frame::Transcript {
+                turn,
+                text: question.into(),
+                is_final: true,
+            })
+            .await
+            .unwrap();
+        input
+            .send(Frame::EndOfTurn(TurnMetrics::new(
+                turn,
+                Duration::from_secs(1),
+                std::time::Instant::now(),
+            )))
+            .await
+            .unwrap();
+    }
+    drop(input);
+    running.close_input();
+    let mut frames = Vec::new();
+    while let Some(f) = running.output().recv().await {
+        frames.push(f);
+    }
+    let kinds: Vec<_> = frames.iter().map(|f| f.kind()).collect();
+    // Turn 1: transcript, the reply in pieces, end of turn (with the
+    // planner's timing); turn 2: the model fails, the caller hears an
+    // apology instead of silence.
+    let first_end = kinds.iter().position(|k| *k == "end_of_turn").unwrap();
+    assert_eq!(kinds[0], "transcript");
+    assert!(first_end > 2, "{kinds:?}");
+    assert!(
+        kinds[1..first_end].iter().all(|k| *k == "reply_delta"),
+        "{kinds:?}"
+    );
+    let reply: String = frames[1..first_end]
+        .iter()
+        .map(|f| match f {
+            Frame::ReplyDelta { text, .. } => text.as_str(),
+            _ => "",
+        })
+        .collect();
+    assert_eq!(reply, "One and one make two.");
+    let Frame::EndOfTurn(metrics) = &frames[first_end] else {
+        unreachable!()
+    };
+    assert!(metrics.stage("planner").is_some(), "{metrics:?}");
+    let apology: String = frames[first_end + 1..]
+        .iter()
+        .filter_map(|f| match f {
+            Frame::ReplyDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(apology.starts_with("Sorry"), "{apology:?} in {kinds:?}");
+    let finished = running.join(Duration::from_secs(5)).await;
+    assert!(
+        finished.failed.is_empty() && finished.aborted.is_empty(),
+        "{finished:?}"
+    );
+}

@@ -1,0 +1,74 @@
+//! Set-up shared by the integration tests: where the models script put
+//! things, and MCP peers to connect to.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use parlor::spec::McpServerSpec;
+
+/// The project root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `$PARLOR_CACHE`, or `~/.cache/parlor`: the set-up script's cache.
+pub fn cache() -> PathBuf {
+    std::env::var_os("PARLOR_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/parlor")
+        })
+}
+
+/// The set-up script's Python (with the `mcp` and `openai` packages).
+pub fn python() -> String {
+    let p = cache().join("venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} is missing: run bash models/setup.sh",
+        p.display()
+    );
+    p.display().to_string()
+}
+
+/// A model file under `models/`, which must exist.
+pub fn model(name: &str) -> PathBuf {
+    let path = root().join("models").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run bash models/setup.sh",
+        path.display()
+    );
+    path
+}
+
+/// The Python `mcp` SDK test server (tests/peers/py_mcp_server.py) over stdio.
+pub fn py_stdio_server() -> McpServerSpec {
+    McpServerSpec::Stdio {
+        command: python(),
+        args: vec![root()
+            .join("tests/peers/py_mcp_server.py")
+            .display()
+            .to_string()],
+        env: BTreeMap::new(),
+    }
+}
+
+/// parlor's orders server over stdio, on a fresh copy of the demo data in `dir`.
+pub fn orders_server(dir: &Path) -> McpServerSpec {
+    McpServerSpec::Stdio {
+        command: env!("CARGO_BIN_EXE_parlor-mcp-orders").into(),
+        args: vec!["--db".into(), dir.join("orders.db").display().to_string()],
+        env: BTreeMap::new(),
+    }
+}
+
+/// parlor's knowledge server over stdio.
+pub fn knowledge_server() -> McpServerSpec {
+    McpServerSpec::Stdio {
+        command: env!("CARGO_BIN_EXE_parlor-mcp-knowledge").into(),
+        args: vec!["--stdio".into()],
+        env: BTreeMap::new(),
+    }
+}
