@@ -14,12 +14,14 @@
 //! - [`mcp`]: the MCP client pool (the only module that knows rmcp).
 //! - [`llm`]: planner models: chat types, tool-choice grammar, local llama.cpp.
 //! - [`transcribe`]: the `parlor transcribe` job, as a library call.
+//! - [`server`]: OpenAI-compatible HTTP routes (the only module that knows axum).
 
 pub mod audio;
 pub mod frame;
 pub mod llm;
 pub mod mcp;
 pub mod runner;
+pub mod server;
 pub mod spec;
 pub mod stages;
 pub mod transcribe;

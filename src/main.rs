@@ -49,6 +49,20 @@ enum Command {
         #[arg(long)]
         pipeline: Option<PathBuf>,
     },
+    /// Serve OpenAI-compatible routes (`/v1/chat/completions`, `/v1/models`)
+    /// backed by the local planner model, until ctrl-c or SIGTERM.
+    Serve {
+        /// Take the model from this pipeline's local planner stage.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// GGUF model file (overrides the pipeline's; default
+        /// models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// The MCP servers of a pipeline.
     Mcp {
         #[command(subcommand)]
@@ -79,6 +93,11 @@ fn main() -> ExitCode {
                 json,
             } => run_transcribe(&file, pipeline.as_deref(), json).await,
             Command::Check { pipeline } => run_check(pipeline.as_deref()),
+            Command::Serve {
+                pipeline,
+                addr,
+                model,
+            } => run_serve(pipeline.as_deref(), addr, model).await,
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
@@ -150,6 +169,44 @@ fn run_check(path: Option<&Path>) -> Result<(), Failure> {
         println!("  mcp server: {name}");
     }
     Ok(())
+}
+
+async fn run_serve(
+    pipeline: Option<&Path>,
+    addr: std::net::SocketAddr,
+    model: Option<PathBuf>,
+) -> Result<(), Failure> {
+    use parlor::llm::{LocalLlm, LocalLlmOptions};
+    use parlor::server::{serve, shutdown_signal, AppState, ServedModel};
+    use parlor::spec::{ModelBackend, StageSpec};
+
+    let from_spec = match pipeline {
+        Some(_) => load_spec(pipeline)?.stages.iter().find_map(|s| match s {
+            StageSpec::Planner(p) if p.backend == ModelBackend::Local => p.model.clone(),
+            _ => None,
+        }),
+        None => None,
+    };
+    let path = model
+        .or(from_spec.map(PathBuf::from))
+        .unwrap_or_else(|| "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf".into());
+    let options = LocalLlmOptions {
+        max_tokens: 512,
+        ..LocalLlmOptions::default()
+    };
+    let llm = LocalLlm::load(&path, options).map_err(Failure::input)?;
+    let state = AppState::new(ServedModel::new(llm, &path));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::input(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(Failure::input)?;
+    println!(
+        "parlor serve: model {} at http://{local}/v1 (ctrl-c to stop)",
+        state.model.id()
+    );
+    serve(listener, state, shutdown_signal())
+        .await
+        .map_err(Failure::input)
 }
 
 async fn run_mcp_list(path: Option<&Path>) -> Result<(), Failure> {
