@@ -722,3 +722,67 @@ async fn the_official_openai_python_client_works() {
     assert_eq!(errors["bad_request"]["code"], "empty_array");
     assert_eq!(errors["bad_request"]["param"], "messages");
 }
+
+#[tokio::test]
+async fn parlor_serve_runs_until_sigterm() {
+    let _guard = one_at_a_time().await;
+    use tokio::io::AsyncBufReadExt;
+
+    let missing = tokio::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["serve", "--model", "models/no-such-model.gguf"])
+        .current_dir(root())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("models/no-such-model.gguf not found") && stderr.contains("setup.sh"),
+        "{stderr}"
+    );
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("serve prints its address")
+        .unwrap()
+        .unwrap();
+    println!("{line}");
+    assert!(line.contains(MODEL_ID), "{line}");
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let models: Value = serde_json::from_slice(
+        &client()
+            .get(format!("{base}/models"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL_ID);
+
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("serve stops on SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
