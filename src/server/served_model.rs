@@ -209,6 +209,14 @@ fn run(
         Err(LlmError::TokenLimit { .. }) => (Reply::Text(streamed), FinishReason::Length),
         Err(e) => return Err(e),
     };
+    tracing::info!(
+        prompt_tokens = stats.prompt_tokens,
+        reused_tokens = stats.reused_tokens,
+        completion_tokens = usage.completion_tokens,
+        first_token_ms = stats.time_to_first_token.as_millis() as u64,
+        finish_reason = finish.as_str(),
+        message = "Chat completion generated."
+    );
     Ok(Answer {
         reply,
         finish,
