@@ -817,3 +817,71 @@ async fn parlor_serve_runs_until_sigterm() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_full_queue_answers_503_until_a_place_frees() {
+    let _guard = one_at_a_time().await;
+    let path = root().join(format!("models/{MODEL_ID}.gguf"));
+    let llm = LocalLlm::load(
+        &path,
+        LocalLlmOptions {
+            threads: 2,
+            context_len: 512,
+            max_tokens: 160,
+            ..LocalLlmOptions::default()
+        },
+    )
+    .unwrap();
+    let model = std::sync::Arc::new(ServedModel::new(llm, &path).with_queue_limit(1));
+    let state = AppState {
+        model: model.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(serve(listener, state, std::future::pending()));
+
+    // One long request holds the only place.
+    let holder = model
+        .generate(parlor::server::chat_request::Prepared {
+            messages: vec![parlor::llm::ChatMessage::user(
+                "Count from 1 to 100, one number per line.",
+            )],
+            tools: None,
+            choice: parlor::llm::ToolChoice::Auto,
+            max_tokens: None,
+            stream: true,
+            include_usage: false,
+        })
+        .unwrap();
+    assert_eq!(model.in_flight(), 1);
+    let hi = json!({"model": MODEL_ID, "max_tokens": 3,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let send = || async {
+        let response = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&hi).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        (status, body)
+    };
+    expect_error(
+        send().await,
+        503,
+        "server_overloaded",
+        &["busy", "queue is full (1 running or waiting)"],
+    )
+    .await;
+
+    drop(holder);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while model.in_flight() > 0 {
+        assert!(Instant::now() < deadline, "the place was not given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = send().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

@@ -50,7 +50,7 @@ async fn answer(
     }
     let request = request.prepare()?;
     let (stream, include_usage) = (request.stream, request.include_usage);
-    let mut events = model.generate(request);
+    let mut events = model.generate(request).map_err(ApiError::busy)?;
     let completion = Completion::new(model.id());
     if !stream {
         let answer = loop {

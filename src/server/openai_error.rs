@@ -75,6 +75,17 @@ impl ApiError {
         }
     }
 
+    /// 503: the model's queue is full. OpenAI clients retry these.
+    pub fn busy(busy: super::served_model::Busy) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("The server is busy: {busy}."),
+            kind: "server_error",
+            param: None,
+            code: Some("server_overloaded"),
+        }
+    }
+
     /// 500. The detail goes to the log, not to the client.
     pub fn server_error() -> Self {
         Self {

@@ -8,7 +8,7 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -20,6 +20,19 @@ use crate::llm::{ChatMessage, Decision, LlmError, LocalLlm, ToolChoice};
 /// Text pieces buffered between the model and the HTTP response. Full: the
 /// model waits for the client (backpressure), it never buffers without limit.
 const EVENTS: usize = 64;
+
+/// Requests admitted at once (running or waiting) unless
+/// [`ServedModel::with_queue_limit`] says otherwise. A request takes about a
+/// second on two cores, so the last of 32 waits half a minute: more would
+/// only time out in the client.
+pub const QUEUE_LIMIT: usize = 32;
+
+/// The model's queue is full; the client should retry later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the model's queue is full ({limit} running or waiting); retry shortly")]
+pub struct Busy {
+    pub limit: usize,
+}
 
 /// What the model sends back for one request, in order: text pieces (of a
 /// plain answer or a `say` decision), then exactly one `Finished`.
@@ -75,6 +88,19 @@ pub struct ServedModel {
     aliases: Vec<String>,
     llm: Arc<Mutex<LocalLlm>>,
     cancelled: AtomicU64,
+    /// Requests admitted and not finished; at most `queue_limit`, so a
+    /// burst gets quick 503s instead of an ever longer wait.
+    in_flight: Arc<AtomicUsize>,
+    queue_limit: usize,
+}
+
+/// Holds one place in the queue; gives it back when dropped.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ServedModel {
@@ -94,7 +120,20 @@ impl ServedModel {
             aliases,
             llm: Arc::new(Mutex::new(llm)),
             cancelled: AtomicU64::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            queue_limit: QUEUE_LIMIT,
         }
+    }
+
+    /// Admit at most `limit` requests at once (running or waiting).
+    pub fn with_queue_limit(mut self, limit: usize) -> Self {
+        self.queue_limit = limit;
+        self
+    }
+
+    /// Requests running or waiting now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
     }
 
     /// The id `/v1/models` lists.
@@ -117,10 +156,23 @@ impl ServedModel {
     /// receiver withdraws a queued request and stops a running one at its
     /// next piece of text (a tool call, which streams nothing, runs to its
     /// end: calls are a few dozen tokens).
-    pub fn generate(self: &Arc<Self>, request: Prepared) -> mpsc::Receiver<Event> {
+    ///
+    /// # Errors
+    /// [`Busy`] when the queue already holds `queue_limit` requests.
+    pub fn generate(self: &Arc<Self>, request: Prepared) -> Result<mpsc::Receiver<Event>, Busy> {
+        let admitted = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.queue_limit).then_some(n + 1)
+            })
+            .map(|_| Admitted(Arc::clone(&self.in_flight)))
+            .map_err(|_| Busy {
+                limit: self.queue_limit,
+            })?;
         let (tx, rx) = mpsc::channel(EVENTS);
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            let _admitted = admitted;
             let mut llm = tokio::select! {
                 llm = Arc::clone(&this.llm).lock_owned() => llm,
                 () = tx.closed() => {
@@ -140,7 +192,7 @@ impl ServedModel {
                 tracing::error!(error = %e, message = "Generation thread failed.");
             }
         });
-        rx
+        Ok(rx)
     }
 }
 
