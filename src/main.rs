@@ -200,11 +200,12 @@ async fn run_serve(
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(Failure::input)?;
+    let shutdown = shutdown_signal();
     println!(
         "parlor serve: model {} at http://{local}/v1 (ctrl-c to stop)",
         state.model.id()
     );
-    serve(listener, state, shutdown_signal())
+    serve(listener, state, shutdown)
         .await
         .map_err(Failure::input)
 }
