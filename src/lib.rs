@@ -16,6 +16,7 @@
 //!   OpenAI-compatible servers.
 //! - [`planner`]: the tool loop (parallel calls, limits, history) and its set-up.
 //! - [`transcribe`]: the `parlor transcribe` job, as a library call.
+//! - [`server`]: OpenAI-compatible HTTP routes (the only module that knows axum).
 
 pub mod audio;
 pub mod frame;
@@ -23,6 +24,7 @@ pub mod llm;
 pub mod mcp;
 pub mod planner;
 pub mod runner;
+pub mod server;
 pub mod spec;
 pub mod stages;
 pub mod transcribe;

@@ -61,6 +61,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve OpenAI-compatible routes (`/v1/chat/completions`, `/v1/models`)
+    /// backed by the local planner model, until ctrl-c or SIGTERM.
+    Serve {
+        /// Take the model from this pipeline's local planner stage.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        /// GGUF model file (overrides the pipeline's planner model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// The MCP servers of a pipeline.
     Mcp {
         #[command(subcommand)]
@@ -96,6 +109,11 @@ fn main() -> ExitCode {
                 pipeline,
                 json,
             } => run_ask(&question, pipeline.as_deref(), json).await,
+            Command::Serve {
+                pipeline,
+                addr,
+                model,
+            } => run_serve(pipeline.as_deref(), addr, model).await,
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
@@ -247,6 +265,44 @@ fn run_check(path: Option<&Path>) -> Result<(), Failure> {
         println!("  mcp server: {name}");
     }
     Ok(())
+}
+
+async fn run_serve(
+    pipeline: Option<&Path>,
+    addr: std::net::SocketAddr,
+    model: Option<PathBuf>,
+) -> Result<(), Failure> {
+    use parlor::llm::{LocalLlm, LocalLlmOptions};
+    use parlor::server::{serve, shutdown_signal, AppState, ServedModel};
+    use parlor::spec::{ModelBackend, StageSpec};
+
+    // The pipeline's local planner model (the default pipeline's unless
+    // --pipeline names another), or the bundled 0.5B.
+    let from_spec = load_spec(pipeline)?.stages.iter().find_map(|s| match s {
+        StageSpec::Planner(p) if p.backend == ModelBackend::Local => Some(p.local_model()),
+        _ => None,
+    });
+    let path = model
+        .or(from_spec)
+        .unwrap_or_else(|| parlor::spec::DEFAULT_LOCAL_PLANNER_MODEL.into());
+    let options = LocalLlmOptions {
+        max_tokens: 512,
+        ..LocalLlmOptions::default()
+    };
+    let llm = LocalLlm::load(&path, options).map_err(Failure::input)?;
+    let state = AppState::new(ServedModel::new(llm, &path));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Failure::input(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener.local_addr().map_err(Failure::input)?;
+    let shutdown = shutdown_signal();
+    println!(
+        "parlor serve: model {} at http://{local}/v1 (ctrl-c to stop)",
+        state.model.id()
+    );
+    serve(listener, state, shutdown)
+        .await
+        .map_err(Failure::input)
 }
 
 async fn run_mcp_list(path: Option<&Path>) -> Result<(), Failure> {

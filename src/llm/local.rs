@@ -594,8 +594,9 @@ pub fn render_prompt(messages: &[ChatMessage], tools: Option<&[ToolSpec]>) -> St
 
 /// Appended after the tool results that end a prompt.
 const AFTER_TOOL_RESULTS: &str =
-    "\nIf this answers the question, say the answer to the user in one or two \
-     short sentences; call another function only if it is still needed.";
+    "\nIf the user asked something this result does not cover yet, call the \
+     function for that part now. Otherwise say the answer to the user in one or two short \
+     sentences.";
 
 fn function_json(name: &str, description: &str, parameters: &serde_json::Value) -> String {
     json!({

@@ -60,13 +60,13 @@ impl OpenAiPlanner {
             messages: to_openai_messages(request.messages),
             stream: Some(true),
             tools: offer_tools.then(|| request.tools.iter().map(to_openai_tool).collect()),
-            tool_choice: offer_tools.then(|| {
-                ChatCompletionToolChoiceOption::Mode(match request.choice {
-                    ToolChoice::Auto => ToolChoiceOptions::Auto,
-                    ToolChoice::SayOnly => ToolChoiceOptions::None,
-                    ToolChoice::Required => ToolChoiceOptions::Required,
-                })
-            }),
+            tool_choice: offer_tools.then_some(ChatCompletionToolChoiceOption::Mode(match request
+                .choice
+            {
+                ToolChoice::Auto => ToolChoiceOptions::Auto,
+                ToolChoice::SayOnly => ToolChoiceOptions::None,
+                ToolChoice::Required => ToolChoiceOptions::Required,
+            })),
             parallel_tool_calls: offer_tools.then_some(true),
             ..Default::default()
         }

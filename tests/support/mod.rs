@@ -72,3 +72,38 @@ pub fn knowledge_server() -> McpServerSpec {
         env: BTreeMap::new(),
     }
 }
+
+/// parlor's `/v1/chat/completions` on the local model `model_file` (under
+/// `models/`), in-process on 127.0.0.1:0 on a runtime of its own that lives
+/// as long as the test process. Returns the base URL (`http://…/v1`).
+pub fn start_chat_server(model_file: &str, max_tokens: usize) -> String {
+    use parlor::llm::{LocalLlm, LocalLlmOptions};
+    use parlor::server::{serve, AppState, ServedModel};
+
+    let path = model(model_file);
+    let llm = LocalLlm::load(
+        &path,
+        LocalLlmOptions {
+            threads: 2,
+            max_tokens,
+            ..LocalLlmOptions::default()
+        },
+    )
+    .expect("load the model");
+    let state = AppState::new(ServedModel::new(llm, &path));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            serve(listener, state, std::future::pending()).await
+        })
+    });
+    format!("http://{addr}/v1")
+}

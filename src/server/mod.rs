@@ -1,0 +1,150 @@
+//! parlor's HTTP server: OpenAI-compatible routes backed by the local models
+//! (DESIGN.md, "OpenAI-shaped on both sides"). The only module that knows
+//! axum, apart from the MCP servers in `mcp::servers`.
+//!
+//! # Layout
+//! - [`router`]: the routes; [`serve`]: run them until shutdown.
+//! - [`chat_completions`]: `POST /v1/chat/completions`.
+//! - [`chat_request`] / [`chat_response`]: the wire format in and out.
+//! - [`served_model`]: the local model and the queue in front of it.
+//! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
+//!
+//! Routes: `GET /healthz`, `GET /v1/models`, `POST /v1/chat/completions`.
+//! Anything else gets a 404 or 405 in OpenAI's error shape.
+
+pub mod chat_completions;
+pub mod chat_request;
+pub mod chat_response;
+pub mod openai_error;
+pub mod served_model;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{Method, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Json;
+use serde_json::json;
+
+pub use openai_error::ApiError;
+pub use served_model::ServedModel;
+
+/// Largest request body accepted; larger ones get a 413. A conversation
+/// that fits the model's context is far smaller.
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// How long shutdown waits for requests in flight (a queued request may wait
+/// for others before its own generation starts).
+pub const DRAIN: Duration = Duration::from_secs(30);
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub model: Arc<ServedModel>,
+}
+
+impl AppState {
+    pub fn new(model: ServedModel) -> Self {
+        Self {
+            model: Arc::new(model),
+        }
+    }
+}
+
+/// The routes.
+pub fn router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/models", get(models))
+        .route(
+            "/v1/chat/completions",
+            post(chat_completions::chat_completions),
+        )
+        .fallback(unknown_url)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then gives
+/// requests in flight [`DRAIN`] to finish.
+///
+/// # Errors
+/// When accepting connections fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let graceful = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    });
+    let drained = async {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        served = graceful => served,
+        () = drained => {
+            tracing::warn!(drain_secs = DRAIN.as_secs(), message = "Requests still open after the drain; closing them.");
+            Ok(())
+        }
+    }
+}
+
+/// A future that resolves on ctrl-c or SIGTERM. The handlers are installed
+/// by this call, not when the future is first polled, so a signal that
+/// arrives once the caller has announced its address is never missed.
+/// Call it inside the tokio runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let (Ok(mut interrupt), Ok(mut terminate)) = (interrupt, terminate) else {
+                tracing::warn!(
+                    message = "Cannot install signal handlers; stop the server by killing it."
+                );
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn models(State(state): State<AppState>) -> impl IntoResponse {
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": state.model.id(),
+            "object": "model",
+            "created": 0,
+            "owned_by": "parlor",
+        }],
+    }))
+}
+
+async fn unknown_url(method: Method, uri: Uri) -> ApiError {
+    ApiError::unknown_url(method.as_str(), uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
