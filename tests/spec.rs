@@ -10,9 +10,17 @@ use parlor::spec::{PipelineSpec, SpecError, StageSpec, VadBackend};
 fn base_with_models() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
-    for f in ["ggml-tiny.en.bin", "silero_vad.onnx", "libonnxruntime.so"] {
+    for f in [
+        "ggml-tiny.en.bin",
+        "silero_vad.onnx",
+        "libonnxruntime.so",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    ] {
         std::fs::write(dir.path().join("models").join(f), b"x").unwrap();
     }
+    std::fs::create_dir_all(dir.path().join("pipelines/prompts")).unwrap();
+    std::fs::write(dir.path().join("pipelines/prompts/shop.md"), b"Be brief.").unwrap();
     dir
 }
 
@@ -36,7 +44,8 @@ fn shipped_local_pipeline_is_valid() {
     let spec = PipelineSpec::local_default(base.path()).expect("local.toml validates");
     assert_eq!(spec.name, "local");
     let kinds: Vec<_> = spec.stages.iter().map(StageSpec::kind).collect();
-    assert_eq!(kinds, ["vad", "stt"]);
+    assert_eq!(kinds, ["vad", "stt", "planner"]);
+    assert_eq!(spec.mcp.keys().collect::<Vec<_>>(), ["knowledge", "orders"]);
     match &spec.stages[0] {
         StageSpec::Vad(v) => assert_eq!(v.backend, VadBackend::Silero),
         other => panic!("first stage is {}", other.kind()),
@@ -133,7 +142,9 @@ fn missing_model_file_says_how_to_get_it() {
         [
             ("stage 1 (vad)", "model"),
             ("stage 1 (vad)", "onnxruntime"),
-            ("stage 2 (stt)", "model")
+            ("stage 2 (stt)", "model"),
+            ("stage 3 (planner)", "model"),
+            ("stage 3 (planner)", "instructions"),
         ],
         "{msg}"
     );
@@ -219,4 +230,38 @@ fn unreadable_file_names_the_path() {
     let msg = err.to_string();
     assert!(msg.starts_with("pipelines/does-not-exist.toml:"), "{msg}");
     assert!(msg.contains("--pipeline"), "{msg}");
+}
+
+#[test]
+fn planner_fields_are_checked_together() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"planner\"\nbackend = \"local\"\nmodel = \"models/nope.gguf\"\ninstructions = \"prompts/nope.md\"\nmcp = [\"orders\"]\nprompt = {{ server = \"knowledge\", name = \"answer_style\" }}\nresources = [\"orders:orders://recent\", \"no-server-here\", \"knowledge:config://settings\"]\nmax_steps = 0\nturn_timeout_ms = 0\n\n[mcp.orders]\ntransport = \"stdio\"\ncommand = \"parlor-mcp-orders\"\n\n[mcp.knowledge]\ntransport = \"streamable-http\"\nurl = \"http://127.0.0.1:8931/mcp\"\n"
+    ));
+    let fields: Vec<_> = err
+        .problems
+        .iter()
+        .map(|p| p.field.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "model",
+            "instructions",
+            "prompt",
+            "resources",
+            "resources",
+            "max_steps",
+            "turn_timeout_ms"
+        ],
+        "{msg}"
+    );
+    assert!(msg.contains("file models/nope.gguf not found"), "{msg}");
+    assert!(
+        msg.contains("\"no-server-here\" is not \"server:uri\""),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("server \"knowledge\" is not in this stage's mcp list"),
+        "{msg}"
+    );
 }
