@@ -22,7 +22,15 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 fn base_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| support::start_chat_server(&format!("{MODEL}.gguf"), 160))
+    URL.get_or_init(|| {
+        let options = parlor::llm::LocalLlmOptions {
+            threads: 2,
+            max_tokens: 160,
+            ..Default::default()
+        };
+        let (root, _state) = support::start_chat_server(&format!("{MODEL}.gguf"), options);
+        format!("{root}/v1")
+    })
 }
 
 fn backend() -> OpenAiPlanner {

@@ -7,6 +7,8 @@
 //! One server for the whole file, on 127.0.0.1:0 in a thread of its own;
 //! tests run one at a time (two cores, one model).
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -39,42 +41,14 @@ fn root() -> &'static Path {
 fn server() -> &'static Server {
     static SERVER: OnceLock<Server> = OnceLock::new();
     SERVER.get_or_init(|| {
-        let path = root().join(format!("models/{MODEL_ID}.gguf"));
-        assert!(
-            path.exists(),
-            "{} is missing: run bash models/setup.sh",
-            path.display()
-        );
-        let llm = LocalLlm::load(
-            &path,
-            LocalLlmOptions {
-                threads: 2,
-                context_len: 2048,
-                max_tokens: 160,
-                ..LocalLlmOptions::default()
-            },
-        )
-        .expect("load the model");
-        let state = AppState::new(ServedModel::new(llm, &path));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let served = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                serve(listener, served, std::future::pending()).await
-            })
-        });
-        Server {
-            base: format!("http://{addr}"),
-            state,
-        }
+        let options = LocalLlmOptions {
+            threads: 2,
+            context_len: 2048,
+            max_tokens: 160,
+            ..LocalLlmOptions::default()
+        };
+        let (base, state) = support::start_chat_server(&format!("{MODEL_ID}.gguf"), options);
+        Server { base, state }
     })
 }
 
@@ -794,7 +768,9 @@ async fn parlor_serve_runs_until_sigterm() {
         .unwrap()
         .unwrap();
     println!("{line}");
-    assert!(line.contains(MODEL_ID), "{line}");
+    // Without --model, the default pipeline's planner model.
+    const DEFAULT_PLANNER: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m";
+    assert!(line.contains(DEFAULT_PLANNER), "{line}");
     let base = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -811,7 +787,7 @@ async fn parlor_serve_runs_until_sigterm() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(models["data"][0]["id"], MODEL_ID);
+    assert_eq!(models["data"][0]["id"], DEFAULT_PLANNER);
 
     let pid = child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")

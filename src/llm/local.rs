@@ -256,7 +256,7 @@ impl LocalLlm {
     ) -> Result<Decision, LlmError> {
         let started = Instant::now();
         let grammar = grammar::tool_choice_grammar(tools, choice)?;
-        let prompt = render_prompt(messages, Some(tools));
+        let prompt = render_prompt(messages, Some((tools, choice)));
         let mut say = SayStream::default();
         let output = self.generate(started, &prompt, Some(&grammar), &mut |piece: &str| {
             let text = say.push(piece);
@@ -497,8 +497,14 @@ fn take_utf8(bytes: &mut Vec<u8>) -> String {
 /// none), the system turn lists them, with [`SAY`], in Qwen's tool layout,
 /// and the assistant's past turns appear as the decisions the grammar makes
 /// it write; without, it is a plain chat. Ends with the assistant's turn
-/// opened.
-pub fn render_prompt(messages: &[ChatMessage], tools: Option<&[ToolSpec]>) -> String {
+/// opened. The choice only decides whether tool results end with a nudge
+/// to call again or answer.
+pub fn render_prompt(
+    messages: &[ChatMessage],
+    tools_and_choice: Option<(&[ToolSpec], ToolChoice)>,
+) -> String {
+    let tools = tools_and_choice.map(|(t, _)| t);
+    let may_call = tools_and_choice.is_some_and(|(_, c)| c != ToolChoice::SayOnly);
     let system: Vec<&str> = messages
         .iter()
         .filter_map(|m| match m {
@@ -582,10 +588,13 @@ pub fn render_prompt(messages: &[ChatMessage], tools: Option<&[ToolSpec]>) -> St
         in_tool_results = is_result;
     }
     if in_tool_results {
-        // Small models otherwise tend to repeat the question or call the
-        // next tool; the nudge sits at the very end of the prompt, so the
-        // cached prefix stays valid.
-        out.push_str(AFTER_TOOL_RESULTS);
+        // When another call is allowed, small models otherwise answer a
+        // two-part question after its first part (measured on the 1.5B).
+        // Words-only requests get no nudge: it made the 0.5B say it had no
+        // information. It sits at the very end, so the cached prefix holds.
+        if may_call {
+            out.push_str(AFTER_TOOL_RESULTS);
+        }
         out.push_str("<|im_end|>\n");
     }
     out.push_str("<|im_start|>assistant\n");

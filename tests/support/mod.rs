@@ -73,27 +73,24 @@ pub fn knowledge_server() -> McpServerSpec {
     }
 }
 
-/// parlor's `/v1/chat/completions` on the local model `model_file` (under
-/// `models/`), in-process on 127.0.0.1:0 on a runtime of its own that lives
-/// as long as the test process. Returns the base URL (`http://…/v1`).
-pub fn start_chat_server(model_file: &str, max_tokens: usize) -> String {
-    use parlor::llm::{LocalLlm, LocalLlmOptions};
+/// parlor's OpenAI-compatible server on the local model `model_file`
+/// (under `models/`), in-process on 127.0.0.1:0 on a runtime of its own
+/// that lives as long as the test process. Returns its root URL
+/// (`http://127.0.0.1:PORT`; the API is under `/v1`) and its state.
+pub fn start_chat_server(
+    model_file: &str,
+    options: parlor::llm::LocalLlmOptions,
+) -> (String, parlor::server::AppState) {
+    use parlor::llm::LocalLlm;
     use parlor::server::{serve, AppState, ServedModel};
 
     let path = model(model_file);
-    let llm = LocalLlm::load(
-        &path,
-        LocalLlmOptions {
-            threads: 2,
-            max_tokens,
-            ..LocalLlmOptions::default()
-        },
-    )
-    .expect("load the model");
+    let llm = LocalLlm::load(&path, options).expect("load the model");
     let state = AppState::new(ServedModel::new(llm, &path));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
+    let served = state.clone();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -102,8 +99,8 @@ pub fn start_chat_server(model_file: &str, max_tokens: usize) -> String {
             .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            serve(listener, state, std::future::pending()).await
+            serve(listener, served, std::future::pending()).await
         })
     });
-    format!("http://{addr}/v1")
+    (format!("http://{addr}"), state)
 }
