@@ -243,29 +243,11 @@ async fn post_owned(body: Value) -> (StatusCode, Value) {
 #[tokio::test]
 async fn health_and_model_list() {
     let _guard = one_at_a_time().await;
-    let health: Value = serde_json::from_slice(
-        &client()
-            .get(url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let (status, health) = get_json(&url("/healthz")).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(health["status"], "ok");
-    let models: Value = serde_json::from_slice(
-        &client()
-            .get(url("/v1/models"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let (status, models) = get_json(&url("/v1/models")).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], MODEL_ID);
     assert_eq!(models["data"][0]["object"], "model");
@@ -592,9 +574,9 @@ async fn errors_come_in_openai_shape() {
     )
     .await;
 
-    let (status, body) = get_json("/v1/chat/completions").await;
+    let (status, body) = get_json(&url("/v1/chat/completions")).await;
     expect_error((status, body), 405, "method_not_allowed", &["GET"]).await;
-    let (status, body) = get_json("/v1/embeddings").await;
+    let (status, body) = get_json(&url("/v1/embeddings")).await;
     expect_error((status, body), 404, "unknown_url", &["/v1/embeddings"]).await;
 
     // The file name is accepted as the model too, and the server still
@@ -620,8 +602,9 @@ async fn errors_come_in_openai_shape() {
     assert_eq!(body["usage"]["completion_tokens"], 16, "{body}");
 }
 
-async fn get_json(path: &str) -> (StatusCode, Value) {
-    let response = client().get(url(path)).send().await.unwrap();
+/// GET `url`: the status and the body as JSON.
+async fn get_json(url: &str) -> (StatusCode, Value) {
+    let response = client().get(url).send().await.unwrap();
     let status = response.status();
     (
         status,
@@ -776,17 +759,8 @@ async fn parlor_serve_runs_until_sigterm() {
         .find(|w| w.starts_with("http://"))
         .unwrap()
         .to_string();
-    let models: Value = serde_json::from_slice(
-        &client()
-            .get(format!("{base}/models"))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let (status, models) = get_json(&format!("{base}/models")).await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(models["data"][0]["id"], DEFAULT_PLANNER);
 
     let pid = child.id().unwrap().to_string();

@@ -142,3 +142,16 @@ pub enum ToolChoice {
     /// One of the tools, never [`SAY`].
     Required,
 }
+
+/// How a JSON value's type reads in an error message ("a string", "an
+/// array"), for the MCP pool's and the HTTP routes' argument checks.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::llm::chat::json_kind;
 use rmcp::model::{
     CallToolRequestParams, ClientConfig, GetPromptRequestParams, ReadResourceRequestParams,
     ResourceUpdatedNotificationParam, SubscribeRequestParams,
@@ -514,17 +515,6 @@ pub fn tool_name(server: &str, tool: &str) -> String {
             }
         })
         .collect()
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn tool_output(raw: Value) -> ToolOutput {

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use crate::llm::chat::json_kind;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -339,17 +340,6 @@ fn tool_choice(value: &Value, tools: &mut Vec<ToolSpec>) -> Result<ToolChoice, A
             ),
         )
         .with_code("invalid_type")),
-    }
-}
-
-fn json_kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
