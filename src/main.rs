@@ -61,8 +61,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Serve OpenAI-compatible routes (`/v1/chat/completions`, `/v1/models`)
-    /// backed by the local planner model, until ctrl-c or SIGTERM.
+    /// Serve OpenAI-compatible routes (`/v1/chat/completions`,
+    /// `/v1/responses`, `/v1/models`) backed by the local planner model,
+    /// until ctrl-c or SIGTERM.
     Serve {
         /// Take the model from this pipeline's local planner stage.
         #[arg(long)]
@@ -73,6 +74,11 @@ enum Command {
         /// GGUF model file (overrides the pipeline's planner model).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// MCP servers `/v1/responses` may connect to when a request names
+        /// them (`mcp` tools): URL prefixes, e.g. http://127.0.0.1:8090/.
+        /// Repeat for more. None by default.
+        #[arg(long = "allow-mcp", value_name = "URL_PREFIX")]
+        allow_mcp: Vec<String>,
     },
     /// The MCP servers of a pipeline.
     Mcp {
@@ -113,7 +119,8 @@ fn main() -> ExitCode {
                 pipeline,
                 addr,
                 model,
-            } => run_serve(pipeline.as_deref(), addr, model).await,
+                allow_mcp,
+            } => run_serve(pipeline.as_deref(), addr, model, allow_mcp).await,
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
@@ -201,11 +208,16 @@ async fn run_ask(question: &str, path: Option<&Path>, json: bool) -> Result<(), 
                     }
                     let (server, tool) = r.name.split_once("__").unwrap_or(("", &r.name));
                     let status = if r.is_error { "error" } else { "ok" };
+                    // The provider ran hosted calls; their latency is its own.
+                    let took = if r.hosted {
+                        "hosted".to_string()
+                    } else {
+                        format!("{:.1} ms", r.latency.as_secs_f64() * 1e3)
+                    };
                     println!(
-                        "[tool] {server} {tool} {} -> {status}, {} bytes, {:.1} ms",
+                        "[tool] {server} {tool} {} -> {status}, {} bytes, {took}",
                         r.arguments,
                         r.output.len(),
-                        r.latency.as_secs_f64() * 1e3
                     );
                 }
             }
@@ -271,6 +283,7 @@ async fn run_serve(
     pipeline: Option<&Path>,
     addr: std::net::SocketAddr,
     model: Option<PathBuf>,
+    allow_mcp: Vec<String>,
 ) -> Result<(), Failure> {
     use parlor::llm::{LocalLlm, LocalLlmOptions};
     use parlor::server::{serve, shutdown_signal, AppState, ServedModel};
@@ -290,7 +303,7 @@ async fn run_serve(
         ..LocalLlmOptions::default()
     };
     let llm = LocalLlm::load(&path, options).map_err(Failure::input)?;
-    let state = AppState::new(ServedModel::new(llm, &path));
+    let state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(allow_mcp);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {addr}: {e}")))?;
@@ -332,13 +345,13 @@ async fn run_mcp_list(path: Option<&Path>) -> Result<(), Failure> {
         ]);
     }
     for (name, server) in &spec.mcp {
-        if let parlor::spec::McpServerSpec::Hosted { url } = server {
+        if let parlor::spec::McpServerSpec::Hosted(hosted) = server {
             rows.push([
                 name.clone(),
                 "hosted".into(),
                 "-".into(),
                 "(called by the model provider)".into(),
-                url.clone(),
+                hosted.url.clone(),
             ]);
         }
     }

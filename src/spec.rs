@@ -268,10 +268,28 @@ pub enum McpServerSpec {
     StreamableHttp {
         url: String,
     },
-    /// Handed to the model provider, which calls the server itself.
-    Hosted {
-        url: String,
-    },
+    /// Handed to the model provider, which calls the server itself (the
+    /// Responses API's `mcp` tool): parlor never connects to it. Needs the
+    /// `openai` planner backend.
+    Hosted(HostedMcpSpec),
+}
+
+/// A server the model provider calls on the planner's behalf.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostedMcpSpec {
+    /// The server's Streamable HTTP endpoint, as the provider will reach it.
+    pub url: String,
+    /// Only these tools are offered (default: all the server has).
+    #[serde(default)]
+    pub allowed_tools: Option<Vec<String>>,
+    /// Tells the model what the server is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// An environment variable holding the bearer token the provider should
+    /// send to the server (never written into the spec itself).
+    #[serde(default)]
+    pub authorization_env: Option<String>,
 }
 
 fn default_vad_backend() -> VadBackend {
@@ -680,6 +698,24 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
             _ => &[],
         };
         for name in mcp_names {
+            if let (Some(McpServerSpec::Hosted(_)), StageSpec::Planner(p)) =
+                (spec.mcp.get(name), stage)
+            {
+                if p.backend != ModelBackend::Openai {
+                    problems.push(problem(
+                        at.clone(),
+                        "mcp",
+                        format!(
+                            "\"{name}\" is hosted (the model provider calls it), but the \
+                             local backend has no provider"
+                        ),
+                        &format!(
+                            "use backend = \"openai\", or reach [mcp.{name}] yourself \
+                             with transport = \"streamable-http\""
+                        ),
+                    ));
+                }
+            }
             if !spec.mcp.contains_key(name) {
                 let known: Vec<_> = spec.mcp.keys().map(String::as_str).collect();
                 problems.push(problem(
@@ -691,6 +727,19 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
                     } else {
                         format!("declare [mcp.{name}] or use one of: {}", known.join(", "))
                     },
+                ));
+            }
+        }
+    }
+
+    for (name, server) in &spec.mcp {
+        if let McpServerSpec::Hosted(h) = server {
+            if !(h.url.starts_with("https://") || h.url.starts_with("http://")) {
+                problems.push(problem(
+                    format!("mcp.{name}"),
+                    "url",
+                    format!("\"{}\" is not an http(s) URL", h.url),
+                    "url = \"https://mcp.example.com/mcp\"",
                 ));
             }
         }

@@ -78,7 +78,7 @@ impl PlannerModel for Scripted {
                 }
                 Ok(ModelReply {
                     text: words.into(),
-                    calls: vec![],
+                    ..ModelReply::default()
                 })
             }
             Some(Step::Calls(calls)) => Ok(ModelReply {
@@ -92,6 +92,7 @@ impl PlannerModel for Scripted {
                         arguments,
                     })
                     .collect(),
+                ..ModelReply::default()
             }),
             Some(Step::Fail(why)) => Err(LlmError::Remote(why.into())),
             None => panic!("the script ran out at request {n}"),

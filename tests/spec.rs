@@ -59,6 +59,25 @@ fn shipped_local_pipeline_is_valid() {
     assert_eq!(from_disk.stages.len(), spec.stages.len());
 }
 
+/// Every shipped example passes the checks `parlor check` runs (the files
+/// they name are checked against a project root holding them).
+#[test]
+fn every_shipped_pipeline_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let base = base_with_models();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(root.join("pipelines")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            if let Err(e) = PipelineSpec::load(&path, base.path()) {
+                panic!("{}: {e}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} pipelines found");
+}
+
 #[test]
 fn toml_syntax_error_names_the_line() {
     let (msg, _) = problems("name = \"x\"\n[[stage]\nkind = 1\n");

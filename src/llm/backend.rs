@@ -31,6 +31,22 @@ pub struct ModelRequest<'a> {
 pub struct ModelReply {
     pub text: String,
     pub calls: Vec<ToolCall>,
+    /// Calls the provider already made to hosted MCP servers while
+    /// answering (Responses API): for the record, nothing left to run.
+    pub hosted: Vec<HostedCall>,
+}
+
+/// A hosted MCP tool call the provider ran.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostedCall {
+    pub id: String,
+    /// The server's label (its name in the spec).
+    pub server: String,
+    pub tool: String,
+    pub arguments: serde_json::Value,
+    pub is_error: bool,
+    /// The tool's output, or its error.
+    pub output: String,
 }
 
 /// A language model the planner can drive.
@@ -38,6 +54,13 @@ pub struct ModelReply {
 pub trait PlannerModel: Send + Sync {
     /// For logs and `parlor ask`: which model, where.
     fn describe(&self) -> String;
+
+    /// Whether the model brings tools of its own (hosted MCP servers the
+    /// provider calls), so a request with no tools from parlor may still
+    /// call some.
+    fn has_hosted_tools(&self) -> bool {
+        false
+    }
 
     /// Answer `request`. Reply text is sent to `text` piece by piece as the
     /// model writes it (a closed receiver is not an error). `cancel` stops
@@ -119,7 +142,7 @@ impl PlannerModel for LocalPlanner {
         Ok(match decision {
             Decision::Say(text) => ModelReply {
                 text,
-                calls: Vec::new(),
+                ..ModelReply::default()
             },
             Decision::Call { name, arguments } => ModelReply {
                 text: String::new(),
@@ -128,6 +151,7 @@ impl PlannerModel for LocalPlanner {
                     name,
                     arguments,
                 }],
+                ..ModelReply::default()
             },
         })
     }

@@ -1,6 +1,7 @@
 //! Planner language models: the shared chat vocabulary ([`chat`]), the
-//! tool-choice grammar ([`grammar`]) and the in-process llama.cpp backend
-//! ([`local`]).
+//! tool-choice grammar ([`grammar`]), the in-process llama.cpp backend
+//! ([`local`]) and the OpenAI-compatible ones ([`openai`]: Chat Completions;
+//! [`openai_responses`]: the Responses API, for hosted MCP servers).
 //!
 //! A planner request is a conversation plus the tools on offer; the answer
 //! is a [`Decision`]: say something, or call one tool. The planner stage
@@ -11,13 +12,15 @@ pub mod chat;
 pub mod grammar;
 pub mod local;
 pub mod openai;
+pub mod openai_responses;
 
 use std::path::PathBuf;
 
-pub use backend::{LocalPlanner, ModelReply, ModelRequest, PlannerModel};
+pub use backend::{HostedCall, LocalPlanner, ModelReply, ModelRequest, PlannerModel};
 pub use chat::{ChatMessage, Decision, ToolCall, ToolChoice, ToolSpec, SAY};
 pub use local::{GenerationStats, LocalLlm, LocalLlmOptions};
 pub use openai::OpenAiPlanner;
+pub use openai_responses::{HostedServer, ResponsesPlanner};
 
 /// Why a planner model could not answer.
 #[derive(Debug, thiserror::Error)]

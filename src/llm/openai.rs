@@ -162,11 +162,12 @@ impl ReplyBuilder {
         Ok(ModelReply {
             text: self.text,
             calls,
+            ..ModelReply::default()
         })
     }
 }
 
-fn remote_error(e: OpenAIError) -> LlmError {
+pub(super) fn remote_error(e: OpenAIError) -> LlmError {
     LlmError::Remote(match e {
         OpenAIError::ApiError(api) => api.to_string(),
         other => other.to_string(),

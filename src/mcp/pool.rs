@@ -186,7 +186,7 @@ impl McpPool {
                 None => errors.push(McpError::UnknownServer {
                     server: name.clone(),
                 }),
-                Some(McpServerSpec::Hosted { .. }) => {
+                Some(McpServerSpec::Hosted(_)) => {
                     tracing::debug!(message = "Hosted MCP server left to the provider.", server = %name)
                 }
                 Some(spec) => {

@@ -40,7 +40,7 @@ pub fn transport_name(spec: &McpServerSpec) -> &'static str {
         McpServerSpec::Stdio { .. } => "stdio",
         McpServerSpec::Sse { .. } => "sse",
         McpServerSpec::StreamableHttp { .. } => "streamable-http",
-        McpServerSpec::Hosted { .. } => "hosted",
+        McpServerSpec::Hosted(_) => "hosted",
     }
 }
 
@@ -51,9 +51,8 @@ pub fn target(spec: &McpServerSpec) -> String {
             .chain(args.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join(" "),
-        McpServerSpec::Sse { url }
-        | McpServerSpec::StreamableHttp { url }
-        | McpServerSpec::Hosted { url } => url.clone(),
+        McpServerSpec::Sse { url } | McpServerSpec::StreamableHttp { url } => url.clone(),
+        McpServerSpec::Hosted(hosted) => hosted.url.clone(),
     }
 }
 
@@ -127,7 +126,7 @@ pub async fn connect<H: ClientHandler>(
                 .map_err(deadline)?
                 .map_err(|e| connect_err(format!("{url}: {e}")))
         }
-        McpServerSpec::Hosted { .. } => Err(McpError::NotConnectable {
+        McpServerSpec::Hosted(_) => Err(McpError::NotConnectable {
             server: name.to_string(),
             transport: "hosted".into(),
         }),

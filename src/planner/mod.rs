@@ -78,6 +78,26 @@ pub struct ToolRecord {
     pub output: String,
     #[serde(serialize_with = "ser_ms")]
     pub latency: Duration,
+    /// Run by the model provider (a hosted MCP server), not by parlor: the
+    /// latency is not known and is zero.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hosted: bool,
+}
+
+impl ToolRecord {
+    /// A call the provider made to a hosted MCP server, named as parlor
+    /// names pool tools (`server__tool`).
+    fn hosted(call: crate::llm::HostedCall) -> Self {
+        Self {
+            id: call.id,
+            name: format!("{}__{}", call.server, call.tool),
+            arguments: call.arguments,
+            is_error: call.is_error,
+            output: call.output,
+            latency: Duration::ZERO,
+            hosted: true,
+        }
+    }
 }
 
 /// A finished turn.
@@ -206,7 +226,8 @@ impl Planner {
         let specs = self.tools.specs().await;
         for step in 0..=self.options.max_steps {
             let last = step == self.options.max_steps;
-            let choice = if last || specs.is_empty() {
+            let no_tools = specs.is_empty() && !self.model.has_hosted_tools();
+            let choice = if last || no_tools {
                 ToolChoice::SayOnly
             } else {
                 ToolChoice::Auto
@@ -222,6 +243,11 @@ impl Planner {
             };
             outcome.steps += 1;
             let reply = self.ask(request, events, cancel).await?;
+            for call in reply.hosted {
+                let record = ToolRecord::hosted(call);
+                let _ = events.send(PlannerEvent::ToolFinished(record.clone()));
+                outcome.tools.push(record);
+            }
             if !reply.text.is_empty() {
                 outcome.reply.push_str(&reply.text);
                 turn.push(ChatMessage::assistant(reply.text));
@@ -318,6 +344,7 @@ impl Planner {
                 is_error: answer.is_error,
                 output: cap(answer.text, self.options.max_result_bytes),
                 latency: started.elapsed(),
+                hosted: false,
             };
             let _ = events.send(PlannerEvent::ToolFinished(record.clone()));
             record

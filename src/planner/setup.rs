@@ -7,9 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::llm::local::DEFAULT_SYSTEM_PROMPT;
-use crate::llm::{LocalLlm, LocalLlmOptions, LocalPlanner, OpenAiPlanner, PlannerModel};
+use crate::llm::{
+    HostedServer, LocalLlm, LocalLlmOptions, LocalPlanner, OpenAiPlanner, PlannerModel,
+    ResponsesPlanner,
+};
 use crate::mcp::{McpError, McpPool};
-use crate::spec::{ModelBackend, PipelineSpec, PlannerSpec};
+use crate::spec::{McpServerSpec, ModelBackend, PipelineSpec, PlannerSpec};
 
 use super::{Planner, PlannerOptions};
 
@@ -24,6 +27,8 @@ pub enum SetupError {
          server that needs none"
     )]
     MissingKey { env: String },
+    #[error("hosted MCP server \"{server}\": no bearer token: set {env} (its authorization_env)")]
+    MissingToken { server: String, env: String },
     #[error(transparent)]
     Mcp(#[from] McpError),
     #[error("planner instructions {path}: {source}")]
@@ -64,7 +69,7 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
             _ => None,
         })
         .ok_or_else(|| SetupError::NoPlanner(spec.name.clone()))?;
-    let model = model(&stage, base_dir).await?;
+    let model = model(&stage, &hosted_servers(spec, &stage)?, base_dir).await?;
     let pool = Arc::new(McpPool::connect(&spec.mcp, &stage.mcp).await?);
     let system = match system_prompt(&stage, &pool, base_dir).await {
         Ok(s) => s,
@@ -79,6 +84,40 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
     Ok(ConnectedPlanner { planner, pool })
 }
 
+/// The stage's hosted MCP servers, as the provider is to be told about
+/// them (bearer tokens read from their `authorization_env`).
+fn hosted_servers(
+    spec: &PipelineSpec,
+    stage: &PlannerSpec,
+) -> Result<Vec<HostedServer>, SetupError> {
+    let mut out = Vec::new();
+    for name in &stage.mcp {
+        let Some(McpServerSpec::Hosted(hosted)) = spec.mcp.get(name) else {
+            continue;
+        };
+        let authorization = match &hosted.authorization_env {
+            Some(env) => match std::env::var(env) {
+                Ok(token) if !token.is_empty() => Some(token),
+                _ => {
+                    return Err(SetupError::MissingToken {
+                        server: name.clone(),
+                        env: env.clone(),
+                    })
+                }
+            },
+            None => None,
+        };
+        out.push(HostedServer {
+            label: name.clone(),
+            url: hosted.url.clone(),
+            allowed_tools: hosted.allowed_tools.clone(),
+            description: hosted.description.clone(),
+            authorization,
+        });
+    }
+    Ok(out)
+}
+
 /// The turn limits a planner stage asks for.
 pub fn options(stage: &PlannerSpec) -> PlannerOptions {
     PlannerOptions {
@@ -90,7 +129,11 @@ pub fn options(stage: &PlannerSpec) -> PlannerOptions {
     }
 }
 
-async fn model(stage: &PlannerSpec, base_dir: &Path) -> Result<Arc<dyn PlannerModel>, SetupError> {
+async fn model(
+    stage: &PlannerSpec,
+    hosted: &[HostedServer],
+    base_dir: &Path,
+) -> Result<Arc<dyn PlannerModel>, SetupError> {
     match stage.backend {
         ModelBackend::Local => {
             let path = base_dir.join(stage.local_model());
@@ -112,10 +155,19 @@ async fn model(stage: &PlannerSpec, base_dir: &Path) -> Result<Arc<dyn PlannerMo
                     env: stage.api_key_env.clone(),
                 });
             }
-            Ok(Arc::new(OpenAiPlanner::new(
+            if hosted.is_empty() {
+                return Ok(Arc::new(OpenAiPlanner::new(
+                    stage.base_url.as_deref(),
+                    &key,
+                    stage.model.as_deref(),
+                )));
+            }
+            // Hosted MCP servers exist only in the Responses API.
+            Ok(Arc::new(ResponsesPlanner::new(
                 stage.base_url.as_deref(),
                 &key,
                 stage.model.as_deref(),
+                hosted.to_vec(),
             )))
         }
     }

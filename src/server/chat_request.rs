@@ -226,16 +226,19 @@ fn messages(wire: Vec<WireMessage>) -> Result<Vec<ChatMessage>, ApiError> {
 }
 
 /// A message's text: a string, or an array of `{"type": "text", "text"}`
-/// parts joined (other part types are not supported by a text model).
-fn text(content: Option<Value>, field: &str) -> Result<String, ApiError> {
+/// parts joined (other part types are not supported by a text model). The
+/// Responses API's `input_text` / `output_text` parts read the same way.
+pub(super) fn text(content: Option<Value>, field: &str) -> Result<String, ApiError> {
     match content {
         Some(Value::String(s)) => Ok(s),
         Some(Value::Array(parts)) => {
             let mut out = String::new();
             for (k, part) in parts.iter().enumerate() {
                 match (part.get("type").and_then(Value::as_str), part.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => out.push_str(t),
-                    (Some("text"), _) => {
+                    (Some("text" | "input_text" | "output_text"), Some(Value::String(t))) => {
+                        out.push_str(t)
+                    }
+                    (Some("text" | "input_text" | "output_text"), _) => {
                         return Err(ApiError::invalid(
                             format!("{field}[{k}].text"),
                             format!("`{field}[{k}].text` must be a string."),

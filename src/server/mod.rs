@@ -6,16 +6,21 @@
 //! - [`router`]: the routes; [`serve`]: run them until shutdown.
 //! - [`chat_completions`]: `POST /v1/chat/completions`.
 //! - [`chat_request`] / [`chat_response`]: the wire format in and out.
+//! - [`responses`] / [`responses_request`]: `POST /v1/responses`, with MCP
+//!   servers as tools (hosted MCP, parlor the host).
 //! - [`served_model`]: the local model and the queue in front of it.
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
 //!
-//! Routes: `GET /healthz`, `GET /v1/models`, `POST /v1/chat/completions`.
+//! Routes: `GET /healthz`, `GET /v1/models`, `POST /v1/chat/completions`,
+//! `POST /v1/responses`.
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
 
 pub mod chat_completions;
 pub mod chat_request;
 pub mod chat_response;
 pub mod openai_error;
+pub mod responses;
+pub mod responses_request;
 pub mod served_model;
 
 use std::sync::Arc;
@@ -43,13 +48,24 @@ pub const DRAIN: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub model: Arc<ServedModel>,
+    /// URL prefixes of the MCP servers `/v1/responses` may connect to for a
+    /// client; none by default (a client-named URL is a way into the
+    /// server's network).
+    pub mcp_allow: Arc<Vec<String>>,
 }
 
 impl AppState {
     pub fn new(model: ServedModel) -> Self {
         Self {
             model: Arc::new(model),
+            mcp_allow: Arc::default(),
         }
+    }
+
+    /// Let `/v1/responses` reach MCP servers under these URL prefixes.
+    pub fn with_mcp_allow(mut self, prefixes: Vec<String>) -> Self {
+        self.mcp_allow = Arc::new(prefixes);
+        self
     }
 }
 
@@ -62,6 +78,7 @@ pub fn router(state: AppState) -> axum::Router {
             "/v1/chat/completions",
             post(chat_completions::chat_completions),
         )
+        .route("/v1/responses", post(responses::responses))
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -86,6 +86,18 @@ impl ApiError {
         }
     }
 
+    /// 424: an MCP server named in the request's tools could not be reached
+    /// or listed (OpenAI's status for the same failure).
+    pub fn mcp_unreachable(label: &str, why: impl std::fmt::Display) -> Self {
+        Self {
+            status: StatusCode::FAILED_DEPENDENCY,
+            message: format!("Error retrieving tool list from MCP server: '{label}': {why}"),
+            kind: "external_connector_error",
+            param: Some("tools".into()),
+            code: Some("http_error"),
+        }
+    }
+
     /// 500. The detail goes to the log, not to the client.
     pub fn server_error() -> Self {
         Self {

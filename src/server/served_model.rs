@@ -131,6 +131,18 @@ impl ServedModel {
         self
     }
 
+    /// Whether a new request would be turned away now.
+    pub fn is_full(&self) -> bool {
+        self.in_flight() >= self.queue_limit
+    }
+
+    /// The error a turned-away request gets.
+    pub fn busy(&self) -> Busy {
+        Busy {
+            limit: self.queue_limit,
+        }
+    }
+
     /// Requests running or waiting now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)

@@ -81,12 +81,22 @@ pub fn start_chat_server(
     model_file: &str,
     options: parlor::llm::LocalLlmOptions,
 ) -> (String, parlor::server::AppState) {
+    start_server(model_file, options, Vec::new())
+}
+
+/// [`start_chat_server`], letting `/v1/responses` reach the MCP servers
+/// under `mcp_allow` (URL prefixes).
+pub fn start_server(
+    model_file: &str,
+    options: parlor::llm::LocalLlmOptions,
+    mcp_allow: Vec<String>,
+) -> (String, parlor::server::AppState) {
     use parlor::llm::LocalLlm;
     use parlor::server::{serve, AppState, ServedModel};
 
     let path = model(model_file);
     let llm = LocalLlm::load(&path, options).expect("load the model");
-    let state = AppState::new(ServedModel::new(llm, &path));
+    let state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(mcp_allow);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -103,4 +113,40 @@ pub fn start_chat_server(
         })
     });
     (format!("http://{addr}"), state)
+}
+
+/// parlor's knowledge server over HTTP (Streamable HTTP at `/mcp`),
+/// in-process on 127.0.0.1:0 on a runtime of its own that lives as long as
+/// the test process (a child process held in a static would outlive it).
+pub struct KnowledgeHttp {
+    pub addr: std::net::SocketAddr,
+}
+
+impl KnowledgeHttp {
+    pub fn start() -> Self {
+        use parlor::mcp::servers::knowledge::{self, KnowledgeBase, KnowledgeServer};
+
+        let kb = KnowledgeBase::build(knowledge::bundled_documents()).expect("index the docs");
+        let server = KnowledgeServer::new(std::sync::Arc::new(kb));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                knowledge::serve(listener, server, std::future::pending()).await
+            })
+        });
+        Self { addr }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
 }
