@@ -4,11 +4,16 @@
 //! cached from the previous turn; only the question is evaluated). Also a
 //! follow-up turn after a tool result, and generation speed.
 //!
-//! Uses the question set in benches/tasks/planner_questions.json and
-//! Qwen2.5-Coder-0.5B-Instruct Q4_K_M on 2 threads. Needs
-//! `bash models/setup.sh`. Run: `cargo bench --bench llm`.
+//! Then tool selection over the whole question set (the decision's tool
+//! against the expected one, `say` for small talk).
+//!
+//! Uses the question set in benches/tasks/planner_questions.json and the
+//! default pipeline's Qwen2.5-Coder-1.5B-Instruct Q4_K_M on 2 threads
+//! (`PARLOR_BENCH_MODEL=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf` for the
+//! 0.5B). Needs `bash models/setup.sh`. Run: `cargo bench --bench llm`.
 //! `PARLOR_BENCH_RUNS` (default 3) sets the runs per question,
-//! `PARLOR_BENCH_QUESTIONS` how many questions (default all).
+//! `PARLOR_BENCH_QUESTIONS` how many questions the timing table uses
+//! (default all).
 
 use std::path::Path;
 use std::time::Duration;
@@ -45,7 +50,10 @@ fn ttft(
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = root.join("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let model = root.join("models").join(
+        std::env::var("PARLOR_BENCH_MODEL")
+            .unwrap_or_else(|_| "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf".into()),
+    );
     assert!(
         model.exists(),
         "{} missing: run `bash models/setup.sh`",
@@ -57,12 +65,18 @@ fn main() {
     .unwrap();
     let tools: Vec<ToolSpec> = serde_json::from_value(set["tools"].clone()).unwrap();
     let system = set["system"].as_str().unwrap();
-    let questions: Vec<&str> = set["questions"]
+    let expected: Vec<(&str, &str)> = set["questions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|q| q["question"].as_str().unwrap())
+        .map(|q| {
+            (
+                q["question"].as_str().unwrap(),
+                q["expect"].as_str().unwrap(),
+            )
+        })
         .collect();
+    let questions: Vec<&str> = expected.iter().map(|(q, _)| *q).collect();
     // PARLOR_BENCH_QUESTIONS limits the table to the first N questions.
     let limit: usize = std::env::var("PARLOR_BENCH_QUESTIONS")
         .ok()
@@ -89,7 +103,8 @@ fn main() {
     ttft(&mut llm, &convo(questions[0]), &tools);
 
     println!(
-        "Local planner, time to first token on the same turn ({runs} runs per question, median)"
+        "Local planner {}, time to first token on the same turn ({runs} runs per question, median)",
+        model.file_stem().unwrap().to_string_lossy()
     );
     println!(
         "{:<55} {:>8} {:>10} {:>7} {:>7}",
@@ -164,18 +179,24 @@ fn main() {
         ms(fc) / ms(fw)
     );
 
-    // Generation speed: whole decisions, cached prefix.
+    // Tool selection over the whole set, and generation speed: whole
+    // decisions, cached prefix.
     llm.options_mut().max_tokens = 96;
-    let (mut tokens, mut secs) = (0usize, 0.0);
-    for q in &questions {
-        llm.decide(&convo(q), &tools, |_| {}).expect("decide");
+    let (mut tokens, mut secs, mut right) = (0usize, 0.0, 0);
+    for (q, expect) in &expected {
+        let decision = llm.decide(&convo(q), &tools, |_| {}).expect("decide");
+        right += usize::from(decision.name() == *expect);
         let s = llm.last_stats();
         tokens += s.generated_tokens.saturating_sub(1);
         secs += s.generation_time.as_secs_f64();
     }
     println!(
+        "tool selection: {right}/{} right (the expected tool, or say for small talk)",
+        expected.len()
+    );
+    println!(
         "generation: {:.1} tokens/s over {} questions (greedy, grammar-constrained)",
         tokens as f64 / secs,
-        questions.len()
+        expected.len()
     );
 }
