@@ -41,13 +41,9 @@ impl OpenAiPlanner {
     /// `base_url` ends in `/v1` (default `https://api.openai.com/v1`);
     /// `api_key` may be empty for servers that need none.
     pub fn new(base_url: Option<&str>, api_key: &str, model: Option<&str>) -> Self {
-        let mut config = OpenAIConfig::new().with_api_key(api_key);
-        if let Some(url) = base_url {
-            config = config.with_api_base(url.trim_end_matches('/'));
-        }
-        let base_url = base_url.unwrap_or("https://api.openai.com/v1").to_string();
+        let (client, base_url) = client(base_url, api_key);
         Self {
-            client: Client::with_config(config),
+            client,
             base_url,
             model: model.unwrap_or(DEFAULT_MODEL).to_string(),
         }
@@ -165,6 +161,17 @@ impl ReplyBuilder {
             ..ModelReply::default()
         })
     }
+}
+
+/// A client for `base_url` (default `https://api.openai.com/v1`), and the
+/// base URL it uses, for messages.
+pub(super) fn client(base_url: Option<&str>, api_key: &str) -> (Client<OpenAIConfig>, String) {
+    let mut config = OpenAIConfig::new().with_api_key(api_key);
+    if let Some(url) = base_url {
+        config = config.with_api_base(url.trim_end_matches('/'));
+    }
+    let base_url = base_url.unwrap_or("https://api.openai.com/v1").to_string();
+    (Client::with_config(config), base_url)
 }
 
 pub(super) fn remote_error(e: OpenAIError) -> LlmError {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::{HostedCall, ModelReply, ModelRequest, PlannerModel};
 use super::chat::{ChatMessage, ToolCall, ToolChoice, ToolSpec};
-use super::openai::{remote_error, DEFAULT_MODEL};
+use super::openai::{client, remote_error, DEFAULT_MODEL};
 use super::LlmError;
 
 /// An MCP server the provider is to call, as the request names it.
@@ -56,13 +56,10 @@ impl ResponsesPlanner {
         model: Option<&str>,
         hosted: Vec<HostedServer>,
     ) -> Self {
-        let mut config = OpenAIConfig::new().with_api_key(api_key);
-        if let Some(url) = base_url {
-            config = config.with_api_base(url.trim_end_matches('/'));
-        }
+        let (client, base_url) = client(base_url, api_key);
         Self {
-            client: Client::with_config(config),
-            base_url: base_url.unwrap_or("https://api.openai.com/v1").to_string(),
+            client,
+            base_url,
             model: model.unwrap_or(DEFAULT_MODEL).to_string(),
             hosted,
         }

@@ -168,8 +168,8 @@ impl Emitter {
         Self { tx, sequence: 0 }
     }
 
-    /// Send one event; `false` when the client has gone.
-    async fn send(&mut self, kind: &str, mut payload: Value) -> bool {
+    /// Send one event; [`Gone`] when the client has gone.
+    async fn send(&mut self, kind: &str, mut payload: Value) -> Result<(), Gone> {
         payload["type"] = kind.into();
         payload["sequence_number"] = self.sequence.into();
         self.sequence += 1;
@@ -178,12 +178,20 @@ impl Emitter {
                 .event(kind)
                 .data(payload.to_string())))
             .await
-            .is_ok()
+            .map_err(|_| Gone)
     }
 }
 
 /// The client went away mid-stream.
 struct Gone;
+
+/// Send one event if the response is streamed (a whole response has none).
+async fn emit(events: &mut Option<Emitter>, kind: &str, payload: Value) -> Result<(), Gone> {
+    match events {
+        Some(e) => e.send(kind, payload).await,
+        None => Ok(()),
+    }
+}
 
 /// One response being answered.
 struct Run {
@@ -228,21 +236,19 @@ impl Run {
         match result {
             Ok(Ok(())) => {
                 let response = self.body("completed");
-                if let Some(events) = &mut events {
-                    events
-                        .send("response.completed", json!({"response": response}))
-                        .await;
-                }
+                let completed = json!({"response": response});
+                let _ = emit(&mut events, "response.completed", completed).await;
                 Ok(response)
             }
             Ok(Err(e)) => {
-                if let Some(events) = &mut events {
-                    let mut failed = self.body("failed");
-                    failed["error"] = json!({"code": e.code, "message": e.message});
-                    events.send("error", e.body()["error"].clone()).await;
-                    events
-                        .send("response.failed", json!({"response": failed}))
-                        .await;
+                let mut failed = self.body("failed");
+                failed["error"] = json!({"code": e.code, "message": e.message});
+                if emit(&mut events, "error", e.body()["error"].clone())
+                    .await
+                    .is_ok()
+                {
+                    let failed = json!({"response": failed});
+                    let _ = emit(&mut events, "response.failed", failed).await;
                 }
                 Err(e)
             }
@@ -253,15 +259,8 @@ impl Run {
     /// The tool loop. `Err(Gone)`: the streaming client left; `Ok(Err)`: a
     /// failure to report.
     async fn answer(&mut self, events: &mut Option<Emitter>) -> Result<Result<(), ApiError>, Gone> {
-        if let Some(e) = events {
-            let created = self.body("in_progress");
-            if !e
-                .send("response.created", json!({"response": created}))
-                .await
-            {
-                return Err(Gone);
-            }
-        }
+        let created = json!({"response": self.body("in_progress")});
+        emit(events, "response.created", created).await?;
         let mut mcp_names: HashMap<String, (String, String)> = HashMap::new();
         let mut tools: Vec<ToolSpec> = self.request.functions.clone();
         for (server, listed) in self.listed.clone() {
@@ -352,72 +351,43 @@ impl Run {
         };
         let item_id = new_id("msg");
         let index = self.output.len();
-        let mut started = false;
+        // The fields every text event of this item carries, plus its own.
+        let text_event = |own: Value| {
+            let mut event = json!({"item_id": item_id, "output_index": index, "content_index": 0});
+            if let (Some(event), Value::Object(own)) = (event.as_object_mut(), own) {
+                event.extend(own);
+            }
+            event
+        };
+        let mut opened = false;
         loop {
             match rx.recv().await {
                 Some(Event::Text(piece)) => {
-                    let Some(e) = events else { continue };
-                    if !started {
-                        started = true;
-                        let opened = e
-                            .send(
-                                "response.output_item.added",
-                                json!({"output_index": index, "item": message(&item_id, "", "in_progress")}),
-                            )
-                            .await
-                            && e.send(
-                                "response.content_part.added",
-                                json!({"item_id": item_id, "output_index": index,
-                                       "content_index": 0,
-                                       "part": {"type": "output_text", "text": "", "annotations": []}}),
-                            )
-                            .await;
-                        if !opened {
-                            return Err(Gone);
-                        }
+                    if events.is_none() {
+                        continue;
                     }
-                    let delta = json!({"item_id": item_id, "output_index": index,
-                                       "content_index": 0, "delta": piece, "logprobs": []});
-                    if !e.send("response.output_text.delta", delta).await {
-                        return Err(Gone);
+                    if !opened {
+                        opened = true;
+                        open_message(events, &item_id, index).await?;
+                        let part = json!({"type": "output_text", "text": "", "annotations": []});
+                        let added = text_event(json!({"part": part}));
+                        emit(events, "response.content_part.added", added).await?;
                     }
+                    let delta = text_event(json!({"delta": piece, "logprobs": []}));
+                    emit(events, "response.output_text.delta", delta).await?;
                 }
                 Some(Event::Finished(Ok(answer))) => {
                     self.usage.prompt_tokens += answer.usage.prompt_tokens;
                     self.usage.completion_tokens += answer.usage.completion_tokens;
                     if let Reply::Text(text) = &answer.reply {
-                        if let Some(e) = events {
-                            if !started {
-                                let item = message(&item_id, "", "in_progress");
-                                if !e
-                                    .send(
-                                        "response.output_item.added",
-                                        json!({"output_index": index, "item": item}),
-                                    )
-                                    .await
-                                {
-                                    return Err(Gone);
-                                }
-                            }
-                            let part =
-                                json!({"type": "output_text", "text": text, "annotations": []});
-                            let closed = e
-                                .send(
-                                    "response.output_text.done",
-                                    json!({"item_id": item_id, "output_index": index,
-                                           "content_index": 0, "text": text, "logprobs": []}),
-                                )
-                                .await
-                                && e.send(
-                                    "response.content_part.done",
-                                    json!({"item_id": item_id, "output_index": index,
-                                           "content_index": 0, "part": part}),
-                                )
-                                .await;
-                            if !closed {
-                                return Err(Gone);
-                            }
+                        if !opened {
+                            open_message(events, &item_id, index).await?;
                         }
+                        let part = json!({"type": "output_text", "text": text, "annotations": []});
+                        let done = text_event(json!({"text": text, "logprobs": []}));
+                        emit(events, "response.output_text.done", done).await?;
+                        let done = text_event(json!({"part": part}));
+                        emit(events, "response.content_part.done", done).await?;
                         let item = message(&item_id, text, "completed");
                         self.done_item(events, index, item).await?;
                     }
@@ -451,17 +421,8 @@ impl Run {
             "error": null,
             "status": "in_progress",
         });
-        if let Some(e) = events {
-            if !e
-                .send(
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": item}),
-                )
-                .await
-            {
-                return Err(Gone);
-            }
-        }
+        let added = json!({"output_index": index, "item": item});
+        emit(events, "response.output_item.added", added).await?;
         let pool = self.pool.as_ref().expect("MCP tools come from the pool");
         let answer =
             match tokio::time::timeout(CALL_TIMEOUT, pool.call(name, arguments.clone())).await {
@@ -470,13 +431,13 @@ impl Run {
                     "tool \"{tool}\" on \"{label}\": no answer within {CALL_TIMEOUT:?}"
                 )),
             };
-        if answer.is_error {
-            item["error"] = answer.text.clone().into();
-            item["status"] = "failed".into();
+        let (field, status) = if answer.is_error {
+            ("error", "failed")
         } else {
-            item["output"] = answer.text.clone().into();
-            item["status"] = "completed".into();
-        }
+            ("output", "completed")
+        };
+        item[field] = answer.text.clone().into();
+        item["status"] = status.into();
         self.done_item(events, index, item).await?;
         Ok(answer.text)
     }
@@ -484,17 +445,8 @@ impl Run {
     /// Add a finished item (announcing it first when streaming).
     async fn push_item(&mut self, events: &mut Option<Emitter>, item: Value) -> Result<(), Gone> {
         let index = self.output.len();
-        if let Some(e) = events {
-            if !e
-                .send(
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": item}),
-                )
-                .await
-            {
-                return Err(Gone);
-            }
-        }
+        let added = json!({"output_index": index, "item": item});
+        emit(events, "response.output_item.added", added).await?;
         self.done_item(events, index, item).await
     }
 
@@ -504,17 +456,8 @@ impl Run {
         index: usize,
         item: Value,
     ) -> Result<(), Gone> {
-        if let Some(e) = events {
-            if !e
-                .send(
-                    "response.output_item.done",
-                    json!({"output_index": index, "item": item}),
-                )
-                .await
-            {
-                return Err(Gone);
-            }
-        }
+        let done = json!({"output_index": index, "item": item});
+        emit(events, "response.output_item.done", done).await?;
         self.output.push(item);
         Ok(())
     }
@@ -550,6 +493,16 @@ impl Run {
             },
         })
     }
+}
+
+/// Announce the `message` item the model's words go into.
+async fn open_message(
+    events: &mut Option<Emitter>,
+    item_id: &str,
+    index: usize,
+) -> Result<(), Gone> {
+    let added = json!({"output_index": index, "item": message(item_id, "", "in_progress")});
+    emit(events, "response.output_item.added", added).await
 }
 
 fn message(id: &str, text: &str, status: &str) -> Value {
