@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
+use axum::http::Uri;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -96,7 +97,7 @@ async fn answer(
 /// Refuse MCP servers outside the allow-list before connecting to anything.
 fn check_allowed(mcp: &[McpToolRequest], allow: &[String]) -> Result<(), ApiError> {
     for (i, server) in mcp.iter().enumerate() {
-        if !allow.iter().any(|prefix| server.url.starts_with(prefix)) {
+        if !allow.iter().any(|prefix| under_prefix(&server.url, prefix)) {
             return Err(ApiError::invalid(
                 format!("tools[{i}].server_url"),
                 format!(
@@ -115,6 +116,37 @@ fn check_allowed(mcp: &[McpToolRequest], allow: &[String]) -> Result<(), ApiErro
         }
     }
     Ok(())
+}
+
+/// Whether `url` falls under the allowed `prefix`: the same scheme, host
+/// and port, and a path at or below the prefix's path. Compared parsed, not
+/// as text, so `http://kb.example.com` does not admit
+/// `http://kb.example.com.evil.org/` nor `http://127.0.0.1:8931` admit
+/// port 89310.
+fn under_prefix(url: &str, prefix: &str) -> bool {
+    let (Ok(url), Ok(prefix)) = (url.parse::<Uri>(), prefix.parse::<Uri>()) else {
+        return false;
+    };
+    let port = |u: &Uri| {
+        u.port_u16().or(match u.scheme_str() {
+            Some("http") => Some(80),
+            Some("https") => Some(443),
+            _ => None,
+        })
+    };
+    let same_origin = url.scheme().is_some()
+        && url.host().is_some()
+        && url.scheme() == prefix.scheme()
+        && url.host().map(str::to_ascii_lowercase) == prefix.host().map(str::to_ascii_lowercase)
+        && port(&url) == port(&prefix);
+    let base = prefix.path().trim_end_matches('/');
+    let path = url.path();
+    same_origin
+        && (base.is_empty()
+            || path == base
+            || path
+                .strip_prefix(base)
+                .is_some_and(|rest| rest.starts_with('/')))
 }
 
 /// Connect to the request's MCP servers and list their tools (only the
@@ -512,4 +544,47 @@ fn message(id: &str, text: &str, status: &str) -> Value {
         json!([])
     };
     json!({"type": "message", "id": id, "role": "assistant", "status": status, "content": content})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::under_prefix;
+
+    #[test]
+    fn allowed_prefixes_compare_origin_and_path_not_text() {
+        let allowed = [
+            ("http://127.0.0.1:8931/mcp", "http://127.0.0.1:8931/"),
+            ("http://127.0.0.1:8931/mcp", "http://127.0.0.1:8931"),
+            ("https://kb.example.com/mcp", "https://KB.example.com:443/"),
+            (
+                "https://kb.example.com/tools/mcp",
+                "https://kb.example.com/tools",
+            ),
+            (
+                "https://kb.example.com/tools",
+                "https://kb.example.com/tools/",
+            ),
+        ];
+        for (url, prefix) in allowed {
+            assert!(under_prefix(url, prefix), "{url} under {prefix}");
+        }
+        let refused = [
+            (
+                "http://kb.example.com.evil.org/mcp",
+                "http://kb.example.com",
+            ),
+            ("http://127.0.0.1:89310/mcp", "http://127.0.0.1:8931"),
+            ("https://127.0.0.1:8931/mcp", "http://127.0.0.1:8931/"),
+            (
+                "https://kb.example.com/toolsx/mcp",
+                "https://kb.example.com/tools",
+            ),
+            ("http://user@10.0.0.1/mcp", "http://127.0.0.1/"),
+            ("/mcp", "http://127.0.0.1/"),
+            ("not a url", "http://127.0.0.1/"),
+        ];
+        for (url, prefix) in refused {
+            assert!(!under_prefix(url, prefix), "{url} refused by {prefix}");
+        }
+    }
 }
