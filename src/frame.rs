@@ -74,6 +74,26 @@ pub enum Frame {
     },
     /// Planner output, in the order written.
     ReplyDelta { turn: TurnId, text: String },
+    /// A tool call the planner made and how it went (for whoever shows the
+    /// turn: the upload response, a live call's events, the bench).
+    ToolCall {
+        turn: TurnId,
+        record: Box<crate::planner::ToolRecord>,
+    },
+    /// Spoken reply, at the tts stage's output rate; `text` is the chunk of
+    /// the reply this audio says (set on the chunk's first piece only).
+    ReplyAudio {
+        turn: TurnId,
+        audio: AudioChunk,
+        text: Option<String>,
+    },
+    /// A stage could not do its part of a turn (a speech server is down...):
+    /// the turn goes on without it, and whoever shows the turn says why.
+    TurnError {
+        turn: TurnId,
+        stage: &'static str,
+        message: String,
+    },
     /// The turn is complete; each stage adds its own timing on the way down.
     EndOfTurn(TurnMetrics),
 }
@@ -85,7 +105,10 @@ impl Frame {
             Frame::Audio(_) => None,
             Frame::SpeechStarted { turn, .. }
             | Frame::Transcript { turn, .. }
-            | Frame::ReplyDelta { turn, .. } => Some(*turn),
+            | Frame::ReplyDelta { turn, .. }
+            | Frame::ToolCall { turn, .. }
+            | Frame::ReplyAudio { turn, .. }
+            | Frame::TurnError { turn, .. } => Some(*turn),
             Frame::SpeechEnded(u) => Some(u.turn),
             Frame::EndOfTurn(m) => Some(m.turn),
         }
@@ -99,6 +122,9 @@ impl Frame {
             Frame::SpeechEnded(_) => "speech_ended",
             Frame::Transcript { .. } => "transcript",
             Frame::ReplyDelta { .. } => "reply_delta",
+            Frame::ToolCall { .. } => "tool_call",
+            Frame::ReplyAudio { .. } => "reply_audio",
+            Frame::TurnError { .. } => "turn_error",
             Frame::EndOfTurn(_) => "end_of_turn",
         }
     }

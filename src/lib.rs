@@ -15,12 +15,16 @@
 //! - [`llm`]: planner models: chat types, tool-choice grammar, local llama.cpp,
 //!   OpenAI-compatible servers.
 //! - [`planner`]: the tool loop (parallel calls, limits, history) and its set-up.
+//! - [`loaded`]: a spec's models loaded once; fresh stages per call.
+//! - [`file_call`]: an audio file played into a pipeline; a report per turn.
 //! - [`transcribe`]: the `parlor transcribe` job, as a library call.
 //! - [`server`]: OpenAI-compatible HTTP routes (the only module that knows axum).
 
 pub mod audio;
+pub mod file_call;
 pub mod frame;
 pub mod llm;
+pub mod loaded;
 pub mod mcp;
 pub mod planner;
 pub mod runner;

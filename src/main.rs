@@ -61,6 +61,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Play an audio file into the whole pipeline as a caller: prints what
+    /// was heard, each tool call, the answer and the latencies, and saves
+    /// the spoken answer.
+    Turn {
+        /// The caller's audio (WAV, FLAC, MP3, Ogg).
+        file: PathBuf,
+        /// Pipeline spec (default: the embedded pipelines/local.toml).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Where to write the spoken answer (WAV); every turn's reply in order.
+        #[arg(long, default_value = "answer.wav")]
+        out: PathBuf,
+        /// One JSON object per turn on stdout, nothing else.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve OpenAI-compatible routes (`/v1/chat/completions`,
     /// `/v1/responses`, `/v1/models`) backed by the local planner model,
     /// until ctrl-c or SIGTERM.
@@ -79,6 +95,13 @@ enum Command {
         /// Repeat for more. None by default.
         #[arg(long = "allow-mcp", value_name = "URL_PREFIX")]
         allow_mcp: Vec<String>,
+        /// Serve only the text routes: do not load the pipeline's voice
+        /// stages for `/v1/turns`.
+        #[arg(long)]
+        chat_only: bool,
+        /// Turns `/v1/turns` runs at once; more get a 429.
+        #[arg(long, default_value_t = parlor::server::DEFAULT_MAX_TURNS)]
+        max_turns: usize,
     },
     /// The MCP servers of a pipeline.
     Mcp {
@@ -115,12 +138,23 @@ fn main() -> ExitCode {
                 pipeline,
                 json,
             } => run_ask(&question, pipeline.as_deref(), json).await,
+            Command::Turn {
+                file,
+                pipeline,
+                out,
+                json,
+            } => run_turn(&file, pipeline.as_deref(), &out, json).await,
             Command::Serve {
                 pipeline,
                 addr,
                 model,
                 allow_mcp,
-            } => run_serve(pipeline.as_deref(), addr, model, allow_mcp).await,
+                chat_only,
+                max_turns,
+            } => {
+                let voice = (!chat_only).then_some(max_turns);
+                run_serve(pipeline.as_deref(), addr, model, allow_mcp, voice).await
+            }
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
@@ -206,19 +240,7 @@ async fn run_ask(question: &str, path: Option<&Path>, json: bool) -> Result<(), 
                         println!();
                         mid_line = false;
                     }
-                    let (server, tool) = r.name.split_once("__").unwrap_or(("", &r.name));
-                    let status = if r.is_error { "error" } else { "ok" };
-                    // The provider ran hosted calls; their latency is its own.
-                    let took = if r.hosted {
-                        "hosted".to_string()
-                    } else {
-                        format!("{:.1} ms", r.latency.as_secs_f64() * 1e3)
-                    };
-                    println!(
-                        "[tool] {server} {tool} {} -> {status}, {} bytes, {took}",
-                        r.arguments,
-                        r.output.len(),
-                    );
+                    println!("{}", tool_line(&r));
                 }
             }
             let _ = stdout.flush();
@@ -284,14 +306,17 @@ async fn run_serve(
     addr: std::net::SocketAddr,
     model: Option<PathBuf>,
     allow_mcp: Vec<String>,
+    voice_turns: Option<usize>,
 ) -> Result<(), Failure> {
     use parlor::llm::{LocalLlm, LocalLlmOptions};
+    use parlor::loaded::LoadedPipeline;
     use parlor::server::{serve, shutdown_signal, AppState, ServedModel};
     use parlor::spec::{ModelBackend, StageSpec};
 
+    let spec = load_spec(pipeline)?;
     // The pipeline's local planner model (the default pipeline's unless
     // --pipeline names another), or the bundled 0.5B.
-    let from_spec = load_spec(pipeline)?.stages.iter().find_map(|s| match s {
+    let from_spec = spec.stages.iter().find_map(|s| match s {
         StageSpec::Planner(p) if p.backend == ModelBackend::Local => Some(p.local_model()),
         _ => None,
     });
@@ -303,19 +328,38 @@ async fn run_serve(
         ..LocalLlmOptions::default()
     };
     let llm = LocalLlm::load(&path, options).map_err(Failure::input)?;
-    let state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(allow_mcp);
+    let mut state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(allow_mcp);
+    // The voice pipeline behind /v1/turns: a spec that listens (has a VAD).
+    let mut loaded = None;
+    if let Some(max_turns) = voice_turns.filter(|_| spec.stages.iter().any(|s| s.kind() == "vad")) {
+        let cwd = std::env::current_dir().map_err(Failure::usage)?;
+        let pipeline = std::sync::Arc::new(
+            LoadedPipeline::load(&spec, &cwd)
+                .await
+                .map_err(Failure::input)?,
+        );
+        state = state.with_pipeline(pipeline.clone(), max_turns);
+        loaded = Some(pipeline);
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {addr}: {e}")))?;
     let local = listener.local_addr().map_err(Failure::input)?;
     let shutdown = shutdown_signal();
+    let voice = match &loaded {
+        Some(p) => format!(", pipeline {}", p.spec().name),
+        None => String::new(),
+    };
     println!(
-        "parlor serve: model {} at http://{local}/v1 (ctrl-c to stop)",
+        "parlor serve: model {}{voice} at http://{local}/v1 (ctrl-c to stop)",
         state.model.id()
     );
-    serve(listener, state, shutdown)
-        .await
-        .map_err(Failure::input)
+    let served = serve(listener, state, shutdown).await;
+    // Close MCP sessions so stdio servers exit with us.
+    if let Some(pipeline) = loaded.and_then(|p| std::sync::Arc::try_unwrap(p).ok()) {
+        pipeline.shutdown().await;
+    }
+    served.map_err(Failure::input)
 }
 
 async fn run_mcp_list(path: Option<&Path>) -> Result<(), Failure> {
@@ -435,6 +479,115 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
         }
         println!("{}", line.trim_end());
     }
+}
+
+/// One tool call as `parlor ask` and `parlor turn` print it.
+fn tool_line(r: &parlor::planner::ToolRecord) -> String {
+    let (server, tool) = r.name.split_once("__").unwrap_or(("", &r.name));
+    let status = if r.is_error { "error" } else { "ok" };
+    // The provider ran hosted calls; their latency is its own.
+    let took = if r.hosted {
+        "hosted".to_string()
+    } else {
+        format!("{:.1} ms", r.latency.as_secs_f64() * 1e3)
+    };
+    format!(
+        "[tool] {server} {tool} {} -> {status}, {} bytes, {took}",
+        r.arguments,
+        r.output.len(),
+    )
+}
+
+async fn run_turn(
+    file: &Path,
+    pipeline: Option<&Path>,
+    out: &Path,
+    json: bool,
+) -> Result<(), Failure> {
+    use parlor::file_call;
+    use parlor::loaded::LoadedPipeline;
+
+    let spec = load_spec(pipeline)?;
+    let audio = decode_file(file, &DecodeLimits::default())
+        .map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+    let cwd = std::env::current_dir().map_err(Failure::usage)?;
+    let loaded = LoadedPipeline::load(&spec, &cwd)
+        .await
+        .map_err(Failure::input)?;
+    let played = match loaded.call() {
+        Ok(call) => file_call::play(call, audio).await,
+        Err(e) => Err(e.into()),
+    };
+    loaded.shutdown().await;
+    let turns = played.map_err(Failure::input)?;
+
+    // Every reply, in order, with a short pause between turns.
+    let mut answer: Option<parlor::frame::AudioChunk> = None;
+    for audio in turns.iter().filter_map(|t| t.audio.as_ref()) {
+        match &mut answer {
+            Some(all) => {
+                all.samples
+                    .extend(std::iter::repeat_n(0.0, audio.sample_rate as usize / 4));
+                all.samples.extend_from_slice(&audio.samples);
+            }
+            None => answer = Some(audio.clone()),
+        }
+    }
+    if let Some(answer) = &answer {
+        parlor::audio::write_wav(out, answer)
+            .map_err(|e| Failure::input(format!("{}: {e}", out.display())))?;
+    }
+    if json {
+        for turn in &turns {
+            println!("{}", serde_json::to_string(turn).expect("serializable"));
+        }
+        return Ok(());
+    }
+    if turns.is_empty() {
+        println!("(no speech detected)");
+    }
+    for t in &turns {
+        println!(
+            "[caller] {}",
+            if t.transcript.is_empty() {
+                "(no words)"
+            } else {
+                &t.transcript
+            }
+        );
+        for record in &t.tools {
+            println!("{}", tool_line(record));
+        }
+        if !t.reply.is_empty() {
+            println!("[parlor] {}", t.reply.trim());
+        }
+        for error in &t.errors {
+            println!("[error] {error}");
+        }
+        let ms = |d: Option<std::time::Duration>| d.map(|d| (d.as_secs_f64() * 1e4).round() / 10.0);
+        println!(
+            "{}",
+            json!({
+                "turn": t.turn,
+                "voice_to_voice_ms": ms(t.voice_to_voice()),
+                "stages": t.metrics.stages,
+            })
+        );
+    }
+    match &answer {
+        Some(a) => println!(
+            "[audio] {} ({:.1} s)",
+            out.display(),
+            a.duration().as_secs_f64()
+        ),
+        None if has_tts(&spec) => println!("[audio] (nothing was spoken)"),
+        None => {}
+    }
+    Ok(())
+}
+
+fn has_tts(spec: &PipelineSpec) -> bool {
+    spec.stages.iter().any(|s| s.kind() == "tts")
 }
 
 async fn run_transcribe(file: &Path, pipeline: Option<&Path>, json: bool) -> Result<(), Failure> {

@@ -95,6 +95,8 @@ impl Pipeline {
 }
 
 /// A started pipeline: push frames into `input`, read results from `output`.
+/// Dropping it cancels every stage (a client that hung up must not leave
+/// its call's work running with nobody to read the output).
 pub struct RunningPipeline {
     input: Option<mpsc::Sender<Frame>>,
     output: mpsc::Receiver<Frame>,
@@ -164,6 +166,7 @@ impl RunningPipeline {
     }
 
     async fn drain(mut self, deadline: Duration, cancel: bool) -> Finished {
+        let tasks = std::mem::take(&mut self.tasks);
         self.input = None;
         if cancel {
             self.shutdown.cancel();
@@ -173,7 +176,7 @@ impl RunningPipeline {
         drop(output);
         let mut finished = Finished::default();
         let until = tokio::time::Instant::now() + deadline;
-        for (name, mut handle) in self.tasks {
+        for (name, mut handle) in tasks {
             match tokio::time::timeout_at(until, &mut handle).await {
                 Ok(Ok(Ok(()) | Err(StageError::DownstreamClosed))) => {}
                 Ok(Ok(Err(error))) => finished.failed.push((name, error.to_string())),
@@ -189,5 +192,12 @@ impl RunningPipeline {
             }
         }
         finished
+    }
+}
+
+impl Drop for RunningPipeline {
+    fn drop(&mut self) {
+        // After `join` every stage has stopped already and this is a no-op.
+        self.shutdown.cancel();
     }
 }

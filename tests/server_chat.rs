@@ -791,10 +791,7 @@ async fn a_full_queue_answers_503_until_a_place_frees() {
     )
     .unwrap();
     let model = std::sync::Arc::new(ServedModel::new(llm, &path).with_queue_limit(1));
-    let state = AppState {
-        model: model.clone(),
-        mcp_allow: Default::default(),
-    };
+    let state = AppState::shared(model.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(serve(listener, state, std::future::pending()));

@@ -9,10 +9,12 @@
 //! - [`responses`] / [`responses_request`]: `POST /v1/responses`, with MCP
 //!   servers as tools (hosted MCP, parlor the host).
 //! - [`served_model`]: the local model and the queue in front of it.
+//! - [`turns`]: `POST /v1/turns`, a spoken turn through the voice pipeline.
+//! - [`upload`]: audio uploads (form or raw body) and their errors.
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
 //!
 //! Routes: `GET /healthz`, `GET /v1/models`, `POST /v1/chat/completions`,
-//! `POST /v1/responses`.
+//! `POST /v1/responses`, `POST /v1/turns`.
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
 
 pub mod chat_completions;
@@ -22,6 +24,8 @@ pub mod openai_error;
 pub mod responses;
 pub mod responses_request;
 pub mod served_model;
+pub mod turns;
+pub mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,7 @@ use axum::routing::{get, post};
 use axum::Json;
 use serde_json::json;
 
+use crate::loaded::LoadedPipeline;
 pub use openai_error::ApiError;
 pub use served_model::ServedModel;
 
@@ -44,6 +49,10 @@ pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// for others before its own generation starts).
 pub const DRAIN: Duration = Duration::from_secs(30);
 
+/// Turns `/v1/turns` runs at once by default; on 2 cores more only queue
+/// behind each other for the same Whisper and LLM.
+pub const DEFAULT_MAX_TURNS: usize = 2;
+
 /// What every handler shares. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -52,14 +61,32 @@ pub struct AppState {
     /// client; none by default (a client-named URL is a way into the
     /// server's network).
     pub mcp_allow: Arc<Vec<String>>,
+    /// The voice pipeline behind `/v1/turns`, if the server runs one.
+    pub pipeline: Option<Arc<LoadedPipeline>>,
+    /// Places for turns running at once; a turn that finds none gets a 429.
+    pub turn_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     pub fn new(model: ServedModel) -> Self {
+        Self::shared(Arc::new(model))
+    }
+
+    /// State around a model the caller keeps a handle on too.
+    pub fn shared(model: Arc<ServedModel>) -> Self {
         Self {
-            model: Arc::new(model),
+            model,
             mcp_allow: Arc::default(),
+            pipeline: None,
+            turn_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_TURNS)),
         }
+    }
+
+    /// Serve `/v1/turns` with this pipeline, at most `max_turns` at once.
+    pub fn with_pipeline(mut self, pipeline: Arc<LoadedPipeline>, max_turns: usize) -> Self {
+        self.pipeline = Some(pipeline);
+        self.turn_slots = Arc::new(tokio::sync::Semaphore::new(max_turns));
+        self
     }
 
     /// Let `/v1/responses` reach MCP servers under these URL prefixes.
@@ -79,6 +106,10 @@ pub fn router(state: AppState) -> axum::Router {
             post(chat_completions::chat_completions),
         )
         .route("/v1/responses", post(responses::responses))
+        .route(
+            "/v1/turns",
+            post(turns::turns).layer(DefaultBodyLimit::max(upload::UPLOAD_BODY_LIMIT)),
+        )
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -78,6 +78,17 @@ impl StageIo {
         self.push(frame).await
     }
 
+    /// Pass on a copy of a frame this stage also consumed (the tts passes
+    /// reply text on for display while it speaks it): it starts the stage's
+    /// clock like any consumed frame, but is not an output of the stage.
+    ///
+    /// # Errors
+    /// [`StageError::DownstreamClosed`] when the next stage has stopped.
+    pub async fn forward_consumed(&mut self, frame: Frame) -> Result<(), StageError> {
+        self.clock.settle_input();
+        self.push(frame).await
+    }
+
     async fn push(&mut self, mut frame: Frame) -> Result<(), StageError> {
         if let Frame::EndOfTurn(metrics) = &mut frame {
             let timing = self

@@ -12,6 +12,7 @@
 pub mod passthrough;
 pub mod planner;
 pub mod stt;
+pub mod tts;
 pub mod vad;
 
 mod io;
@@ -96,6 +97,9 @@ pub fn build(index: usize, spec: &StageSpec) -> Result<Box<dyn Stage>, BuildErro
              planner::setup::connect and stages::planner::PlannerStage"
                 .into(),
         )),
+        StageSpec::Tts(tts) => tts::load_voice(tts)
+            .map(|voice| Box::new(tts::TtsStage::new(voice, tts.sample_rate)) as Box<dyn Stage>)
+            .map_err(|e| err(e.to_string())),
         other => Err(err(format!(
             "the {} stage is not available in this build yet",
             other.kind()

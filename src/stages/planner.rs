@@ -1,6 +1,7 @@
 //! The planner stage: a final transcript in, the answer out as
 //! [`Frame::ReplyDelta`]s while the model writes it (so speech can start on
-//! the first sentence), tools called through the [`Planner`].
+//! the first sentence), tools called through the [`Planner`], each call
+//! reported as a [`Frame::ToolCall`] once it has finished.
 //!
 //! One stage is one session: it keeps the conversation across turns. A turn
 //! cancelled by barge-in stops the model at once; a turn that fails (model
@@ -50,7 +51,12 @@ impl PlannerStage {
                         tracing::info!(message = "Tool call.", turn = %turn, tool = %call.name, arguments = %call.arguments)
                     }
                     PlannerEvent::ToolFinished(r) => {
-                        tracing::info!(message = "Tool result.", turn = %turn, tool = %r.name, is_error = r.is_error, latency_ms = r.latency.as_secs_f64() * 1e3, bytes = r.output.len())
+                        tracing::info!(message = "Tool result.", turn = %turn, tool = %r.name, is_error = r.is_error, latency_ms = r.latency.as_secs_f64() * 1e3, bytes = r.output.len());
+                        io.send(Frame::ToolCall {
+                            turn,
+                            record: Box::new(r),
+                        })
+                        .await?
                     }
                 }
             }

@@ -92,15 +92,22 @@ pub fn start_server(
     mcp_allow: Vec<String>,
 ) -> (String, parlor::server::AppState) {
     use parlor::llm::LocalLlm;
-    use parlor::server::{serve, AppState, ServedModel};
+    use parlor::server::{AppState, ServedModel};
 
     let path = model(model_file);
     let llm = LocalLlm::load(&path, options).expect("load the model");
     let state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(mcp_allow);
+    (serve_state(state.clone()), state)
+}
+
+/// Serve `state` on 127.0.0.1:0 from a runtime of its own; the base URL.
+pub fn serve_state(state: parlor::server::AppState) -> String {
+    use parlor::server::serve;
+
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
-    let served = state.clone();
+    let served = state;
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -112,7 +119,7 @@ pub fn start_server(
             serve(listener, served, std::future::pending()).await
         })
     });
-    (format!("http://{addr}"), state)
+    format!("http://{addr}")
 }
 
 /// parlor's knowledge server over HTTP (Streamable HTTP at `/mcp`),
@@ -149,4 +156,21 @@ impl KnowledgeHttp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
+}
+
+/// What the local Whisper (tiny.en) hears in `audio` (any rate): how tests
+/// check that spoken output says what it should.
+pub fn hear(audio: &parlor::frame::AudioChunk) -> String {
+    use parlor::stages::stt::{WhisperEngine, WhisperSettings};
+
+    let samples = parlor::audio::resample(&audio.samples, audio.sample_rate, 16_000)
+        .expect("resample to 16 kHz");
+    let settings = WhisperSettings {
+        threads: 2,
+        language: "en".into(),
+        audio_ctx: None,
+    };
+    let mut engine = WhisperEngine::load(&root().join("models/ggml-tiny.en.bin"), settings)
+        .expect("load whisper");
+    engine.transcribe(&samples, None).expect("transcribe")
 }

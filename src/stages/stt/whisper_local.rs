@@ -276,9 +276,13 @@ impl WhisperLocal {
     }
 
     pub fn new(engine: WhisperEngine) -> Self {
-        Self {
-            engine: Arc::new(Mutex::new(engine)),
-        }
+        Self::shared(Arc::new(Mutex::new(engine)))
+    }
+
+    /// A stage on an engine other calls use too: their transcriptions take
+    /// turns on it (one at a time uses the cores best anyway).
+    pub fn shared(engine: Arc<Mutex<WhisperEngine>>) -> Self {
+        Self { engine }
     }
 
     /// Transcribe one utterance on the blocking pool. `Ok(None)` as soon as

@@ -1,0 +1,192 @@
+//! A pipeline spec with its models loaded once, making the stages of each
+//! call on demand.
+//!
+//! Loading is the slow part (Whisper, the planner's LLM, the voice, MCP
+//! sessions); a call's own state is small (the VAD's recurrent state, the
+//! conversation). So the heavy parts are loaded here and shared, and
+//! [`LoadedPipeline::call`] builds a fresh, cheap set of stages for every
+//! upload or live call: calls never see each other's turns or history.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::planner::setup::{self, ConnectedPlanner, SetupError};
+use crate::runner::Pipeline;
+use crate::spec::{PipelineSpec, StageSpec, SttBackend, TtsSpec, VadSpec};
+use crate::stages::planner::PlannerStage;
+use crate::stages::stt::{SttError, WhisperEngine, WhisperLocal, WhisperSettings};
+use crate::stages::tts::{load_voice, TtsError, TtsStage, Voice};
+use crate::stages::vad::{self, VadError, VadStage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("stage {index} (vad): {source}")]
+    Vad { index: usize, source: VadError },
+    #[error("stage {index} (stt): {source}")]
+    Stt { index: usize, source: SttError },
+    #[error("stage {index} (planner): {source}")]
+    Planner { index: usize, source: SetupError },
+    #[error("stage {index} (tts): {source}")]
+    Tts { index: usize, source: TtsError },
+    #[error("stage {index} ({kind}) is not available in this build yet")]
+    NotAvailable { index: usize, kind: &'static str },
+}
+
+/// One stage's loaded, shareable part.
+enum Part {
+    /// The detector is per call (it is stateful); the spec is all we keep.
+    Vad(VadSpec),
+    Stt(Arc<Mutex<WhisperEngine>>),
+    Planner(ConnectedPlanner),
+    Tts {
+        voice: Arc<dyn Voice>,
+        rate: u32,
+    },
+}
+
+/// A spec's stages, loaded.
+pub struct LoadedPipeline {
+    spec: PipelineSpec,
+    parts: Vec<Part>,
+}
+
+impl std::fmt::Debug for LoadedPipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPipeline")
+            .field("name", &self.spec.name)
+            .field("stages", &self.spec.stages.len())
+            .finish()
+    }
+}
+
+impl LoadedPipeline {
+    /// Load every stage of a validated spec. `base_dir` resolves the
+    /// planner's relative paths (instructions); model paths are relative to
+    /// the working directory, as everywhere else.
+    ///
+    /// # Errors
+    /// The first stage that cannot be loaded, named by position and kind.
+    pub async fn load(spec: &PipelineSpec, base_dir: &Path) -> Result<Self, LoadError> {
+        let mut parts = Vec::with_capacity(spec.stages.len());
+        for (i, stage) in spec.stages.iter().enumerate() {
+            let index = i + 1;
+            let part = match stage {
+                StageSpec::Vad(vad) => {
+                    // Load once now so a broken model fails at start, not
+                    // on the first call.
+                    let probe = vad.clone();
+                    blocking(move || vad::detector(&probe).map(drop))
+                        .await
+                        .map_err(|source| LoadError::Vad { index, source })?;
+                    Part::Vad(vad.clone())
+                }
+                StageSpec::Stt(stt) if stt.backend == SttBackend::WhisperLocal => {
+                    let stt = stt.clone();
+                    let engine = blocking(move || {
+                        WhisperEngine::load(Path::new(&stt.model), WhisperSettings::from_spec(&stt))
+                    })
+                    .await
+                    .map_err(|source| LoadError::Stt { index, source })?;
+                    Part::Stt(Arc::new(Mutex::new(engine)))
+                }
+                StageSpec::Planner(_) => Part::Planner(
+                    setup::connect(spec, base_dir)
+                        .await
+                        .map_err(|source| LoadError::Planner { index, source })?,
+                ),
+                StageSpec::Tts(tts) => {
+                    let spec: TtsSpec = tts.clone();
+                    let voice = blocking(move || load_voice(&spec))
+                        .await
+                        .map_err(|source| LoadError::Tts { index, source })?;
+                    Part::Tts {
+                        voice,
+                        rate: tts.sample_rate,
+                    }
+                }
+                other => {
+                    return Err(LoadError::NotAvailable {
+                        index,
+                        kind: other.kind(),
+                    })
+                }
+            };
+            parts.push(part);
+        }
+        Ok(Self {
+            spec: spec.clone(),
+            parts,
+        })
+    }
+
+    pub fn spec(&self) -> &PipelineSpec {
+        &self.spec
+    }
+
+    /// Whether the spec has a stage of this kind ("tts", ...).
+    pub fn has(&self, kind: &str) -> bool {
+        self.spec.stages.iter().any(|s| s.kind() == kind)
+    }
+
+    /// The loaded voice, for routes that speak without a pipeline.
+    pub fn voice(&self) -> Option<Arc<dyn Voice>> {
+        self.parts.iter().find_map(|p| match p {
+            Part::Tts { voice, .. } => Some(voice.clone()),
+            _ => None,
+        })
+    }
+
+    /// The loaded Whisper model, for routes that transcribe without a
+    /// pipeline.
+    pub fn whisper(&self) -> Option<Arc<Mutex<WhisperEngine>>> {
+        self.parts.iter().find_map(|p| match p {
+            Part::Stt(engine) => Some(engine.clone()),
+            _ => None,
+        })
+    }
+
+    /// Fresh stages for one call, sharing the loaded models. Blocking for a
+    /// few milliseconds (a Silero VAD session per call).
+    ///
+    /// # Errors
+    /// When the VAD cannot be built, which `load` already ruled out unless
+    /// the model file changed since.
+    pub fn call(&self) -> Result<Pipeline, LoadError> {
+        let mut pipeline = Pipeline::new(self.spec.channel_capacity);
+        for (i, part) in self.parts.iter().enumerate() {
+            pipeline = pipeline.stage(match part {
+                Part::Vad(spec) => {
+                    let detector = vad::detector(spec).map_err(|source| LoadError::Vad {
+                        index: i + 1,
+                        source,
+                    })?;
+                    Box::new(VadStage::new(
+                        vad::SegmenterConfig::from_spec(spec),
+                        detector,
+                    ))
+                }
+                Part::Stt(engine) => Box::new(WhisperLocal::shared(engine.clone())),
+                Part::Planner(connected) => Box::new(PlannerStage::new(connected.planner.clone())),
+                Part::Tts { voice, rate } => Box::new(TtsStage::new(voice.clone(), *rate)),
+            });
+        }
+        Ok(pipeline)
+    }
+
+    /// Close MCP sessions (stdio children exit).
+    pub async fn shutdown(self) {
+        for part in self.parts {
+            if let Part::Planner(connected) = part {
+                connected.shutdown().await;
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static, E: Send + 'static>(
+    job: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .expect("model loading panicked")
+}

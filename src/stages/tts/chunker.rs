@@ -1,0 +1,223 @@
+//! Cuts a reply that arrives token by token into pieces worth speaking.
+//!
+//! A voice needs whole phrases (it plans intonation over them), but waiting
+//! for the whole reply would make the caller wait for the planner's last
+//! token. So the reply is spoken sentence by sentence, and the *first* piece
+//! may end at a clause (`,` `;` `:`) once it is long enough: the caller hears
+//! "Your order 1042 shipped on Monday," while the planner is still writing
+//! the rest. Markdown the model may write (`**bold**`, bullets, headings) is
+//! cleaned away, since a voice would read the symbols out or stumble on them.
+
+/// The first piece of a reply may end at a clause boundary once it has at
+/// least this many characters (shorter ones sound clipped: "Sure,").
+const MIN_FIRST_CLAUSE_CHARS: usize = 12;
+
+/// A piece with no boundary in sight is cut at a space after this many
+/// characters, so a run-on reply cannot hold speech back indefinitely.
+const MAX_PIECE_CHARS: usize = 240;
+
+/// Words after which a period does not end a sentence.
+const ABBREVIATIONS: &[&str] = &[
+    "mr", "mrs", "ms", "dr", "st", "vs", "etc", "no", "approx", "jr", "sr", "inc", "ltd", "co",
+];
+
+/// One reply being cut into speakable pieces.
+#[derive(Debug, Default)]
+pub struct SentenceChunker {
+    pending: String,
+    /// Pieces handed out so far in this reply (the first may be a clause).
+    pieces: usize,
+}
+
+impl SentenceChunker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add reply text; returns the pieces now complete, in order, cleaned
+    /// for speech (pieces that clean to nothing are skipped).
+    pub fn push(&mut self, text: &str) -> Vec<String> {
+        self.pending.push_str(text);
+        let mut out = Vec::new();
+        while let Some(end) = self.boundary() {
+            let piece: String = self.pending.drain(..end).collect();
+            self.emit(&piece, &mut out);
+        }
+        out
+    }
+
+    /// The reply is complete: whatever is left, cleaned, if it says anything.
+    pub fn finish(&mut self) -> Option<String> {
+        let rest = std::mem::take(&mut self.pending);
+        let mut out = Vec::new();
+        self.emit(&rest, &mut out);
+        self.pieces = 0;
+        out.pop()
+    }
+
+    fn emit(&mut self, piece: &str, out: &mut Vec<String>) {
+        let clean = speakable(piece);
+        if !clean.is_empty() {
+            self.pieces += 1;
+            out.push(clean);
+        }
+    }
+
+    /// Byte index just past the first complete piece in `pending`, if any.
+    fn boundary(&self) -> Option<usize> {
+        let text = &self.pending;
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            let Some(&(next_i, next)) = chars.peek() else {
+                break; // the end of what arrived so far: the next token decides
+            };
+            if c == '\n' {
+                if !text[..i].trim().is_empty() {
+                    return Some(next_i);
+                }
+                continue;
+            }
+            if !next.is_whitespace() {
+                continue;
+            }
+            let sentence_end = matches!(c, '.' | '!' | '?' | '…') && !is_abbreviation(&text[..i]);
+            let clause_end = self.pieces == 0
+                && matches!(c, ',' | ';' | ':')
+                && text[..i].trim().chars().count() >= MIN_FIRST_CLAUSE_CHARS;
+            if sentence_end || clause_end {
+                return Some(next_i);
+            }
+        }
+        if text.len() > MAX_PIECE_CHARS {
+            // Cut at the last space within the limit (or the limit itself).
+            let limit = floor_char_boundary(text, MAX_PIECE_CHARS);
+            let cut = text[..limit].rfind(' ').filter(|&s| s > 0).unwrap_or(limit);
+            return Some(cut);
+        }
+        None
+    }
+}
+
+/// Whether the word before a period is an abbreviation ("Dr."), dotted
+/// ("e.g.", "p.m.") or an initial ("J."). A decimal ("3.5") never gets
+/// here: no space follows its period.
+fn is_abbreviation(before: &str) -> bool {
+    let word = before
+        .rsplit(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("")
+        .to_lowercase();
+    let single_initial = word.chars().count() == 1 && word.chars().all(char::is_alphabetic);
+    single_initial || word.contains('.') || ABBREVIATIONS.contains(&word.as_str())
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Text as it should be said: markdown emphasis, headings, bullets and code
+/// ticks dropped, whitespace collapsed.
+pub fn speakable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let line = line.trim_start();
+        let line = line.trim_start_matches('#').trim_start();
+        let line = line
+            .strip_prefix("- ")
+            .or_else(|| line.strip_prefix("* "))
+            .or_else(|| line.strip_prefix("• "))
+            .unwrap_or(line);
+        for word in line.split_whitespace() {
+            let word: String = word
+                .chars()
+                .filter(|c| !matches!(c, '*' | '`' | '_' | '#'))
+                .collect();
+            if word.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&word);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(tokens: &[&str]) -> Vec<String> {
+        let mut chunker = SentenceChunker::new();
+        let mut out: Vec<String> = tokens.iter().flat_map(|t| chunker.push(t)).collect();
+        out.extend(chunker.finish());
+        out
+    }
+
+    #[test]
+    fn speaks_sentence_by_sentence_as_tokens_arrive() {
+        let mut chunker = SentenceChunker::new();
+        assert!(chunker.push("Order 1042").is_empty());
+        assert!(
+            chunker.push(" shipped.").is_empty(),
+            "the next token decides"
+        );
+        assert_eq!(chunker.push(" It"), vec!["Order 1042 shipped."]);
+        assert!(chunker.push(" arrives Friday!").is_empty());
+        assert_eq!(chunker.finish().as_deref(), Some("It arrives Friday!"));
+        assert_eq!(chunker.finish(), None);
+    }
+
+    #[test]
+    fn the_first_piece_may_end_at_a_long_enough_clause() {
+        assert_eq!(
+            feed(&["Your order 1042 shipped on Monday, and it arrives Friday, says the carrier."]),
+            vec![
+                "Your order 1042 shipped on Monday,",
+                "and it arrives Friday, says the carrier."
+            ]
+        );
+        // Too short to stand alone.
+        assert_eq!(
+            feed(&["Sure, it ships today."]),
+            vec!["Sure, it ships today."]
+        );
+    }
+
+    #[test]
+    fn abbreviations_initials_and_decimals_do_not_end_sentences() {
+        assert_eq!(
+            feed(&["Ask Dr. Smith at 3.5 p.m. today. J. Doe agrees. Done"]),
+            vec!["Ask Dr. Smith at 3.5 p.m. today.", "J. Doe agrees.", "Done"]
+        );
+    }
+
+    #[test]
+    fn newlines_end_pieces_and_markdown_is_cleaned() {
+        assert_eq!(
+            feed(&["**Refunds** take:\n- 5 business days\n- `card` only\n\n## Done"]),
+            vec!["Refunds take:", "5 business days", "card only", "Done"]
+        );
+    }
+
+    #[test]
+    fn run_on_text_is_cut_at_a_space() {
+        let long = "word ".repeat(100);
+        let pieces = feed(&[&long]);
+        assert!(pieces.len() >= 2, "{pieces:?}");
+        assert!(pieces.iter().all(|p| p.len() <= MAX_PIECE_CHARS));
+        assert!(pieces.iter().all(|p| p.split(' ').all(|w| w == "word")));
+        // Multi-byte text never panics on a cut.
+        let pieces = feed(&[&"é".repeat(400)]);
+        assert_eq!(pieces.concat().chars().count(), 400);
+    }
+
+    #[test]
+    fn nothing_speakable_gives_no_piece() {
+        assert!(feed(&["  ", "**", "\n\n"]).is_empty());
+    }
+}

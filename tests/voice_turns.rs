@@ -1,0 +1,332 @@
+//! The full chained turn with real models: a spoken question through VAD,
+//! Whisper, the local planner with parlor's MCP servers (stdio) and the
+//! Piper voice, in process and through `POST /v1/turns` over real HTTP.
+//! The spoken answer is checked by ear: the local Whisper must hear the
+//! looked-up fact in it.
+//!
+//! Needs the models: `bash models/setup.sh`. Each test loads the default
+//! pipeline; they run one at a time (two cores).
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use parlor::audio::{decode_bytes, decode_file, DecodeLimits};
+use parlor::file_call;
+use parlor::llm::{LocalLlm, LocalLlmOptions};
+use parlor::loaded::LoadedPipeline;
+use parlor::server::{AppState, ServedModel};
+use parlor::spec::PipelineSpec;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// Facts of order 1042 (pipelines/data/orders.sql) a spoken answer may say.
+const ORDER_1042_FACTS: &[&str] = &[
+    "ups",
+    "shipped",
+    "on its way",
+    "28",
+    "twenty-eighth",
+    "november",
+];
+
+async fn load_default() -> LoadedPipeline {
+    let root = support::root();
+    let spec = PipelineSpec::local_default(root).expect("the default spec");
+    LoadedPipeline::load(&spec, root)
+        .await
+        .expect("load the default pipeline")
+}
+
+fn question() -> &'static Path {
+    Box::leak(
+        support::root()
+            .join("models/speech/samples/question.wav")
+            .into_boxed_path(),
+    )
+}
+
+fn mentions_any(text: &str, facts: &[&str]) -> bool {
+    let text = text.to_lowercase();
+    facts.iter().any(|f| text.contains(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoken_question_is_answered_aloud_with_the_looked_up_fact() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let pipeline = load_default().await;
+    let audio = decode_file(question(), &DecodeLimits::default()).unwrap();
+    let turns = file_call::play(pipeline.call().unwrap(), audio)
+        .await
+        .expect("the turn runs");
+    pipeline.shutdown().await;
+
+    assert_eq!(turns.len(), 1, "{turns:#?}");
+    let turn = &turns[0];
+    eprintln!("{turn:#?}");
+    assert!(
+        turn.transcript.to_lowercase().contains("order"),
+        "{}",
+        turn.transcript
+    );
+    let call = turn.tools.first().expect("a tool call");
+    assert_eq!(call.name, "orders__get_order");
+    assert_eq!(call.arguments["order_id"].as_i64(), Some(1042));
+    assert!(turn.errors.is_empty(), "{:?}", turn.errors);
+    assert!(
+        mentions_any(&turn.reply, ORDER_1042_FACTS),
+        "{}",
+        turn.reply
+    );
+
+    let spoken = turn.audio.as_ref().expect("the reply is spoken");
+    assert_eq!(spoken.sample_rate, 24_000, "the spec's output rate");
+    assert!(
+        spoken.duration().as_secs_f64() > 1.0,
+        "{:?}",
+        spoken.duration()
+    );
+    let heard = support::hear(spoken);
+    eprintln!("heard back: {heard}");
+    assert!(
+        mentions_any(&heard, ORDER_1042_FACTS),
+        "heard {heard:?} for {:?}",
+        turn.reply
+    );
+
+    // Every stage reported, in pipeline order; the voice-to-voice latency
+    // is the tts stage's first audio after the end of speech.
+    let stages: Vec<&str> = turn
+        .metrics
+        .stages
+        .iter()
+        .map(|s| s.stage.as_str())
+        .collect();
+    assert_eq!(stages, ["vad", "stt", "planner", "tts"]);
+    let v2v = turn.voice_to_voice().expect("voice-to-voice latency");
+    let planner_first = turn
+        .metrics
+        .stage("planner")
+        .unwrap()
+        .first_output_after_speech_end
+        .unwrap();
+    assert!(
+        v2v >= planner_first,
+        "audio cannot come before the words: {v2v:?} < {planner_first:?}"
+    );
+    assert!(turn
+        .metrics
+        .stage("tts")
+        .unwrap()
+        .time_to_first_output
+        .is_some());
+}
+
+/// A `multipart/form-data` body with the audio as `file` and other fields.
+fn form(file_name: &str, audio: &[u8], fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    const BOUNDARY: &str = "parlor-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!("--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                .as_bytes(),
+        );
+    }
+    body.extend_from_slice(
+        format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(audio);
+    body.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={BOUNDARY}"), body)
+}
+
+async fn post(
+    url: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    accept: Option<&str>,
+) -> (StatusCode, Vec<u8>) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(accept) = accept {
+        request = request.header("accept", accept);
+    }
+    let response = request.send().await.expect("the server answers");
+    let status = response.status();
+    (status, response.bytes().await.unwrap().to_vec())
+}
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+/// A server with the default pipeline behind `/v1/turns`. The chat model is
+/// the small one: these tests do not use the chat routes.
+async fn start(max_turns: usize) -> (String, Arc<LoadedPipeline>) {
+    let path = support::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let llm = LocalLlm::load(&path, LocalLlmOptions::default()).unwrap();
+    let pipeline = Arc::new(load_default().await);
+    let state =
+        AppState::new(ServedModel::new(llm, &path)).with_pipeline(pipeline.clone(), max_turns);
+    (support::serve_state(state), pipeline)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_route_answers_with_transcript_tools_reply_timings_and_audio() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (base, _pipeline) = start(2).await;
+    let url = format!("{base}/v1/turns");
+    let wav = std::fs::read(question()).unwrap();
+
+    let (content_type, body) = form("question.wav", &wav, &[("pipeline", "local")]);
+    let (status, answer) = post(&url, &content_type, body, None).await;
+    let answer = json(&answer);
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&answer)
+            .unwrap()
+            .chars()
+            .take(3000)
+            .collect::<String>()
+    );
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["pipeline"], "local");
+    let turn = &answer["turns"][0];
+    assert!(turn["transcript"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("order"));
+    let call = &turn["tool_calls"][0];
+    assert_eq!(call["server"], "orders");
+    assert_eq!(call["tool"], "get_order");
+    assert_eq!(call["arguments"]["order_id"], 1042);
+    assert!(call["latency_ms"].as_f64().unwrap() > 0.0);
+    assert!(
+        mentions_any(turn["reply"].as_str().unwrap(), ORDER_1042_FACTS),
+        "{turn}"
+    );
+    assert!(turn["timings"]["voice_to_voice_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(turn["timings"]["stages"].as_array().unwrap().len(), 4);
+    let audio = &turn["audio"];
+    assert_eq!(audio["format"], "wav");
+    assert_eq!(audio["sample_rate"], 24_000);
+    let wav_reply = base64::engine::general_purpose::STANDARD
+        .decode(audio["data"].as_str().unwrap())
+        .unwrap();
+    let decoded = decode_bytes(wav_reply, Some("wav"), &DecodeLimits::default()).unwrap();
+    assert!(decoded.duration().as_secs_f64() > 1.0);
+
+    // The raw body, asking for the audio itself.
+    let (status, spoken) = post(&url, "audio/wav", wav, Some("audio/wav")).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&spoken)
+    );
+    assert_eq!(&spoken[..4], b"RIFF");
+    let decoded = decode_bytes(spoken, Some("wav"), &DecodeLimits::default()).unwrap();
+    let heard = support::hear(&decoded);
+    eprintln!("heard back: {heard}");
+    assert!(mentions_any(&heard, ORDER_1042_FACTS), "{heard}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_get_precise_errors_and_the_server_keeps_serving() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (base, _pipeline) = start(2).await;
+    let url = format!("{base}/v1/turns");
+    let wav = std::fs::read(question()).unwrap();
+
+    let expect = |status: StatusCode, body: &[u8], want: StatusCode, words: &[&str]| {
+        let body = json(body);
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(status, want, "{body}");
+        for w in words {
+            assert!(message.contains(w), "{message:?} should say {w:?}");
+        }
+    };
+
+    let (s, b) = post(&url, "audio/wav", Vec::new(), None).await;
+    expect(s, &b, StatusCode::BAD_REQUEST, &["empty"]);
+    let (s, b) = post(&url, "application/json", b"{\"file\": 1}".to_vec(), None).await;
+    expect(
+        s,
+        &b,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        &["multipart/form-data", "`file`"],
+    );
+    let (s, b) = post(&url, "text/plain", b"hello".to_vec(), None).await;
+    expect(s, &b, StatusCode::UNSUPPORTED_MEDIA_TYPE, &["text/plain"]);
+    let (s, b) = post(&url, "application/octet-stream", wav[..30].to_vec(), None).await;
+    expect(s, &b, StatusCode::BAD_REQUEST, &["truncated"]);
+    let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".repeat(10);
+    let (s, b) = post(&url, "application/octet-stream", png, None).await;
+    expect(s, &b, StatusCode::BAD_REQUEST, &["not audio", "PNG"]);
+    let huge = vec![0u8; 26 * 1024 * 1024];
+    let (s, b) = post(&url, "application/octet-stream", huge, None).await;
+    expect(s, &b, StatusCode::PAYLOAD_TOO_LARGE, &["limit"]);
+    let (ct, body) = form("question.wav", &wav, &[("pipeline", "elsewhere")]);
+    let (s, b) = post(&url, &ct, body, None).await;
+    expect(s, &b, StatusCode::NOT_FOUND, &["elsewhere", "local"]);
+    let (ct, body) = form("question.wav", &wav, &[("audio", "mp3")]);
+    let (s, b) = post(&url, &ct, body, None).await;
+    expect(s, &b, StatusCode::BAD_REQUEST, &["base64", "none"]);
+    let (ct, mut body) = form("question.wav", &wav, &[]);
+    body.truncate(body.len() / 2); // the form never ends
+    let (s, b) = post(&url, &ct, body, None).await;
+    expect(s, &b, StatusCode::BAD_REQUEST, &["upload"]);
+    let no_file =
+        format!("--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nx\r\n--b--\r\n");
+    let (s, b) = post(
+        &url,
+        "multipart/form-data; boundary=b",
+        no_file.into_bytes(),
+        None,
+    )
+    .await;
+    expect(s, &b, StatusCode::BAD_REQUEST, &["`file`"]);
+
+    // Silence is not an error: no turns. Asking for its audio is a 422.
+    let silence =
+        parlor::audio::wav_bytes(&parlor::frame::AudioChunk::new(16_000, vec![0.0; 16_000]))
+            .unwrap();
+    let (s, b) = post(&url, "audio/wav", silence.clone(), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json(&b)["turns"], serde_json::json!([]));
+    let (s, b) = post(&url, "audio/wav", silence, Some("audio/wav")).await;
+    expect(s, &b, StatusCode::UNPROCESSABLE_ENTITY, &["no speech"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_capacity_is_a_429_not_a_queue() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (base, _pipeline) = start(0).await;
+    let wav = std::fs::read(question()).unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/turns"))
+        .header("content-type", "audio/wav")
+        .body(wav)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "server_at_capacity");
+}
