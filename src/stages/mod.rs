@@ -12,6 +12,7 @@
 pub mod passthrough;
 pub mod planner;
 pub mod stt;
+pub mod tts;
 pub mod vad;
 
 mod io;
