@@ -63,7 +63,8 @@ enum Command {
     },
     /// Serve OpenAI-compatible routes (`/v1/chat/completions`,
     /// `/v1/responses`, `/v1/models`) backed by the local planner model,
-    /// until ctrl-c or SIGTERM.
+    /// and `/v1/audio/speech` spoken by the pipeline's tts voice, until
+    /// ctrl-c or SIGTERM.
     Serve {
         /// Take the model from this pipeline's local planner stage.
         #[arg(long)]
@@ -291,10 +292,30 @@ async fn run_serve(
 
     // The pipeline's local planner model (the default pipeline's unless
     // --pipeline names another), or the bundled 0.5B.
-    let from_spec = load_spec(pipeline)?.stages.iter().find_map(|s| match s {
+    let spec = load_spec(pipeline)?;
+    let from_spec = spec.stages.iter().find_map(|s| match s {
         StageSpec::Planner(p) if p.backend == ModelBackend::Local => Some(p.local_model()),
         _ => None,
     });
+    // The pipeline's voice speaks /v1/audio/speech. A voice that cannot
+    // load (espeak-ng missing) costs only that route, not the server.
+    let tts = spec.stages.iter().find_map(|s| match s {
+        StageSpec::Tts(t) => Some(t.clone()),
+        _ => None,
+    });
+    let voice = match tts {
+        Some(t) => {
+            match tokio::task::spawn_blocking(move || parlor::stages::tts::load_voice(&t)).await {
+                Ok(Ok(voice)) => Some(voice),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, message = "No voice: /v1/audio/speech will answer 503.");
+                    None
+                }
+                Err(e) => return Err(Failure::input(format!("loading the voice panicked: {e}"))),
+            }
+        }
+        None => None,
+    };
     let path = model
         .or(from_spec)
         .unwrap_or_else(|| parlor::spec::DEFAULT_LOCAL_PLANNER_MODEL.into());
@@ -303,7 +324,10 @@ async fn run_serve(
         ..LocalLlmOptions::default()
     };
     let llm = LocalLlm::load(&path, options).map_err(Failure::input)?;
-    let state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(allow_mcp);
+    let mut state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(allow_mcp);
+    if let Some(voice) = voice {
+        state = state.with_voice(voice);
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {addr}: {e}")))?;

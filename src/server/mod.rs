@@ -9,12 +9,15 @@
 //! - [`responses`] / [`responses_request`]: `POST /v1/responses`, with MCP
 //!   servers as tools (hosted MCP, parlor the host).
 //! - [`served_model`]: the local model and the queue in front of it.
+//! - [`audio_speech`]: `POST /v1/audio/speech`, spoken by the pipeline's
+//!   voice.
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
 //!
 //! Routes: `GET /healthz`, `GET /v1/models`, `POST /v1/chat/completions`,
-//! `POST /v1/responses`.
+//! `POST /v1/responses`, `POST /v1/audio/speech`.
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
 
+pub mod audio_speech;
 pub mod chat_completions;
 pub mod chat_request;
 pub mod chat_response;
@@ -34,6 +37,8 @@ use axum::Json;
 use serde_json::json;
 
 pub use openai_error::ApiError;
+
+use crate::stages::tts::Voice;
 pub use served_model::ServedModel;
 
 /// Largest request body accepted; larger ones get a 413. A conversation
@@ -45,13 +50,26 @@ pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
 pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// What every handler shares. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     pub model: Arc<ServedModel>,
     /// URL prefixes of the MCP servers `/v1/responses` may connect to for a
     /// client; none by default (a client-named URL is a way into the
     /// server's network).
     pub mcp_allow: Arc<Vec<String>>,
+    /// The voice `/v1/audio/speech` speaks with; without one it answers 503.
+    pub voice: Option<Arc<dyn Voice>>,
+}
+
+/// By hand: a voice is not `Debug`, so it shows as its name.
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("model", &self.model)
+            .field("mcp_allow", &self.mcp_allow)
+            .field("voice", &self.voice.as_ref().map(|v| v.name()))
+            .finish()
+    }
 }
 
 impl AppState {
@@ -59,7 +77,14 @@ impl AppState {
         Self {
             model: Arc::new(model),
             mcp_allow: Arc::default(),
+            voice: None,
         }
+    }
+
+    /// Speak `/v1/audio/speech` requests with `voice`.
+    pub fn with_voice(mut self, voice: Arc<dyn Voice>) -> Self {
+        self.voice = Some(voice);
+        self
     }
 
     /// Let `/v1/responses` reach MCP servers under these URL prefixes.
@@ -79,6 +104,7 @@ pub fn router(state: AppState) -> axum::Router {
             post(chat_completions::chat_completions),
         )
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/audio/speech", post(audio_speech::audio_speech))
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
