@@ -130,3 +130,36 @@ fn clamp_wav_lengths(wav: &mut [u8]) {
         at = body.saturating_add(len).saturating_add(len & 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_wav_with_placeholder_lengths_reads_back() {
+        let chunk = AudioChunk::new(22_050, vec![0.0, 0.5, -0.5, 0.25]);
+        let mut wav = wav_bytes(&chunk).unwrap();
+        // What `espeak-ng --stdout` writes: lengths it could not know.
+        wav[4..8].copy_from_slice(&0x7fff_f024u32.to_le_bytes());
+        wav[40..44].copy_from_slice(&0x7fff_f000u32.to_le_bytes());
+        let back = read_wav_bytes(&wav).unwrap();
+        assert_eq!(back.sample_rate, 22_050);
+        assert_eq!(back.samples.len(), 4);
+        for (a, b) in back.samples.iter().zip(&chunk.samples) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn stereo_is_refused() {
+        let mut wav = wav_bytes(&AudioChunk::new(16_000, vec![0.0; 4])).unwrap();
+        // Channels, then the byte rate and block size that go with them.
+        wav[22] = 2;
+        wav[28..32].copy_from_slice(&(16_000u32 * 4).to_le_bytes());
+        wav[32] = 4;
+        assert!(matches!(
+            read_wav_bytes(&wav),
+            Err(AudioError::UnsupportedCodec { .. })
+        ));
+    }
+}

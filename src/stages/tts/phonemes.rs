@@ -80,18 +80,23 @@ impl PhonemeIdMap {
     }
 }
 
+fn is_clause_end(c: char) -> bool {
+    matches!(c, '.' | ',' | ';' | ':' | '?' | '!')
+}
+
 /// `text` split where espeak-ng ends a clause: after `. , ; : ? !` followed
 /// by whitespace or the end of the text. Each clause comes with its
-/// punctuation (`None` for a last clause without any).
+/// punctuation (`None` for a last clause without any). Clauses of nothing
+/// but punctuation (`...`) are dropped: espeak-ng prints no line for them.
 pub fn clauses(text: &str) -> Vec<(String, Option<char>)> {
     let mut out = Vec::new();
     let mut current = String::new();
+    let speakable = |s: &str| s.chars().any(|c| !c.is_whitespace() && !is_clause_end(c));
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        let ends = matches!(c, '.' | ',' | ';' | ':' | '?' | '!')
-            && chars.peek().is_none_or(|n| n.is_whitespace());
+        let ends = is_clause_end(c) && chars.peek().is_none_or(|n| n.is_whitespace());
         if ends {
-            if !current.trim().is_empty() {
+            if speakable(&current) {
                 out.push((current.trim().to_string(), Some(c)));
             }
             current.clear();
@@ -99,7 +104,7 @@ pub fn clauses(text: &str) -> Vec<(String, Option<char>)> {
             current.push(c);
         }
     }
-    if !current.trim().is_empty() {
+    if speakable(&current) {
         out.push((current.trim().to_string(), None));
     }
     out
@@ -257,6 +262,9 @@ mod tests {
             ]
         );
         assert!(clauses("  ... ").is_empty());
+        // espeak-ng prints "Hi" and "there" on two lines, so two clauses.
+        assert_eq!(clauses("Hi ... there.").len(), 2);
+        assert_eq!(clauses("$ .").len(), 1);
     }
 
     #[test]
