@@ -794,6 +794,7 @@ async fn a_full_queue_answers_503_until_a_place_frees() {
     let state = AppState {
         model: model.clone(),
         mcp_allow: Default::default(),
+        voice: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
