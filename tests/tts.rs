@@ -151,6 +151,50 @@ async fn piper_speaks_sentence_by_sentence() {
     assert!(ids[1].ends_with(&[13, 0, 2]), "{:?}", ids[1]);
 }
 
+/// The ids piper-tts 1.8.0 (`PiperVoice.phonemize` + `phonemes_to_ids`,
+/// with its bundled espeak-ng) gives for the same voice, recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phoneme_ids_match_piper_tts() {
+    let voice = piper_voice();
+    let cases: Vec<(&str, Vec<Vec<i64>>)> = vec![
+        (
+            "Your order ships on Friday.",
+            vec![vec![
+                1, 0, 22, 0, 100, 0, 88, 0, 3, 0, 120, 0, 54, 0, 122, 0, 88, 0, 17, 0, 60, 0, 3, 0,
+                96, 0, 120, 0, 74, 0, 28, 0, 31, 0, 3, 0, 121, 0, 54, 0, 26, 0, 3, 0, 19, 0, 88, 0,
+                120, 0, 14, 0, 74, 0, 17, 0, 18, 0, 74, 0, 10, 0, 2,
+            ]],
+        ),
+        (
+            "Hello, world. How are you?",
+            vec![
+                vec![
+                    1, 0, 20, 0, 59, 0, 24, 0, 120, 0, 27, 0, 100, 0, 8, 0, 3, 0, 35, 0, 120, 0,
+                    62, 0, 122, 0, 24, 0, 17, 0, 10, 0, 2,
+                ],
+                vec![
+                    1, 0, 20, 0, 120, 0, 14, 0, 100, 0, 3, 0, 51, 0, 122, 0, 88, 0, 3, 0, 22, 0,
+                    33, 0, 122, 0, 13, 0, 2,
+                ],
+            ],
+        ),
+        (
+            "It costs $3.50; ok: yes!",
+            vec![vec![
+                1, 0, 74, 0, 32, 0, 3, 0, 23, 0, 120, 0, 54, 0, 31, 0, 32, 0, 31, 0, 3, 0, 17, 0,
+                120, 0, 51, 0, 122, 0, 24, 0, 60, 0, 3, 0, 126, 0, 88, 0, 120, 0, 21, 0, 122, 0, 3,
+                0, 28, 0, 54, 0, 74, 0, 26, 0, 32, 0, 3, 0, 19, 0, 120, 0, 14, 0, 74, 0, 34, 0, 3,
+                0, 38, 0, 120, 0, 21, 0, 59, 0, 88, 0, 27, 0, 100, 0, 12, 0, 3, 0, 121, 0, 27, 0,
+                100, 0, 23, 0, 120, 0, 18, 0, 74, 0, 11, 0, 3, 0, 22, 0, 120, 0, 61, 0, 31, 0, 4,
+                0, 2,
+            ]],
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(voice.phoneme_ids(text).await.unwrap(), expected, "{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn espeak_says_the_sentence_whisper_hears() {
     // 150 words per minute: at espeak-ng's default 175 whisper tiny.en hears
