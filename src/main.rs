@@ -79,7 +79,8 @@ enum Command {
     },
     /// Serve OpenAI-compatible routes (`/v1/chat/completions`,
     /// `/v1/responses`, `/v1/models`) backed by the local planner model,
-    /// until ctrl-c or SIGTERM.
+    /// and `/v1/audio/speech` spoken by the pipeline's tts voice, until
+    /// ctrl-c or SIGTERM.
     Serve {
         /// Take the model from this pipeline's local planner stage.
         #[arg(long)]
@@ -341,6 +342,26 @@ async fn run_serve(
         state = state.with_pipeline(pipeline.clone(), max_turns);
         loaded = Some(pipeline);
     }
+    // The pipeline's voice speaks /v1/audio/speech: the loaded one, or
+    // (chat only) the tts stage's alone. A voice that cannot load alone
+    // (espeak-ng missing) costs only that route, not the server.
+    let voice = match (&loaded, tts_stage(&spec)) {
+        (Some(pipeline), _) => pipeline.voice(),
+        (None, Some(t)) => {
+            match tokio::task::spawn_blocking(move || parlor::stages::tts::load_voice(&t)).await {
+                Ok(Ok(voice)) => Some(voice),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, message = "No voice: /v1/audio/speech will answer 503.");
+                    None
+                }
+                Err(e) => return Err(Failure::input(format!("loading the voice panicked: {e}"))),
+            }
+        }
+        (None, None) => None,
+    };
+    if let Some(voice) = voice {
+        state = state.with_voice(voice);
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {addr}: {e}")))?;
@@ -587,7 +608,14 @@ async fn run_turn(
 }
 
 fn has_tts(spec: &PipelineSpec) -> bool {
-    spec.stages.iter().any(|s| s.kind() == "tts")
+    tts_stage(spec).is_some()
+}
+
+fn tts_stage(spec: &PipelineSpec) -> Option<parlor::spec::TtsSpec> {
+    spec.stages.iter().find_map(|s| match s {
+        parlor::spec::StageSpec::Tts(t) => Some(t.clone()),
+        _ => None,
+    })
 }
 
 async fn run_transcribe(file: &Path, pipeline: Option<&Path>, json: bool) -> Result<(), Failure> {

@@ -219,19 +219,67 @@ pub enum ModelBackend {
     Openai,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TtsBackend {
+    /// A Piper neural voice (VITS, ONNX) through onnxruntime, with espeak-ng
+    /// turning text into phonemes: natural speech, ~0.05 real-time factor.
+    Local,
+    /// espeak-ng alone: robotic but needs no model file and is ten times
+    /// faster; the fallback when the Piper model or onnxruntime is missing.
+    Espeak,
+    /// Any `/v1/audio/speech` server (OpenAI, or parlor's own `serve`).
+    Openai,
+}
+
 /// Text to speech.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TtsSpec {
-    pub backend: ModelBackend,
+    pub backend: TtsBackend,
+    /// `local`: the Piper .onnx file, its config beside it as `<model>.json`
+    /// (default [`DEFAULT_PIPER_MODEL`]); `openai`: a model name (default
+    /// `gpt-4o-mini-tts`). Unused by `espeak`.
     pub model: Option<String>,
+    /// `openai`: the server's voice (default `alloy`); `espeak`: an espeak-ng
+    /// voice (default `en-us`). A Piper model is one voice, so `local`
+    /// ignores it.
     pub voice: Option<String>,
+    /// `openai` only: how to speak (tone, pace), for models that take it.
+    pub instructions: Option<String>,
+    /// Speaking rate, 1.0 normal, 0.25 to 4.0 (OpenAI's range). Piper
+    /// stretches phoneme durations by 1/speed; espeak-ng gets words per
+    /// minute.
+    #[serde(default = "default_tts_speed")]
+    pub speed: f32,
+    /// Server for `openai` (default `https://api.openai.com/v1`).
     pub base_url: Option<String>,
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
+    /// onnxruntime shared library the Piper voice runs on (`local`).
+    #[serde(default = "default_onnxruntime")]
+    pub onnxruntime: PathBuf,
     /// Output sample rate: 16000 or 24000.
     #[serde(default = "default_tts_rate")]
     pub sample_rate: u32,
+}
+
+/// The Piper voice the setup script fetches.
+pub const DEFAULT_PIPER_MODEL: &str = "models/en_US-joe-medium.onnx";
+
+impl TtsSpec {
+    /// The Piper model of a `local` voice.
+    pub fn local_model(&self) -> PathBuf {
+        self.model.as_deref().unwrap_or(DEFAULT_PIPER_MODEL).into()
+    }
+
+    /// The Piper model's config: the model's path with `.json` appended,
+    /// the name Piper itself looks for.
+    pub fn local_config(&self) -> PathBuf {
+        let mut config = self.local_model().into_os_string();
+        config.push(".json");
+        config.into()
+    }
 }
 
 /// Speech-to-speech over the Realtime protocol; replaces stt, planner, tts.
@@ -339,6 +387,9 @@ fn default_history_tokens() -> usize {
 }
 fn default_tts_rate() -> u32 {
     24_000
+}
+fn default_tts_speed() -> f32 {
+    1.0
 }
 fn default_realtime_model() -> String {
     "gpt-realtime".into()
@@ -688,6 +739,7 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
                         "sample_rate = 24000",
                     ));
                 }
+                check_tts(t, &at, &needs_file, problems);
             }
             StageSpec::Planner(p) => check_planner(p, &at, &needs_file, problems),
             StageSpec::Realtime(_) => {}
@@ -746,6 +798,49 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
     }
 
     check_order(spec, problems);
+}
+
+fn check_tts(
+    t: &TtsSpec,
+    at: &str,
+    needs_file: &dyn Fn(&Path) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    // `contains` is false for NaN too.
+    if !(0.25..=4.0).contains(&t.speed) {
+        problems.push(problem(
+            at.to_string(),
+            "speed",
+            format!("must be from 0.25 to 4.0, got {}", t.speed),
+            "speed = 1.0",
+        ));
+    }
+    if t.instructions.is_some() && t.backend != TtsBackend::Openai {
+        problems.push(problem(
+            at.to_string(),
+            "instructions",
+            "only the openai backend takes instructions".into(),
+            "remove it, or use backend = \"openai\"",
+        ));
+    }
+    if t.backend == TtsBackend::Local {
+        let model = t.local_model();
+        let config = t.local_config();
+        for (field, path) in [
+            ("model", model.as_path()),
+            ("model", config.as_path()),
+            ("onnxruntime", t.onnxruntime.as_path()),
+        ] {
+            if let Some(m) = needs_file(path) {
+                problems.push(problem(
+                    at.to_string(),
+                    field,
+                    m,
+                    &format!("{SETUP_FIX}, or use backend = \"espeak\""),
+                ));
+            }
+        }
+    }
 }
 
 fn check_planner(

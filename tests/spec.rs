@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use parlor::spec::{PipelineSpec, SpecError, StageSpec, VadBackend};
+use parlor::spec::{PipelineSpec, SpecError, StageSpec, TtsBackend, VadBackend};
 
 /// A working directory holding the files the default specs point at, so
 /// "missing file" is the only thing a test controls.
@@ -16,6 +16,8 @@ fn base_with_models() -> tempfile::TempDir {
         "libonnxruntime.so",
         "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        "en_US-joe-medium.onnx",
+        "en_US-joe-medium.onnx.json",
     ] {
         std::fs::write(dir.path().join("models").join(f), b"x").unwrap();
     }
@@ -44,7 +46,7 @@ fn shipped_local_pipeline_is_valid() {
     let spec = PipelineSpec::local_default(base.path()).expect("local.toml validates");
     assert_eq!(spec.name, "local");
     let kinds: Vec<_> = spec.stages.iter().map(StageSpec::kind).collect();
-    assert_eq!(kinds, ["vad", "stt", "planner"]);
+    assert_eq!(kinds, ["vad", "stt", "planner", "tts"]);
     assert_eq!(spec.mcp.keys().collect::<Vec<_>>(), ["knowledge", "orders"]);
     match &spec.stages[0] {
         StageSpec::Vad(v) => assert_eq!(v.backend, VadBackend::Silero),
@@ -164,6 +166,9 @@ fn missing_model_file_says_how_to_get_it() {
             ("stage 2 (stt)", "model"),
             ("stage 3 (planner)", "model"),
             ("stage 3 (planner)", "instructions"),
+            ("stage 4 (tts)", "model"),
+            ("stage 4 (tts)", "model"),
+            ("stage 4 (tts)", "onnxruntime"),
         ],
         "{msg}"
     );
@@ -283,4 +288,60 @@ fn planner_fields_are_checked_together() {
         msg.contains("server \"knowledge\" is not in this stage's mcp list"),
         "{msg}"
     );
+}
+
+#[test]
+fn tts_checks_speed_instructions_and_the_piper_files() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"tts\"\nbackend = \"local\"\nmodel = \"models/nope.onnx\"\nspeed = 5.0\ninstructions = \"Cheerful.\"\n"
+    ));
+    let fields: Vec<_> = err
+        .problems
+        .iter()
+        .map(|p| p.field.as_deref().unwrap())
+        .collect();
+    assert_eq!(fields, ["speed", "instructions", "model", "model"], "{msg}");
+    assert!(msg.contains("must be from 0.25 to 4.0, got 5"), "{msg}");
+    assert!(
+        msg.contains("only the openai backend takes instructions"),
+        "{msg}"
+    );
+    assert!(msg.contains("file models/nope.onnx not found"), "{msg}");
+    assert!(
+        msg.contains("file models/nope.onnx.json not found"),
+        "{msg}"
+    );
+    assert!(msg.contains("bash models/setup.sh"), "{msg}");
+}
+
+#[test]
+fn tts_backends_parse_and_espeak_needs_no_model() {
+    let base = base_with_models();
+    for (backend, expected) in [
+        ("espeak", TtsBackend::Espeak),
+        ("openai", TtsBackend::Openai),
+        ("local", TtsBackend::Local),
+    ] {
+        let spec = parse(
+            &format!("name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"tts\"\nbackend = \"{backend}\"\nspeed = 1.25\n"),
+            base.path(),
+        )
+        .unwrap_or_else(|e| panic!("{backend}: {e}"));
+        match &spec.stages[2] {
+            StageSpec::Tts(t) => {
+                assert_eq!(t.backend, expected);
+                assert_eq!(t.speed, 1.25);
+            }
+            other => panic!("{}", other.kind()),
+        }
+    }
+    // Only whisper's file: the espeak voice needs none of its own.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(empty.path().join("models")).unwrap();
+    std::fs::write(empty.path().join("models/ggml-tiny.en.bin"), b"x").unwrap();
+    parse(
+        &format!("name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"tts\"\nbackend = \"espeak\"\nvoice = \"en-gb\"\n"),
+        empty.path(),
+    )
+    .expect("espeak names no file");
 }

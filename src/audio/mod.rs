@@ -16,4 +16,4 @@ mod wav;
 pub use decode::{decode_bytes, decode_file, DecodeLimits};
 pub use error::{AudioError, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SUPPORTED_FORMATS};
 pub use resample::{resample, to_pipeline_rate, StreamResampler};
-pub use wav::{wav_bytes, write_wav};
+pub use wav::{read_wav_bytes, wav_bytes, write_wav};

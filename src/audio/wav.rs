@@ -66,3 +66,100 @@ pub fn wav_bytes(chunk: &AudioChunk) -> Result<Vec<u8>, AudioError> {
     })?;
     Ok(buf.into_inner())
 }
+
+/// Reads a 16-bit PCM mono WAV held in memory, at its own sample rate (no
+/// resampling: TTS output keeps its rate until the stage resamples it).
+///
+/// A writer streaming to a pipe (`espeak-ng --stdout`, ffmpeg) cannot seek
+/// back to fill in the lengths, so it leaves placeholders (`0x7ffff000`); the
+/// RIFF and `data` lengths are therefore clamped to the bytes actually there.
+///
+/// # Errors
+/// [`AudioError::CorruptHeader`] when it is not a RIFF/WAVE file hound can
+/// read, [`AudioError::UnsupportedCodec`] for anything but 16-bit integer
+/// mono.
+pub fn read_wav_bytes(bytes: &[u8]) -> Result<AudioChunk, AudioError> {
+    let mut fixed = bytes.to_vec();
+    clamp_wav_lengths(&mut fixed);
+    let reader =
+        hound::WavReader::new(Cursor::new(fixed)).map_err(|e| AudioError::CorruptHeader {
+            format: "WAV",
+            detail: e.to_string(),
+        })?;
+    let spec = reader.spec();
+    if spec.channels != 1
+        || spec.bits_per_sample != 16
+        || spec.sample_format != hound::SampleFormat::Int
+    {
+        return Err(AudioError::UnsupportedCodec {
+            codec: format!(
+                "{}-bit {:?} WAV with {} channels (expected 16-bit integer mono)",
+                spec.bits_per_sample, spec.sample_format, spec.channels
+            ),
+        });
+    }
+    let samples = reader
+        .into_samples::<i16>()
+        // A truncated last sample ends the audio rather than failing it.
+        .map_while(Result::ok)
+        .map(|s| s as f32 / 32_768.0)
+        .collect();
+    Ok(AudioChunk::new(spec.sample_rate, samples))
+}
+
+/// Sets the RIFF length and the `data` chunk's length to what `wav` holds.
+fn clamp_wav_lengths(wav: &mut [u8]) {
+    if wav.len() < 12 || &wav[0..4] != b"RIFF" || &wav[8..12] != b"WAVE" {
+        return;
+    }
+    let riff_len = (wav.len() - 8) as u32;
+    wav[4..8].copy_from_slice(&riff_len.to_le_bytes());
+    let mut at = 12;
+    while at + 8 <= wav.len() {
+        let id = [wav[at], wav[at + 1], wav[at + 2], wav[at + 3]];
+        let len = u32::from_le_bytes([wav[at + 4], wav[at + 5], wav[at + 6], wav[at + 7]]) as usize;
+        let body = at + 8;
+        if &id == b"data" {
+            let real = (wav.len() - body) as u32;
+            if len > real as usize {
+                wav[at + 4..at + 8].copy_from_slice(&real.to_le_bytes());
+            }
+            return;
+        }
+        // Chunks are padded to an even length.
+        at = body.saturating_add(len).saturating_add(len & 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streamed_wav_with_placeholder_lengths_reads_back() {
+        let chunk = AudioChunk::new(22_050, vec![0.0, 0.5, -0.5, 0.25]);
+        let mut wav = wav_bytes(&chunk).unwrap();
+        // What `espeak-ng --stdout` writes: lengths it could not know.
+        wav[4..8].copy_from_slice(&0x7fff_f024u32.to_le_bytes());
+        wav[40..44].copy_from_slice(&0x7fff_f000u32.to_le_bytes());
+        let back = read_wav_bytes(&wav).unwrap();
+        assert_eq!(back.sample_rate, 22_050);
+        assert_eq!(back.samples.len(), 4);
+        for (a, b) in back.samples.iter().zip(&chunk.samples) {
+            assert!((a - b).abs() < 1e-3, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn stereo_is_refused() {
+        let mut wav = wav_bytes(&AudioChunk::new(16_000, vec![0.0; 4])).unwrap();
+        // Channels, then the byte rate and block size that go with them.
+        wav[22] = 2;
+        wav[28..32].copy_from_slice(&(16_000u32 * 4).to_le_bytes());
+        wav[32] = 4;
+        assert!(matches!(
+            read_wav_bytes(&wav),
+            Err(AudioError::UnsupportedCodec { .. })
+        ));
+    }
+}

@@ -11,12 +11,15 @@
 //! - [`served_model`]: the local model and the queue in front of it.
 //! - [`turns`]: `POST /v1/turns`, a spoken turn through the voice pipeline.
 //! - [`upload`]: audio uploads (form or raw body) and their errors.
+//! - [`audio_speech`]: `POST /v1/audio/speech`, spoken by the pipeline's
+//!   voice.
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
 //!
 //! Routes: `GET /healthz`, `GET /v1/models`, `POST /v1/chat/completions`,
-//! `POST /v1/responses`, `POST /v1/turns`.
+//! `POST /v1/responses`, `POST /v1/turns`, `POST /v1/audio/speech`.
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
 
+pub mod audio_speech;
 pub mod chat_completions;
 pub mod chat_request;
 pub mod chat_response;
@@ -39,6 +42,8 @@ use serde_json::json;
 
 use crate::loaded::LoadedPipeline;
 pub use openai_error::ApiError;
+
+use crate::stages::tts::Voice;
 pub use served_model::ServedModel;
 
 /// Largest request body accepted; larger ones get a 413. A conversation
@@ -54,7 +59,7 @@ pub const DRAIN: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_TURNS: usize = 2;
 
 /// What every handler shares. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     pub model: Arc<ServedModel>,
     /// URL prefixes of the MCP servers `/v1/responses` may connect to for a
@@ -65,6 +70,20 @@ pub struct AppState {
     pub pipeline: Option<Arc<LoadedPipeline>>,
     /// Places for turns running at once; a turn that finds none gets a 429.
     pub turn_slots: Arc<tokio::sync::Semaphore>,
+    /// The voice `/v1/audio/speech` speaks with; without one it answers 503.
+    pub voice: Option<Arc<dyn Voice>>,
+}
+
+/// By hand: a voice is not `Debug`, so it shows as its name.
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("model", &self.model)
+            .field("mcp_allow", &self.mcp_allow)
+            .field("pipeline", &self.pipeline)
+            .field("voice", &self.voice.as_ref().map(|v| v.name()))
+            .finish()
+    }
 }
 
 impl AppState {
@@ -79,6 +98,7 @@ impl AppState {
             mcp_allow: Arc::default(),
             pipeline: None,
             turn_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_TURNS)),
+            voice: None,
         }
     }
 
@@ -86,6 +106,12 @@ impl AppState {
     pub fn with_pipeline(mut self, pipeline: Arc<LoadedPipeline>, max_turns: usize) -> Self {
         self.pipeline = Some(pipeline);
         self.turn_slots = Arc::new(tokio::sync::Semaphore::new(max_turns));
+        self
+    }
+
+    /// Speak `/v1/audio/speech` requests with `voice`.
+    pub fn with_voice(mut self, voice: Arc<dyn Voice>) -> Self {
+        self.voice = Some(voice);
         self
     }
 
@@ -110,6 +136,7 @@ pub fn router(state: AppState) -> axum::Router {
             "/v1/turns",
             post(turns::turns).layer(DefaultBodyLimit::max(upload::UPLOAD_BODY_LIMIT)),
         )
+        .route("/v1/audio/speech", post(audio_speech::audio_speech))
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -98,6 +98,30 @@ impl ApiError {
         }
     }
 
+    /// 503: `/v1/audio/speech` on a server started without a voice.
+    pub fn no_voice() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "This server has no voice: start `parlor serve` with a pipeline that has a \
+                      tts stage (the default pipeline has one)."
+                .into(),
+            kind: "server_error",
+            param: None,
+            code: Some("no_voice"),
+        }
+    }
+
+    /// 500 from `/v1/audio/speech`. The detail goes to the log.
+    pub fn speech_failed() -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "The voice failed to speak this input; the server log has the detail.".into(),
+            kind: "server_error",
+            param: None,
+            code: Some("server_error"),
+        }
+    }
+
     /// 500. The detail goes to the log, not to the client.
     pub fn server_error() -> Self {
         Self {

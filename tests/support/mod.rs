@@ -91,12 +91,25 @@ pub fn start_server(
     options: parlor::llm::LocalLlmOptions,
     mcp_allow: Vec<String>,
 ) -> (String, parlor::server::AppState) {
+    start_server_with(model_file, options, mcp_allow, None)
+}
+
+/// [`start_server`], with `voice` speaking `/v1/audio/speech`.
+pub fn start_server_with(
+    model_file: &str,
+    options: parlor::llm::LocalLlmOptions,
+    mcp_allow: Vec<String>,
+    voice: Option<std::sync::Arc<dyn parlor::stages::tts::Voice>>,
+) -> (String, parlor::server::AppState) {
     use parlor::llm::LocalLlm;
     use parlor::server::{AppState, ServedModel};
 
     let path = model(model_file);
     let llm = LocalLlm::load(&path, options).expect("load the model");
-    let state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(mcp_allow);
+    let mut state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(mcp_allow);
+    if let Some(voice) = voice {
+        state = state.with_voice(voice);
+    }
     (serve_state(state.clone()), state)
 }
 
