@@ -97,7 +97,7 @@ impl Stage for PlannerStage {
                     text,
                     is_final: true,
                 }) if cx.turns.is_live(turn) && !text.trim().is_empty() => {
-                    io.forward(Frame::Transcript {
+                    io.forward_consumed(Frame::Transcript {
                         turn,
                         text: text.clone(),
                         is_final: true,
