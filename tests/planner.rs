@@ -498,17 +498,25 @@ async fn the_stage_streams_reply_deltas_then_passes_the_end_of_turn_on() {
         frames.push(f);
     }
     let kinds: Vec<_> = frames.iter().map(|f| f.kind()).collect();
-    // Turn 1: transcript, the reply in pieces, end of turn (with the
-    // planner's timing); turn 2: the model fails, the caller hears an
-    // apology instead of silence.
+    // Turn 1: transcript, the finished tool call, the reply in pieces, end
+    // of turn (with the planner's timing); turn 2: the model fails, the
+    // caller hears an apology instead of silence.
     let first_end = kinds.iter().position(|k| *k == "end_of_turn").unwrap();
-    assert_eq!(kinds[0], "transcript");
-    assert!(first_end > 2, "{kinds:?}");
+    assert_eq!(kinds[..2], ["transcript", "tool_call"], "{kinds:?}");
+    let Frame::ToolCall { record, .. } = &frames[1] else {
+        unreachable!()
+    };
+    assert_eq!(record.name, "py__add");
     assert!(
-        kinds[1..first_end].iter().all(|k| *k == "reply_delta"),
+        !record.is_error && record.output.contains('2'),
+        "{record:?}"
+    );
+    assert!(first_end > 3, "{kinds:?}");
+    assert!(
+        kinds[2..first_end].iter().all(|k| *k == "reply_delta"),
         "{kinds:?}"
     );
-    let reply: String = frames[1..first_end]
+    let reply: String = frames[2..first_end]
         .iter()
         .map(|f| match f {
             Frame::ReplyDelta { text, .. } => text.as_str(),
@@ -519,7 +527,9 @@ async fn the_stage_streams_reply_deltas_then_passes_the_end_of_turn_on() {
     let Frame::EndOfTurn(metrics) = &frames[first_end] else {
         unreachable!()
     };
-    assert!(metrics.stage("planner").is_some(), "{metrics:?}");
+    // The transcript it answered started the planner's clock.
+    let timing = metrics.stage("planner").expect("the planner's timing");
+    assert!(timing.time_to_first_output.is_some(), "{metrics:?}");
     let apology: String = frames[first_end + 1..]
         .iter()
         .filter_map(|f| match f {

@@ -292,7 +292,7 @@ async fn bad_uploads_get_precise_errors_and_the_server_keeps_serving() {
     let (s, b) = post(&url, &ct, body, None).await;
     expect(s, &b, StatusCode::BAD_REQUEST, &["upload"]);
     let no_file =
-        format!("--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nx\r\n--b--\r\n");
+        "--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nx\r\n--b--\r\n".to_string();
     let (s, b) = post(
         &url,
         "multipart/form-data; boundary=b",
