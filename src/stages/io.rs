@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{Receiver, Sender};
+use tokio_util::sync::CancellationToken;
 
 use super::StageError;
 use crate::frame::{Frame, StageTiming, TurnId};
@@ -50,6 +51,16 @@ impl StageIo {
             self.clock.received(frame.turn());
         }
         frame
+    }
+
+    /// The next input frame, or `None` once the upstream has closed *or*
+    /// `shutdown` fires: the loop head of a stage with nothing to flush.
+    pub async fn recv_until(&mut self, shutdown: &CancellationToken) -> Option<Frame> {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            frame = self.recv() => frame,
+        }
     }
 
     /// Send a frame this stage produced downstream, waiting while the next

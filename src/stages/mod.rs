@@ -9,6 +9,7 @@
 //! Layout: one folder per kind, one file per backend beside its siblings
 //! (`stt/whisper_local.rs`); `build` turns a validated spec into a stage.
 
+pub mod onnx;
 pub mod passthrough;
 pub mod planner;
 pub mod stt;

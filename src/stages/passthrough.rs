@@ -26,16 +26,9 @@ impl Stage for Passthrough {
     }
 
     async fn run(self: Box<Self>, mut io: StageIo, cx: StageContext) -> Result<(), StageError> {
-        loop {
-            let frame = tokio::select! {
-                biased;
-                _ = cx.shutdown.cancelled() => return Ok(()),
-                frame = io.recv() => frame,
-            };
-            match frame {
-                Some(frame) => io.forward(frame).await?,
-                None => return Ok(()),
-            }
+        while let Some(frame) = io.recv_until(&cx.shutdown).await {
+            io.forward(frame).await?;
         }
+        Ok(())
     }
 }

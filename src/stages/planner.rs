@@ -86,11 +86,7 @@ impl Stage for PlannerStage {
 
     async fn run(mut self: Box<Self>, mut io: StageIo, cx: StageContext) -> Result<(), StageError> {
         loop {
-            let frame = tokio::select! {
-                biased;
-                _ = cx.shutdown.cancelled() => return Ok(()),
-                frame = io.recv() => frame,
-            };
+            let frame = io.recv_until(&cx.shutdown).await;
             match frame {
                 Some(Frame::Transcript {
                     turn,

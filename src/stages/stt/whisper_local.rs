@@ -326,11 +326,7 @@ impl Stage for WhisperLocal {
 
     async fn run(self: Box<Self>, mut io: StageIo, cx: StageContext) -> Result<(), StageError> {
         loop {
-            let frame = tokio::select! {
-                biased;
-                _ = cx.shutdown.cancelled() => return Ok(()),
-                frame = io.recv() => frame,
-            };
+            let frame = io.recv_until(&cx.shutdown).await;
             let Some(frame) = frame else {
                 return Ok(());
             };

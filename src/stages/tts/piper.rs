@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ort::session::builder::GraphOptimizationLevel;
+use crate::stages::onnx::cpu_session;
 use ort::session::Session;
 use ort::value::Tensor;
 use serde::Deserialize;
@@ -120,19 +120,7 @@ impl PiperVoice {
             path: model.to_path_buf(),
             message: e.to_string(),
         };
-        let session = Session::builder()
-            .map_err(|e| load_err(&e))?
-            .with_intra_threads(INTRA_THREADS)
-            .map_err(|e| load_err(&e))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(&e))?
-            // Spinning threads would burn a core between sentences.
-            .with_intra_op_spinning(false)
-            .map_err(|e| load_err(&e))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_err(&e))?
-            .commit_from_file(model)
-            .map_err(|e| load_err(&e))?;
+        let session = cpu_session(model, INTRA_THREADS).map_err(|e| load_err(&e))?;
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for expected in ["input", "input_lengths", "scales"] {
             if !names.contains(&expected) {

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ort::session::builder::GraphOptimizationLevel;
+use crate::stages::onnx::cpu_session;
 use ort::session::Session;
 use ort::value::Tensor;
 
@@ -99,20 +99,9 @@ impl SileroDetector {
             path: model.to_path_buf(),
             message: e.to_string(),
         };
-        // One thread, no spinning: a call is ~0.1 ms of work, and many
-        // streams may run at once, so threads would only contend.
-        let session = Session::builder()
-            .map_err(|e| load_err(&e))?
-            .with_intra_threads(1)
-            .map_err(|e| load_err(&e))?
-            .with_inter_threads(1)
-            .map_err(|e| load_err(&e))?
-            .with_intra_op_spinning(false)
-            .map_err(|e| load_err(&e))?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load_err(&e))?
-            .commit_from_file(model)
-            .map_err(|e| load_err(&e))?;
+        // One thread: a call is ~0.1 ms of work, and many streams may run
+        // at once, so threads would only contend.
+        let session = cpu_session(model, 1).map_err(|e| load_err(&e))?;
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for expected in ["input", "state", "sr"] {
             if !names.contains(&expected) {
