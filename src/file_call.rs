@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use crate::frame::{AudioChunk, Frame, TurnId, TurnMetrics, PIPELINE_SAMPLE_RATE};
 use crate::planner::ToolRecord;
@@ -68,6 +69,30 @@ impl TurnReport {
 /// # Errors
 /// A stage that failed (named), or one that did not stop in time.
 pub async fn play(pipeline: Pipeline, audio: AudioChunk) -> anyhow::Result<Vec<TurnReport>> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let collect = async {
+        let mut reports = Vec::new();
+        while let Some(report) = rx.recv().await {
+            reports.push(report);
+        }
+        reports
+    };
+    let (played, reports) = tokio::join!(play_each(pipeline, audio, tx), collect);
+    played.map(|()| reports)
+}
+
+/// [`play`], handing each turn's report to `each` as soon as the turn is
+/// over (a streamed transcription sends it on at once). If `each` is
+/// closed (the client went away) the call stops early and its stages are
+/// cancelled.
+///
+/// # Errors
+/// As [`play`].
+pub async fn play_each(
+    pipeline: Pipeline,
+    audio: AudioChunk,
+    each: mpsc::UnboundedSender<TurnReport>,
+) -> anyhow::Result<()> {
     debug_assert_eq!(audio.sample_rate, PIPELINE_SAMPLE_RATE);
     let mut running = pipeline.barge_in(false).start();
     let input = running.input_handle();
@@ -84,7 +109,6 @@ pub async fn play(pipeline: Pipeline, audio: AudioChunk) -> anyhow::Result<Vec<T
     });
 
     let mut open = Reports::default();
-    let mut done = Vec::new();
     while let Some(frame) = running.output().recv().await {
         match frame {
             Frame::SpeechStarted { turn, at } => open.get(turn).start_s = at.as_secs_f64(),
@@ -110,14 +134,17 @@ pub async fn play(pipeline: Pipeline, audio: AudioChunk) -> anyhow::Result<Vec<T
             Frame::EndOfTurn(metrics) => {
                 let mut report = open.take(metrics.turn);
                 report.metrics = metrics;
-                done.push(report);
+                if each.send(report).is_err() {
+                    // Nobody is listening: dropping `running` cancels it all.
+                    feeder.abort();
+                    return Ok(());
+                }
             }
             _ => {}
         }
     }
     let _ = feeder.await;
-    running.join(DRAIN_DEADLINE).await.into_result()?;
-    Ok(done)
+    running.join(DRAIN_DEADLINE).await.into_result()
 }
 
 /// Reports of the turns still going.

@@ -14,7 +14,8 @@ use crate::planner::setup::{self, ConnectedPlanner, SetupError};
 use crate::runner::Pipeline;
 use crate::spec::{PipelineSpec, StageSpec, SttBackend, TtsSpec, VadSpec};
 use crate::stages::planner::PlannerStage;
-use crate::stages::stt::{SttError, WhisperEngine, WhisperLocal, WhisperSettings};
+use crate::stages::stt::openai::OpenAiTranscriber;
+use crate::stages::stt::{OpenAiStt, SttError, WhisperEngine, WhisperLocal, WhisperSettings};
 use crate::stages::tts::{load_voice, TtsError, TtsStage, Voice};
 use crate::stages::vad::{self, VadError, VadStage};
 
@@ -37,6 +38,8 @@ enum Part {
     /// The detector is per call (it is stateful); the spec is all we keep.
     Vad(VadSpec),
     Stt(Arc<Mutex<WhisperEngine>>),
+    /// The `openai` stt backend's client.
+    SttRemote(Arc<OpenAiTranscriber>),
     Planner(ConnectedPlanner),
     Tts {
         voice: Arc<dyn Voice>,
@@ -89,6 +92,10 @@ impl LoadedPipeline {
                     .map_err(|source| LoadError::Stt { index, source })?;
                     Part::Stt(Arc::new(Mutex::new(engine)))
                 }
+                StageSpec::Stt(stt) => Part::SttRemote(Arc::new(
+                    OpenAiTranscriber::from_spec(stt)
+                        .map_err(|source| LoadError::Stt { index, source })?,
+                )),
                 StageSpec::Planner(_) => Part::Planner(
                     setup::connect(spec, base_dir)
                         .await
@@ -152,8 +159,23 @@ impl LoadedPipeline {
     /// When the VAD cannot be built, which `load` already ruled out unless
     /// the model file changed since.
     pub fn call(&self) -> Result<Pipeline, LoadError> {
+        self.stages(|_| true)
+    }
+
+    /// Fresh stages for transcribing only: the vad and stt of the spec.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub fn listening_call(&self) -> Result<Pipeline, LoadError> {
+        self.stages(|part| matches!(part, Part::Vad(_) | Part::Stt(_) | Part::SttRemote(_)))
+    }
+
+    fn stages(&self, keep: impl Fn(&Part) -> bool) -> Result<Pipeline, LoadError> {
         let mut pipeline = Pipeline::new(self.spec.channel_capacity);
         for (i, part) in self.parts.iter().enumerate() {
+            if !keep(part) {
+                continue;
+            }
             pipeline = pipeline.stage(match part {
                 Part::Vad(spec) => {
                     let detector = vad::detector(spec).map_err(|source| LoadError::Vad {
@@ -166,11 +188,34 @@ impl LoadedPipeline {
                     ))
                 }
                 Part::Stt(engine) => Box::new(WhisperLocal::shared(engine.clone())),
+                Part::SttRemote(client) => Box::new(OpenAiStt::shared(client.clone())),
                 Part::Planner(connected) => Box::new(PlannerStage::new(connected.planner.clone())),
                 Part::Tts { voice, rate } => Box::new(TtsStage::new(voice.clone(), *rate)),
             });
         }
         Ok(pipeline)
+    }
+
+    /// The MCP servers the planner uses, and whether each is connected now.
+    pub fn mcp_status(&self) -> Vec<crate::mcp::ServerStatus> {
+        self.parts
+            .iter()
+            .find_map(|p| match p {
+                Part::Planner(connected) => Some(connected.pool.servers()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Run the planner's prompt through its model once (see
+    /// [`crate::planner::Planner::warm_up`]): a server does this before it
+    /// takes calls, so the first caller hears an answer as fast as later ones.
+    pub async fn warm_up(&self) {
+        for part in &self.parts {
+            if let Part::Planner(connected) = part {
+                connected.planner.warm_up().await;
+            }
+        }
     }
 
     /// Close MCP sessions (stdio children exit).

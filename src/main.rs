@@ -339,14 +339,15 @@ async fn run_serve(
                 .await
                 .map_err(Failure::input)?,
         );
+        pipeline.warm_up().await;
         state = state.with_pipeline(pipeline.clone(), max_turns);
         loaded = Some(pipeline);
     }
     // The pipeline's voice speaks /v1/audio/speech: the loaded one, or
-    // (chat only) the tts stage's alone. A voice that cannot load alone
+    // (chat only) the tts stage's, loaded alone. A voice that cannot load alone
     // (espeak-ng missing) costs only that route, not the server.
     let voice = match (&loaded, tts_stage(&spec)) {
-        (Some(pipeline), _) => pipeline.voice(),
+        (Some(_), _) => None, // with_pipeline took the pipeline's voice
         (None, Some(t)) => {
             match tokio::task::spawn_blocking(move || parlor::stages::tts::load_voice(&t)).await {
                 Ok(Ok(voice)) => Some(voice),

@@ -189,6 +189,23 @@ async fn the_upload_route_answers_with_transcript_tools_reply_timings_and_audio(
     let url = format!("{base}/v1/turns");
     let wav = std::fs::read(question()).unwrap();
 
+    let ready: Value = reqwest::get(format!("{base}/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["pipeline"], "local");
+    assert_eq!(ready["voice"], "piper");
+    let servers: Vec<&str> = ready["mcp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(servers, ["knowledge", "orders"], "{ready}");
+
     let (content_type, body) = form("question.wav", &wav, &[("pipeline", "local")]);
     let (status, answer) = post(&url, &content_type, body, None).await;
     let answer = json(&answer);
@@ -329,4 +346,102 @@ async fn over_capacity_is_a_429_not_a_queue() {
     assert_eq!(response.headers()["retry-after"], "1");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "server_at_capacity");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transcription_route_serves_the_openai_client_and_the_openai_stt_stage() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (base, _pipeline) = start(2).await;
+
+    // The official client: json, text, verbose_json, a stream, a refusal.
+    let out = tokio::process::Command::new(support::python())
+        .arg(support::root().join("tests/peers/openai_transcription_client.py"))
+        .arg(format!("{base}/v1"))
+        .arg(question())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("{seen:#}");
+    let text = seen["json"].as_str().unwrap().to_lowercase();
+    assert!(text.contains("where is my order"), "{text}");
+    assert_eq!(seen["text"].as_str().unwrap().trim().to_lowercase(), text);
+    assert_eq!(seen["verbose"]["language"], "english");
+    let segments = seen["verbose"]["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let (start, end) = (
+        segments[0]["start"].as_f64().unwrap(),
+        segments[0]["end"].as_f64().unwrap(),
+    );
+    // The file has half a second of silence before the question.
+    assert!(
+        (0.2..0.8).contains(&start) && end > start + 1.0,
+        "{start}..{end}"
+    );
+    assert_eq!(
+        seen["stream"],
+        serde_json::json!(["transcript.text.delta", "transcript.text.done"])
+    );
+    assert!(
+        seen["french"].as_str().unwrap().contains("`en` only"),
+        "{}",
+        seen["french"]
+    );
+
+    // SubRip over plain HTTP.
+    let (ct, body) = form(
+        "question.wav",
+        &std::fs::read(question()).unwrap(),
+        &[("response_format", "srt")],
+    );
+    let (status, srt) = post(&format!("{base}/v1/audio/transcriptions"), &ct, body, None).await;
+    let srt = String::from_utf8_lossy(&srt);
+    assert_eq!(status, StatusCode::OK, "{srt}");
+    assert!(
+        srt.starts_with("1\n00:00:00,") && srt.contains(" --> "),
+        "{srt}"
+    );
+
+    // parlor's own `openai` stt stage, pointed at the route, in a pipeline.
+    let spec_text = format!(
+        "name = \"remote-ears\"\n\
+         [[stage]]\nkind = \"vad\"\nbackend = \"silero\"\n\
+         [[stage]]\nkind = \"stt\"\nbackend = \"openai\"\nmodel = \"whisper-1\"\nbase_url = \"{base}/v1\"\n"
+    );
+    let root = support::root();
+    let spec = PipelineSpec::parse(&spec_text, Path::new("remote-ears.toml"), root).expect("spec");
+    let ears = LoadedPipeline::load(&spec, root).await.expect("load");
+    let audio = decode_file(question(), &DecodeLimits::default()).unwrap();
+    let turns = file_call::play(ears.listening_call().unwrap(), audio)
+        .await
+        .unwrap();
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].transcript.to_lowercase(), text);
+
+    // A server that is down costs the turn, with the reason, not the call.
+    let spec = PipelineSpec::parse(
+        &spec_text.replace(&base, "http://127.0.0.1:9"),
+        Path::new("down.toml"),
+        root,
+    )
+    .unwrap();
+    let deaf = LoadedPipeline::load(&spec, root).await.expect("load");
+    let audio = decode_file(question(), &DecodeLimits::default()).unwrap();
+    let turns = file_call::play(deaf.call().unwrap(), audio).await.unwrap();
+    assert_eq!(turns.len(), 1);
+    assert!(turns[0].transcript.is_empty());
+    assert!(
+        turns[0]
+            .errors
+            .iter()
+            .any(|e| e.starts_with("stt: transcription server") && e.contains("unreachable")),
+        "{:?}",
+        turns[0].errors
+    );
 }

@@ -173,6 +173,32 @@ impl Planner {
         &self.options
     }
 
+    /// Put the system prompt and tool schemas through the model once, so
+    /// the first caller does not wait for them: a local model keeps them in
+    /// its prefix cache (seconds on two cores), a remote one its own way.
+    /// The throwaway turn stops at its first sign of an answer; nothing is
+    /// kept and no tool runs.
+    pub async fn warm_up(&self) {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        let watcher = tokio::spawn(async move {
+            if rx.recv().await.is_some() {
+                stop.cancel();
+            }
+        });
+        let started = Instant::now();
+        let _ = self
+            .run_turn(&mut History::default(), "Hello.", &tx, &cancel)
+            .await;
+        drop(tx);
+        let _ = watcher.await;
+        tracing::info!(
+            message = "Planner warmed up.",
+            ms = started.elapsed().as_millis() as u64
+        );
+    }
+
     /// Answer `user` in the conversation `history`, reporting progress to
     /// `events`. The history gains the turn whatever happens (on failure,
     /// the question and any words already said), never a call without its

@@ -10,13 +10,16 @@
 //!   servers as tools (hosted MCP, parlor the host).
 //! - [`served_model`]: the local model and the queue in front of it.
 //! - [`turns`]: `POST /v1/turns`, a spoken turn through the voice pipeline.
+//! - [`transcriptions`]: `POST /v1/audio/transcriptions` (whisper-1 shape)
+//!   through the pipeline's vad and stt.
 //! - [`upload`]: audio uploads (form or raw body) and their errors.
 //! - [`audio_speech`]: `POST /v1/audio/speech`, spoken by the pipeline's
 //!   voice.
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
 //!
-//! Routes: `GET /healthz`, `GET /v1/models`, `POST /v1/chat/completions`,
-//! `POST /v1/responses`, `POST /v1/turns`, `POST /v1/audio/speech`.
+//! Routes: `GET /healthz`, `GET /readyz`, `GET /v1/models`, `POST /v1/chat/completions`,
+//! `POST /v1/responses`, `POST /v1/turns`, `POST /v1/audio/speech`,
+//! `POST /v1/audio/transcriptions`.
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
 
 pub mod audio_speech;
@@ -27,6 +30,7 @@ pub mod openai_error;
 pub mod responses;
 pub mod responses_request;
 pub mod served_model;
+pub mod transcriptions;
 pub mod turns;
 pub mod upload;
 
@@ -102,8 +106,12 @@ impl AppState {
         }
     }
 
-    /// Serve `/v1/turns` with this pipeline, at most `max_turns` at once.
+    /// Serve `/v1/turns` with this pipeline, at most `max_turns` at once;
+    /// its voice speaks `/v1/audio/speech` unless one was given.
     pub fn with_pipeline(mut self, pipeline: Arc<LoadedPipeline>, max_turns: usize) -> Self {
+        if self.voice.is_none() {
+            self.voice = pipeline.voice();
+        }
         self.pipeline = Some(pipeline);
         self.turn_slots = Arc::new(tokio::sync::Semaphore::new(max_turns));
         self
@@ -126,6 +134,7 @@ impl AppState {
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/v1/models", get(models))
         .route(
             "/v1/chat/completions",
@@ -137,6 +146,11 @@ pub fn router(state: AppState) -> axum::Router {
             post(turns::turns).layer(DefaultBodyLimit::max(upload::UPLOAD_BODY_LIMIT)),
         )
         .route("/v1/audio/speech", post(audio_speech::audio_speech))
+        .route(
+            "/v1/audio/transcriptions",
+            post(transcriptions::transcriptions)
+                .layer(DefaultBodyLimit::max(upload::UPLOAD_BODY_LIMIT)),
+        )
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -202,6 +216,34 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
 
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
+}
+
+/// Ready when every part a request may need is loaded and every MCP
+/// server of the pipeline is connected; a 503 names what is not.
+async fn readyz(State(state): State<AppState>) -> axum::response::Response {
+    let servers = state
+        .pipeline
+        .as_ref()
+        .map(|p| p.mcp_status())
+        .unwrap_or_default();
+    let down: Vec<&str> = servers
+        .iter()
+        .filter(|s| !s.connected)
+        .map(|s| s.name.as_str())
+        .collect();
+    let body = json!({
+        "status": if down.is_empty() { "ready" } else { "not_ready" },
+        "model": state.model.id(),
+        "pipeline": state.pipeline.as_ref().map(|p| p.spec().name.clone()),
+        "voice": state.voice.as_ref().map(|v| v.name()),
+        "mcp": servers.iter().map(|s| json!({"name": s.name, "transport": s.transport, "connected": s.connected})).collect::<Vec<_>>(),
+    });
+    let status = if down.is_empty() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn models(State(state): State<AppState>) -> impl IntoResponse {

@@ -18,8 +18,8 @@ use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
 
-use super::SttError;
-use crate::frame::{Frame, Utterance, PIPELINE_SAMPLE_RATE};
+use super::{run_stt, SttError, Transcriber};
+use crate::frame::{Utterance, PIPELINE_SAMPLE_RATE};
 use crate::spec::SttSpec;
 use crate::stages::{Stage, StageContext, StageError, StageIo};
 
@@ -284,7 +284,10 @@ impl WhisperLocal {
     pub fn shared(engine: Arc<Mutex<WhisperEngine>>) -> Self {
         Self { engine }
     }
+}
 
+#[async_trait]
+impl Transcriber for WhisperLocal {
     /// Transcribe one utterance on the blocking pool. `Ok(None)` as soon as
     /// the turn is cancelled: the blocking job is left to stop at whisper's
     /// next checkpoint and release the engine, and the next turn's job
@@ -293,7 +296,7 @@ impl WhisperLocal {
         &self,
         utterance: Utterance,
         cancel: CancellationToken,
-    ) -> Result<Option<String>, StageError> {
+    ) -> Result<Option<String>, SttError> {
         let engine = self.engine.clone();
         let job_cancel = cancel.clone();
         let job = tokio::task::spawn_blocking(move || {
@@ -307,11 +310,8 @@ impl WhisperLocal {
             result = job => match result {
                 Ok(Ok(text)) => Ok(Some(text)),
                 Ok(Err(SttError::Cancelled)) => Ok(None),
-                Ok(Err(e)) => Err(StageError::failed("stt", e.to_string())),
-                Err(join) => Err(StageError::failed(
-                    "stt",
-                    format!("whisper task panicked: {join}"),
-                )),
+                Ok(Err(e)) => Err(e),
+                Err(join) => Err(SttError::Whisper(format!("the whisper task panicked: {join}"))),
             },
             _ = cancel.cancelled() => Ok(None),
         }
@@ -324,50 +324,7 @@ impl Stage for WhisperLocal {
         "stt"
     }
 
-    async fn run(self: Box<Self>, mut io: StageIo, cx: StageContext) -> Result<(), StageError> {
-        loop {
-            let frame = io.recv_until(&cx.shutdown).await;
-            let Some(frame) = frame else {
-                return Ok(());
-            };
-            let Frame::SpeechEnded(utterance) = frame else {
-                // Not ours: passing it on must not start the turn's clock.
-                io.forward(frame).await?;
-                continue;
-            };
-            let turn = utterance.turn;
-            if !cx.turns.is_live(turn) {
-                tracing::debug!(message = "Dropping the speech of a cancelled turn.", %turn);
-                continue;
-            }
-            if utterance.audio.sample_rate != PIPELINE_SAMPLE_RATE {
-                let e = SttError::SampleRate {
-                    expected: PIPELINE_SAMPLE_RATE,
-                    got: utterance.audio.sample_rate,
-                };
-                return Err(StageError::failed("stt", e.to_string()));
-            }
-            let seconds = utterance.audio.duration().as_secs_f64();
-            // The turn's token is a child of the shutdown token, so shutting
-            // down stops a running encoder too.
-            let Some(text) = self.transcribe(utterance, cx.turns.token(turn)).await? else {
-                tracing::debug!(message = "Transcription cancelled with its turn.", %turn);
-                continue;
-            };
-            // Cancelled right after whisper finished: the text is stale.
-            if !cx.turns.is_live(turn) {
-                continue;
-            }
-            tracing::debug!(message = "Transcribed.", %turn, seconds, chars = text.len());
-            if text.is_empty() {
-                continue;
-            }
-            io.send(Frame::Transcript {
-                turn,
-                text,
-                is_final: true,
-            })
-            .await?;
-        }
+    async fn run(self: Box<Self>, io: StageIo, cx: StageContext) -> Result<(), StageError> {
+        run_stt(&*self, io, cx).await
     }
 }
