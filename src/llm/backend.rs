@@ -156,3 +156,15 @@ impl PlannerModel for LocalPlanner {
         })
     }
 }
+
+/// Run a model request until it finishes or `cancel` fires, whichever is
+/// first; dropping the request closes its stream.
+pub(super) async fn until_cancelled<T>(
+    cancel: &CancellationToken,
+    work: impl std::future::Future<Output = Result<T, LlmError>>,
+) -> Result<T, LlmError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(LlmError::Cancelled),
+        result = work => result,
+    }
+}

@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{ModelReply, ModelRequest, PlannerModel};
+use super::backend::{until_cancelled, ModelReply, ModelRequest, PlannerModel};
 use super::chat::{ChatMessage, ToolCall, ToolChoice, ToolSpec};
 use super::LlmError;
 
@@ -112,10 +112,7 @@ impl PlannerModel for OpenAiPlanner {
             }
             reply.finish()
         };
-        tokio::select! {
-            _ = cancel.cancelled() => Err(LlmError::Cancelled),
-            result = work => result,
-        }
+        until_cancelled(cancel, work).await
     }
 }
 

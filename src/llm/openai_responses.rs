@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{HostedCall, ModelReply, ModelRequest, PlannerModel};
+use super::backend::{until_cancelled, HostedCall, ModelReply, ModelRequest, PlannerModel};
 use super::chat::{ChatMessage, ToolCall, ToolChoice, ToolSpec};
 use super::openai::{client, remote_error, DEFAULT_MODEL};
 use super::LlmError;
@@ -140,10 +140,7 @@ impl PlannerModel for ResponsesPlanner {
                 "the response stream ended before response.completed".into(),
             ))
         };
-        tokio::select! {
-            _ = cancel.cancelled() => Err(LlmError::Cancelled),
-            result = work => result,
-        }
+        until_cancelled(cancel, work).await
     }
 }
 

@@ -130,6 +130,35 @@ impl AppState {
     }
 }
 
+/// Which of a loaded pipeline's stages a call gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    /// Every stage: a spoken question gets a spoken answer.
+    Full,
+    /// The vad and stt only, for transcription.
+    Listening,
+}
+
+/// Fresh stages for one call. Building them loads no weights but may
+/// allocate model state (a Whisper context), so it runs off the async
+/// threads; a failure is logged here and the caller sees a plain 500.
+pub(crate) async fn start_call(
+    pipeline: &Arc<LoadedPipeline>,
+    kind: CallKind,
+) -> Result<crate::runner::Pipeline, ApiError> {
+    let pipeline = pipeline.clone();
+    tokio::task::spawn_blocking(move || match kind {
+        CallKind::Full => pipeline.call(),
+        CallKind::Listening => pipeline.listening_call(),
+    })
+    .await
+    .map_err(|_| ApiError::server_error())?
+    .map_err(|e| {
+        tracing::error!(message = "Cannot start a call.", kind = ?kind, error = %e);
+        ApiError::server_error()
+    })
+}
+
 /// The routes.
 pub fn router(state: AppState) -> axum::Router {
     axum::Router::new()

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::upload::Upload;
-use super::{ApiError, AppState};
+use super::{start_call, ApiError, AppState, CallKind};
 use crate::audio::DecodeLimits;
 use crate::file_call::{self, TurnReport};
 use crate::spec::StageSpec;
@@ -98,14 +98,7 @@ pub async fn transcriptions(
             code: Some("server_at_capacity"),
         });
     };
-    let listening = pipeline.clone();
-    let call = tokio::task::spawn_blocking(move || listening.listening_call())
-        .await
-        .map_err(|_| ApiError::server_error())?
-        .map_err(|e| {
-            tracing::error!(message = "Cannot start a transcription.", error = %e);
-            ApiError::server_error()
-        })?;
+    let call = start_call(&pipeline, CallKind::Listening).await?;
 
     if stream {
         let (events, rx) = mpsc::channel(16);

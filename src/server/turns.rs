@@ -22,7 +22,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::upload::Upload;
-use super::{ApiError, AppState};
+use super::{start_call, ApiError, AppState, CallKind};
 use crate::audio::{wav_bytes, DecodeLimits};
 use crate::file_call::{self, TurnReport};
 use crate::frame::AudioChunk;
@@ -81,14 +81,7 @@ pub async fn turns(
         return Ok(too_many_turns());
     };
     let started = Instant::now();
-    let call_pipeline = pipeline.clone();
-    let call = tokio::task::spawn_blocking(move || call_pipeline.call())
-        .await
-        .map_err(|_| ApiError::server_error())?
-        .map_err(|e| {
-            tracing::error!(message = "Cannot start a call.", error = %e);
-            ApiError::server_error()
-        })?;
+    let call = start_call(&pipeline, CallKind::Full).await?;
     let reports = file_call::play(call, audio).await.map_err(|e| {
         tracing::error!(message = "Turn failed.", error = %e);
         ApiError {
