@@ -147,12 +147,12 @@ pub async fn play_each(
     running.join(DRAIN_DEADLINE).await.into_result()
 }
 
-/// Reports of the turns still going.
+/// Reports of the turns still going, filled in frame by frame.
 #[derive(Default)]
-struct Reports(Vec<TurnReport>);
+pub(crate) struct Reports(Vec<TurnReport>);
 
 impl Reports {
-    fn get(&mut self, turn: TurnId) -> &mut TurnReport {
+    pub(crate) fn get(&mut self, turn: TurnId) -> &mut TurnReport {
         match self.0.iter().position(|r| r.turn == turn) {
             Some(i) => &mut self.0[i],
             None => {
@@ -166,7 +166,7 @@ impl Reports {
         }
     }
 
-    fn take(&mut self, turn: TurnId) -> TurnReport {
+    pub(crate) fn take(&mut self, turn: TurnId) -> TurnReport {
         self.get(turn);
         let i = self
             .0

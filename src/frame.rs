@@ -80,6 +80,9 @@ pub enum Frame {
         turn: TurnId,
         record: Box<crate::planner::ToolRecord>,
     },
+    /// Something to say while a slow tool call runs ("One moment."): spoken
+    /// like the reply but not part of it (nor of the conversation).
+    Filler { turn: TurnId, text: String },
     /// Spoken reply, at the tts stage's output rate; `text` is the chunk of
     /// the reply this audio says (set on the chunk's first piece only).
     ReplyAudio {
@@ -107,6 +110,7 @@ impl Frame {
             | Frame::Transcript { turn, .. }
             | Frame::ReplyDelta { turn, .. }
             | Frame::ToolCall { turn, .. }
+            | Frame::Filler { turn, .. }
             | Frame::ReplyAudio { turn, .. }
             | Frame::TurnError { turn, .. } => Some(*turn),
             Frame::SpeechEnded(u) => Some(u.turn),
@@ -123,6 +127,7 @@ impl Frame {
             Frame::Transcript { .. } => "transcript",
             Frame::ReplyDelta { .. } => "reply_delta",
             Frame::ToolCall { .. } => "tool_call",
+            Frame::Filler { .. } => "filler",
             Frame::ReplyAudio { .. } => "reply_audio",
             Frame::TurnError { .. } => "turn_error",
             Frame::EndOfTurn(_) => "end_of_turn",

@@ -23,6 +23,7 @@
 pub mod audio;
 pub mod file_call;
 pub mod frame;
+pub mod live;
 pub mod llm;
 pub mod loaded;
 pub mod mcp;

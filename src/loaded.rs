@@ -135,6 +135,14 @@ impl LoadedPipeline {
         self.spec.stages.iter().any(|s| s.kind() == kind)
     }
 
+    /// The rate reply audio comes out at, if the pipeline speaks.
+    pub fn output_rate(&self) -> Option<u32> {
+        self.parts.iter().find_map(|p| match p {
+            Part::Tts { rate, .. } => Some(*rate),
+            _ => None,
+        })
+    }
+
     /// The loaded voice, for routes that speak without a pipeline.
     pub fn voice(&self) -> Option<Arc<dyn Voice>> {
         self.parts.iter().find_map(|p| match p {

@@ -77,6 +77,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Play an audio file into a live call on a running `parlor serve`
+    /// over its WebSocket, in real time as a caller would: prints what
+    /// happens as it happens and saves the reply audio.
+    Call {
+        /// The caller's audio (WAV, FLAC, MP3, Ogg).
+        file: PathBuf,
+        /// The server's call route.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/v1/calls")]
+        url: String,
+        /// Where to write what parlor said (WAV).
+        #[arg(long, default_value = "answer.wav")]
+        out: PathBuf,
+        /// Every event as one JSON line on stdout, nothing else.
+        #[arg(long)]
+        json: bool,
+        /// Send the file as fast as the socket takes it, not in real time.
+        #[arg(long)]
+        fast: bool,
+    },
     /// Serve OpenAI-compatible routes (`/v1/chat/completions`,
     /// `/v1/responses`, `/v1/models`) backed by the local planner model,
     /// and `/v1/audio/speech` spoken by the pipeline's tts voice, until
@@ -103,6 +122,9 @@ enum Command {
         /// Turns `/v1/turns` runs at once; more get a 429.
         #[arg(long, default_value_t = parlor::server::DEFAULT_MAX_TURNS)]
         max_turns: usize,
+        /// Live calls (`/v1/calls`) at once; more get a 429.
+        #[arg(long, default_value_t = parlor::server::calls::CallLimits::default().max_calls)]
+        max_calls: usize,
     },
     /// The MCP servers of a pipeline.
     Mcp {
@@ -152,10 +174,26 @@ fn main() -> ExitCode {
                 allow_mcp,
                 chat_only,
                 max_turns,
+                max_calls,
             } => {
                 let voice = (!chat_only).then_some(max_turns);
-                run_serve(pipeline.as_deref(), addr, model, allow_mcp, voice).await
+                run_serve(
+                    pipeline.as_deref(),
+                    addr,
+                    model,
+                    allow_mcp,
+                    voice,
+                    max_calls,
+                )
+                .await
             }
+            Command::Call {
+                file,
+                url,
+                out,
+                json,
+                fast,
+            } => run_call(&file, &url, &out, json, fast).await,
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
@@ -308,6 +346,7 @@ async fn run_serve(
     model: Option<PathBuf>,
     allow_mcp: Vec<String>,
     voice_turns: Option<usize>,
+    max_calls: usize,
 ) -> Result<(), Failure> {
     use parlor::llm::{LocalLlm, LocalLlmOptions};
     use parlor::loaded::LoadedPipeline;
@@ -329,7 +368,12 @@ async fn run_serve(
         ..LocalLlmOptions::default()
     };
     let llm = LocalLlm::load(&path, options).map_err(Failure::input)?;
-    let mut state = AppState::new(ServedModel::new(llm, &path)).with_mcp_allow(allow_mcp);
+    let mut state = AppState::new(ServedModel::new(llm, &path))
+        .with_mcp_allow(allow_mcp)
+        .with_call_limits(parlor::server::calls::CallLimits {
+            max_calls,
+            ..Default::default()
+        });
     // The voice pipeline behind /v1/turns: a spec that listens (has a VAD).
     let mut loaded = None;
     if let Some(max_turns) = voice_turns.filter(|_| spec.stages.iter().any(|s| s.kind() == "vad")) {
@@ -369,7 +413,10 @@ async fn run_serve(
     let local = listener.local_addr().map_err(Failure::input)?;
     let shutdown = shutdown_signal();
     let voice = match &loaded {
-        Some(p) => format!(", pipeline {}", p.spec().name),
+        Some(p) => format!(
+            ", pipeline {} (live calls at ws://{local}/v1/calls)",
+            p.spec().name
+        ),
         None => String::new(),
     };
     println!(
@@ -518,6 +565,94 @@ fn tool_line(r: &parlor::planner::ToolRecord) -> String {
         r.arguments,
         r.output.len(),
     )
+}
+
+async fn run_call(
+    file: &Path,
+    url: &str,
+    out: &Path,
+    json: bool,
+    fast: bool,
+) -> Result<(), Failure> {
+    use parlor::live::client::{play_file, PlayOptions};
+    use parlor::live::ServerEvent;
+
+    let audio = decode_file(file, &DecodeLimits::default())
+        .map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
+    let options = PlayOptions {
+        realtime: !fast,
+        ..PlayOptions::default()
+    };
+    let show = |event: &ServerEvent| {
+        if json {
+            println!("{}", serde_json::to_string(event).expect("serializable"));
+            return;
+        }
+        match event {
+            ServerEvent::CallStarted {
+                call_id, pipeline, ..
+            } => {
+                println!("[call] {call_id} on pipeline {pipeline}")
+            }
+            ServerEvent::Transcript {
+                text,
+                is_final: true,
+                ..
+            } => println!("[caller] {text}"),
+            ServerEvent::ToolCall {
+                server,
+                tool,
+                arguments,
+                is_error,
+                latency_ms,
+                ..
+            } => println!(
+                "[tool] {server} {tool} {arguments} -> {}{}",
+                if *is_error { "error" } else { "ok" },
+                latency_ms
+                    .map(|ms| format!(", {ms} ms"))
+                    .unwrap_or_default()
+            ),
+            ServerEvent::Filler { text, .. } => println!("[filler] {text}"),
+            ServerEvent::BargeIn {
+                played_ms, heard, ..
+            } => println!("[barge-in] after {played_ms} ms; heard: {heard}"),
+            ServerEvent::TurnError { stage, message, .. } => println!("[error] {stage}: {message}"),
+            ServerEvent::TurnDone {
+                reply,
+                voice_to_voice_ms,
+                ..
+            } => {
+                if !reply.is_empty() {
+                    println!("[parlor] {}", reply.trim());
+                }
+                if let Some(ms) = voice_to_voice_ms {
+                    println!("[latency] voice to voice {ms} ms");
+                }
+            }
+            ServerEvent::Error { code, message } => println!("[error] {code}: {message}"),
+            ServerEvent::CallEnded { reason } => println!("[call] ended: {reason}"),
+            _ => {}
+        }
+    };
+    let recording = play_file(url, &audio, &options, show)
+        .await
+        .map_err(Failure::input)?;
+    if !recording.audio.is_empty() {
+        let answer = recording.audio_chunk();
+        parlor::audio::write_wav(out, &answer)
+            .map_err(|e| Failure::input(format!("{}: {e}", out.display())))?;
+        if !json {
+            println!(
+                "[audio] {} ({:.1} s)",
+                out.display(),
+                answer.duration().as_secs_f64()
+            );
+        }
+    } else if !json {
+        println!("[audio] (nothing was spoken)");
+    }
+    Ok(())
 }
 
 async fn run_turn(

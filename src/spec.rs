@@ -97,6 +97,11 @@ pub struct VadSpec {
     /// A turn longer than this is ended anyway (Whisper reads 30 s windows).
     #[serde(default = "default_max_turn_s")]
     pub max_turn_s: u32,
+    /// Echo guard: while parlor's own reply is playing, speech must last
+    /// this long before it counts as the caller barging in (a speakerphone
+    /// hears parlor's voice; a short echo must not interrupt it).
+    #[serde(default = "default_barge_in_min_ms")]
+    pub barge_in_min_ms: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -174,6 +179,14 @@ pub struct PlannerSpec {
     /// Conversation kept between turns, in (estimated) tokens.
     #[serde(default = "default_history_tokens")]
     pub history_tokens: usize,
+    /// A tool call still running after this many milliseconds gets a short
+    /// filler spoken ("One moment."), so the caller is not left in silence;
+    /// 0 turns fillers off.
+    #[serde(default = "default_filler_after_ms")]
+    pub filler_after_ms: u64,
+    /// What fillers say, taken in turn.
+    #[serde(default = "default_fillers")]
+    pub fillers: Vec<String>,
 }
 
 /// A system prompt taken from an MCP server's prompt.
@@ -361,6 +374,9 @@ fn default_min_speech_ms() -> u32 {
 fn default_pre_roll_ms() -> u32 {
     200
 }
+fn default_barge_in_min_ms() -> u32 {
+    400
+}
 fn default_max_turn_s() -> u32 {
     30
 }
@@ -384,6 +400,12 @@ fn default_turn_timeout_ms() -> u64 {
 }
 fn default_history_tokens() -> usize {
     1500
+}
+fn default_filler_after_ms() -> u64 {
+    1200
+}
+fn default_fillers() -> Vec<String> {
+    vec!["One moment.".into(), "Let me check.".into()]
 }
 fn default_tts_rate() -> u32 {
     24_000

@@ -6,8 +6,14 @@
 //! flight. Stages working on a turn hold its token and stop on it; frames of a
 //! cancelled turn that are still queued are dropped on sight with
 //! [`Turns::is_live`].
+//!
+//! A live call's edge also keeps two facts here that stages upstream of it
+//! need: whether parlor's voice is playing to the caller right now (the VAD's
+//! echo guard), and what the caller actually heard of a reply cut short by
+//! barge-in (the planner keeps only that in the conversation).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use tokio_util::sync::CancellationToken;
@@ -22,6 +28,9 @@ pub struct Turns {
     barge_in: bool,
     parent: CancellationToken,
     state: Mutex<TurnState>,
+    playing: AtomicBool,
+    /// Replies cut short: the turn and the words the caller heard.
+    heard: Mutex<Vec<(TurnId, String)>>,
 }
 
 struct TurnState {
@@ -41,6 +50,8 @@ impl Turns {
                 next: 1,
                 live: VecDeque::new(),
             }),
+            playing: AtomicBool::new(false),
+            heard: Mutex::new(Vec::new()),
         }
     }
 
@@ -90,5 +101,33 @@ impl Turns {
         if let Some((_, token)) = state.live.iter().find(|(t, _)| *t == turn) {
             token.cancel();
         }
+    }
+
+    /// Say whether parlor's reply is playing to the caller (set by the
+    /// call's edge, which paces the audio out).
+    pub fn set_playing(&self, playing: bool) {
+        self.playing.store(playing, Ordering::Relaxed);
+    }
+
+    pub fn is_playing(&self) -> bool {
+        self.playing.load(Ordering::Relaxed)
+    }
+
+    /// Record that `turn`'s reply was cut short and the caller heard only
+    /// `text` of it.
+    pub fn record_heard(&self, turn: TurnId, text: String) {
+        let mut heard = self.heard.lock().expect("heard poisoned");
+        if heard.len() >= REMEMBERED_TURNS {
+            heard.remove(0);
+        }
+        heard.push((turn, text));
+    }
+
+    /// What the caller heard of `turn`'s reply, if it was cut short; asked
+    /// once (the planner trims its history with it).
+    pub fn take_heard(&self, turn: TurnId) -> Option<String> {
+        let mut heard = self.heard.lock().expect("heard poisoned");
+        let i = heard.iter().position(|(t, _)| *t == turn)?;
+        Some(heard.remove(i).1)
     }
 }

@@ -21,6 +21,10 @@ pub const MAX_SAMPLE_RATE: u32 = 384_000;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AudioError {
+    /// Raw 16-bit PCM that ends in half a sample.
+    #[error("16-bit PCM comes in whole 2-byte samples; got {len} bytes")]
+    OddPcmLength { len: usize },
+
     /// Zero bytes.
     #[error(
         "the audio input is empty (0 bytes); send a non-empty file in one of: {SUPPORTED_FORMATS}"

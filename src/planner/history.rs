@@ -69,6 +69,28 @@ impl History {
         dropped
     }
 
+    /// The newest turn's reply was cut short by the caller (barge-in):
+    /// keep only the words they heard, `heard`, as what was said. Tool calls
+    /// and their results stay, as they did happen; without a word heard the
+    /// turn keeps no reply at all.
+    pub fn keep_heard(&mut self, heard: &str) {
+        let Some(user) = self
+            .messages
+            .iter()
+            .rposition(|m| matches!(m, ChatMessage::User { .. }))
+        else {
+            return;
+        };
+        let tail = self.messages.split_off(user + 1);
+        self.messages.extend(
+            tail.into_iter()
+                .filter(|m| !matches!(m, ChatMessage::Assistant { .. })),
+        );
+        if !heard.trim().is_empty() {
+            self.messages.push(ChatMessage::assistant(heard.trim()));
+        }
+    }
+
     pub fn clear(&mut self) {
         self.messages.clear();
     }
@@ -127,6 +149,32 @@ mod tests {
         h.push_turn(turn(1));
         assert_eq!(h.trim_to(1), 1);
         assert_eq!(h.messages().len(), 4);
+    }
+
+    #[test]
+    fn keep_heard_replaces_the_newest_reply_with_what_was_heard() {
+        let mut history = History::default();
+        history.push_turn(turn(1));
+        history.push_turn(turn(2));
+        let before = history.messages().len();
+        history.keep_heard("Your order");
+        let messages = history.messages();
+        assert_eq!(messages.len(), before);
+        assert!(
+            matches!(messages.last(), Some(ChatMessage::Assistant { content }) if content == "Your order")
+        );
+        // The first turn and the second's tool call and result are untouched.
+        assert!(matches!(
+            messages[messages.len() - 2],
+            ChatMessage::ToolResult { .. }
+        ));
+        assert_eq!(messages[..4], turn(1)[..]);
+
+        history.keep_heard("  ");
+        assert!(matches!(
+            history.messages().last(),
+            Some(ChatMessage::ToolResult { .. })
+        ));
     }
 
     #[test]

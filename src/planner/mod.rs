@@ -44,6 +44,11 @@ pub struct PlannerOptions {
     pub history_tokens: usize,
     /// A tool result longer than this (bytes) is cut before the model sees it.
     pub max_result_bytes: usize,
+    /// A tool call still running after this long gets a filler spoken;
+    /// `None`: never.
+    pub filler_after: Option<Duration>,
+    /// What fillers say, taken in turn.
+    pub fillers: Vec<String>,
 }
 
 impl Default for PlannerOptions {
@@ -54,6 +59,8 @@ impl Default for PlannerOptions {
             turn_timeout: Duration::from_secs(60),
             history_tokens: 1500,
             max_result_bytes: 4000,
+            filler_after: Some(Duration::from_millis(1200)),
+            fillers: vec!["One moment.".into()],
         }
     }
 }

@@ -125,6 +125,9 @@ pub fn options(stage: &PlannerSpec) -> PlannerOptions {
         call_timeout: Duration::from_millis(stage.call_timeout_ms),
         turn_timeout: Duration::from_millis(stage.turn_timeout_ms),
         history_tokens: stage.history_tokens,
+        filler_after: (stage.filler_after_ms > 0 && !stage.fillers.is_empty())
+            .then(|| Duration::from_millis(stage.filler_after_ms)),
+        fillers: stage.fillers.clone(),
         ..PlannerOptions::default()
     }
 }

@@ -23,6 +23,7 @@
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
 
 pub mod audio_speech;
+pub mod calls;
 pub mod chat_completions;
 pub mod chat_request;
 pub mod chat_response;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub turn_slots: Arc<tokio::sync::Semaphore>,
     /// The voice `/v1/audio/speech` speaks with; without one it answers 503.
     pub voice: Option<Arc<dyn Voice>>,
+    /// Live calls (`/v1/calls`): who is on, and their limits.
+    pub calls: Arc<calls::CallRegistry>,
 }
 
 /// By hand: a voice is not `Debug`, so it shows as its name.
@@ -86,6 +89,7 @@ impl std::fmt::Debug for AppState {
             .field("mcp_allow", &self.mcp_allow)
             .field("pipeline", &self.pipeline)
             .field("voice", &self.voice.as_ref().map(|v| v.name()))
+            .field("calls", &self.calls.active())
             .finish()
     }
 }
@@ -103,7 +107,14 @@ impl AppState {
             pipeline: None,
             turn_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_TURNS)),
             voice: None,
+            calls: Arc::default(),
         }
+    }
+
+    /// Limits for live calls (slots, timeouts, message size).
+    pub fn with_call_limits(mut self, limits: calls::CallLimits) -> Self {
+        self.calls = Arc::new(calls::CallRegistry::new(limits));
+        self
     }
 
     /// Serve `/v1/turns` with this pipeline, at most `max_turns` at once;
@@ -175,6 +186,7 @@ pub fn router(state: AppState) -> axum::Router {
             post(turns::turns).layer(DefaultBodyLimit::max(upload::UPLOAD_BODY_LIMIT)),
         )
         .route("/v1/audio/speech", post(audio_speech::audio_speech))
+        .route("/v1/calls", get(calls::calls))
         .route(
             "/v1/audio/transcriptions",
             post(transcriptions::transcriptions)
@@ -197,21 +209,32 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let calls = state.calls.clone();
+    let stop_calls = calls.clone();
     let graceful = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
         shutdown.await;
+        // Live calls are upgraded connections axum no longer tracks: tell
+        // each to end itself cleanly (a `call.ended` event and a close).
+        stop_calls.stop_all();
         let _ = stopping_tx.send(true);
     });
     let drained = async {
         let _ = stopping.wait_for(|s| *s).await;
         tokio::time::sleep(DRAIN).await;
     };
-    tokio::select! {
+    let served = tokio::select! {
         served = graceful => served,
         () = drained => {
             tracing::warn!(drain_secs = DRAIN.as_secs(), message = "Requests still open after the drain; closing them.");
             Ok(())
         }
+    };
+    // Give the calls a moment to say goodbye before the runtime goes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while calls.active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    served
 }
 
 /// A future that resolves on ctrl-c or SIGTERM. The handlers are installed

@@ -26,6 +26,7 @@ use super::{start_call, ApiError, AppState, CallKind};
 use crate::audio::{wav_bytes, DecodeLimits};
 use crate::file_call::{self, TurnReport};
 use crate::frame::AudioChunk;
+use crate::loaded::LoadedPipeline;
 
 /// Longest upload a turn accepts: a question, not a podcast.
 const MAX_TURN_AUDIO: std::time::Duration = std::time::Duration::from_secs(120);
@@ -44,21 +45,7 @@ pub async fn turns(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("audio/wav") || accept.contains("audio/x-wav"));
     let upload = Upload::read(request).await?;
-    if let Some(asked) = upload.option(&query, "pipeline") {
-        if asked != pipeline.spec().name {
-            return Err(ApiError {
-                status: StatusCode::NOT_FOUND,
-                ..ApiError::invalid(
-                    "pipeline",
-                    format!(
-                        "pipeline `{asked}` is not served here; this server runs `{}`",
-                        pipeline.spec().name
-                    ),
-                )
-            }
-            .with_code("pipeline_not_found"));
-        }
-    }
+    check_pipeline(&pipeline, upload.option(&query, "pipeline"))?;
     let with_audio = match upload.option(&query, "audio").unwrap_or("base64") {
         "base64" => true,
         "none" => false,
@@ -181,10 +168,36 @@ fn spoken_wav(reports: &[TurnReport]) -> Result<Response, ApiError> {
     Ok(([(CONTENT_TYPE, "audio/wav")], wav).into_response())
 }
 
+/// A 404 unless `asked` (if given) names the pipeline this server runs.
+pub(super) fn check_pipeline(
+    pipeline: &LoadedPipeline,
+    asked: Option<&str>,
+) -> Result<(), ApiError> {
+    match asked {
+        Some(asked) if asked != pipeline.spec().name => Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            ..ApiError::invalid(
+                "pipeline",
+                format!(
+                    "pipeline `{asked}` is not served here; this server runs `{}`",
+                    pipeline.spec().name
+                ),
+            )
+        }
+        .with_code("pipeline_not_found")),
+        _ => Ok(()),
+    }
+}
+
 fn too_many_turns() -> Response {
+    at_capacity("Too many turns are running on this server; retry in a moment.")
+}
+
+/// A 429 with `Retry-After`: the server is full, not broken.
+pub(super) fn at_capacity(message: &str) -> Response {
     let error = ApiError {
         status: StatusCode::TOO_MANY_REQUESTS,
-        message: "Too many turns are running on this server; retry in a moment.".into(),
+        message: message.into(),
         kind: "rate_limit_error",
         param: None,
         code: Some("server_at_capacity"),
@@ -196,7 +209,7 @@ fn too_many_turns() -> Response {
     response
 }
 
-fn no_pipeline() -> ApiError {
+pub(super) fn no_pipeline() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         message: "This server runs no voice pipeline; start it with `parlor serve --pipeline \
@@ -208,6 +221,6 @@ fn no_pipeline() -> ApiError {
     }
 }
 
-fn round_ms(ms: f64) -> f64 {
+pub(super) fn round_ms(ms: f64) -> f64 {
     (ms * 10.0).round() / 10.0
 }

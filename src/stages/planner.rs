@@ -4,11 +4,17 @@
 //! reported as a [`Frame::ToolCall`] once it has finished.
 //!
 //! One stage is one session: it keeps the conversation across turns. A turn
-//! cancelled by barge-in stops the model at once; a turn that fails (model
-//! down, timeout) says a short apology instead of going silent.
+//! cancelled by barge-in stops the model at once, and the conversation keeps
+//! only the words of it the caller heard (the call's edge records them in
+//! [`crate::turns::Turns`]); a turn that fails (model down, timeout) says a
+//! short apology instead of going silent. A tool call still running after
+//! `filler_after` gets a [`Frame::Filler`] ("One moment.") for the tts stage
+//! to say, unless the reply has already begun; fillers stay out of the
+//! conversation.
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::{Stage, StageContext, StageError, StageIo};
 use crate::frame::{Frame, TurnId};
@@ -17,6 +23,10 @@ use crate::planner::{History, Planner, PlannerError, PlannerEvent};
 pub struct PlannerStage {
     planner: Planner,
     history: History,
+    /// The turn answered last, whose reply a barge-in may have cut short.
+    last_turn: Option<TurnId>,
+    /// Fillers said so far, to take the next one in turn.
+    fillers_said: usize,
 }
 
 impl PlannerStage {
@@ -24,7 +34,19 @@ impl PlannerStage {
         Self {
             planner,
             history: History::default(),
+            last_turn: None,
+            fillers_said: 0,
         }
+    }
+
+    /// The filler to say next, if fillers are on.
+    fn next_filler(&self) -> Option<(std::time::Duration, String)> {
+        let options = self.planner.options();
+        let after = options.filler_after?;
+        let text = options
+            .fillers
+            .get(self.fillers_said % options.fillers.len().max(1))?;
+        Some((after, text.clone()))
     }
 
     async fn answer(
@@ -36,6 +58,7 @@ impl PlannerStage {
     ) -> Result<(), StageError> {
         let cancel = cx.turns.token(turn);
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut filler = self.next_filler();
         let planner = &self.planner;
         let history = &mut self.history;
         let work = async move {
@@ -44,14 +67,47 @@ impl PlannerStage {
             result
         };
         let forward = async {
-            while let Some(event) = rx.recv().await {
+            let mut replying = false;
+            let mut tools_running = 0usize;
+            let mut filler_due: Option<Instant> = None;
+            let mut filler_said = false;
+            loop {
+                let event = match filler_due {
+                    Some(due) => tokio::select! {
+                        event = rx.recv() => event,
+                        () = tokio::time::sleep_until(due) => {
+                            filler_due = None;
+                            if let Some((_, text)) = filler.take() {
+                                filler_said = true;
+                                io.send(Frame::Filler { turn, text }).await?;
+                            }
+                            continue;
+                        }
+                    },
+                    None => rx.recv().await,
+                };
+                let Some(event) = event else {
+                    break;
+                };
                 match event {
-                    PlannerEvent::Text(text) => io.send(Frame::ReplyDelta { turn, text }).await?,
+                    PlannerEvent::Text(text) => {
+                        replying = true;
+                        filler_due = None;
+                        io.send(Frame::ReplyDelta { turn, text }).await?
+                    }
                     PlannerEvent::ToolStarted(call) => {
-                        tracing::info!(message = "Tool call.", turn = %turn, tool = %call.name, arguments = %call.arguments)
+                        tracing::info!(message = "Tool call.", turn = %turn, tool = %call.name, arguments = %call.arguments);
+                        tools_running += 1;
+                        if let (false, None, Some((after, _))) = (replying, filler_due, &filler) {
+                            filler_due = Some(Instant::now() + *after);
+                        }
                     }
                     PlannerEvent::ToolFinished(r) => {
                         tracing::info!(message = "Tool result.", turn = %turn, tool = %r.name, is_error = r.is_error, latency_ms = r.latency.as_secs_f64() * 1e3, bytes = r.output.len());
+                        tools_running = tools_running.saturating_sub(1);
+                        if tools_running == 0 {
+                            filler_due = None;
+                        }
                         io.send(Frame::ToolCall {
                             turn,
                             record: Box::new(r),
@@ -60,10 +116,12 @@ impl PlannerStage {
                     }
                 }
             }
-            Ok::<_, StageError>(())
+            Ok::<_, StageError>(filler_said)
         };
         let (result, forwarded) = tokio::join!(work, forward);
-        forwarded?;
+        if forwarded? {
+            self.fillers_said += 1;
+        }
         match result {
             Ok(_) | Err(PlannerError::Cancelled) => Ok(()),
             Err(error) => {
@@ -93,6 +151,11 @@ impl Stage for PlannerStage {
                     text,
                     is_final: true,
                 }) if cx.turns.is_live(turn) && !text.trim().is_empty() => {
+                    if let Some(heard) = self.last_turn.and_then(|t| cx.turns.take_heard(t)) {
+                        tracing::debug!(message = "Reply cut short; keeping what was heard.", turn = %turn, heard = %heard);
+                        self.history.keep_heard(&heard);
+                    }
+                    self.last_turn = Some(turn);
                     io.forward_consumed(Frame::Transcript {
                         turn,
                         text: text.clone(),

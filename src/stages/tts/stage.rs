@@ -7,6 +7,8 @@
 //! to the spec's output rate and sent as [`Frame::ReplyAudio`] in the pieces
 //! the voice produces (about 100 ms), so playback can stop mid-sentence.
 //!
+//! A [`Frame::Filler`] is spoken the same way, its audio carrying no text.
+//!
 //! Barge-in cancels the turn's token: the piece being spoken stops at once
 //! and the turn's queued text is dropped. A voice that fails (a speech server
 //! down) costs that piece, not the call: a [`Frame::TurnError`] says why.
@@ -76,15 +78,26 @@ impl Stage for TtsStage {
                     io.forward_consumed(Frame::ReplyDelta { turn, text })
                         .await?;
                     for piece in pieces {
-                        self.speak(&mut io, &cx, turn, piece).await?;
+                        self.speak(&mut io, &cx, turn, piece, true).await?;
                     }
+                }
+                Frame::Filler { turn, text } => {
+                    if !cx.turns.is_live(turn) {
+                        continue;
+                    }
+                    io.forward_consumed(Frame::Filler {
+                        turn,
+                        text: text.clone(),
+                    })
+                    .await?;
+                    self.speak(&mut io, &cx, turn, text, false).await?;
                 }
                 Frame::EndOfTurn(metrics) => {
                     let turn = metrics.turn;
                     if let Some(mut done) = reply.take_if(|r| r.turn == turn) {
                         if let Some(rest) = done.chunker.finish() {
                             if cx.turns.is_live(turn) {
-                                self.speak(&mut io, &cx, turn, rest).await?;
+                                self.speak(&mut io, &cx, turn, rest, true).await?;
                             }
                         }
                     }
@@ -97,7 +110,8 @@ impl Stage for TtsStage {
 }
 
 impl TtsStage {
-    /// Speak one piece of the turn's reply, sending its audio on as it is
+    /// Speak one piece of the turn's reply (or a filler: `is_reply`
+    /// false, and its audio carries no text), sending its audio on as it is
     /// made. Returns early (Ok) when the turn is cancelled.
     async fn speak(
         &self,
@@ -105,6 +119,7 @@ impl TtsStage {
         cx: &StageContext,
         turn: TurnId,
         text: String,
+        is_reply: bool,
     ) -> Result<(), StageError> {
         let cancel = cx.turns.token(turn);
         if cancel.is_cancelled() {
@@ -114,7 +129,7 @@ impl TtsStage {
         let voice = self.voice.clone();
         let said = text.clone();
         let synthesis = async move { voice.speak(&said, &tx).await };
-        let playback = self.send_audio(io, turn, text.clone(), rx);
+        let playback = self.send_audio(io, turn, is_reply.then(|| text.clone()), rx);
         let spoken = async { tokio::join!(synthesis, playback) };
         let (synthesised, sent) = tokio::select! {
             biased;
@@ -135,16 +150,15 @@ impl TtsStage {
     }
 
     /// Resample the voice's audio to the output rate and send it on, the
-    /// piece's text on its first frame.
+    /// piece's text (if any) on its first frame.
     async fn send_audio(
         &self,
         io: &mut StageIo,
         turn: TurnId,
-        text: String,
+        mut text: Option<String>,
         mut rx: mpsc::Receiver<AudioChunk>,
     ) -> Result<(), StageError> {
         let mut resampler: Option<StreamResampler> = None;
-        let mut text = Some(text);
         let mut out = Vec::new();
         while let Some(chunk) = rx.recv().await {
             let resampler = match &mut resampler {

@@ -16,7 +16,9 @@
 //! `SpeechStarted` once `min_speech_ms` of speech has been heard, then
 //! `SpeechEnded` with the turn's audio and `EndOfTurn` when the caller has
 //! been silent for `end_of_turn_ms`, the turn reaches `max_turn_s`, or the
-//! input ends.
+//! input ends. While the call's edge says parlor is speaking
+//! ([`crate::turns::Turns::is_playing`]), a turn needs `barge_in_min_ms` of
+//! speech instead: the echo guard.
 
 pub mod earshot;
 pub mod segmenter;
@@ -151,6 +153,7 @@ impl Stage for VadStage {
                         ));
                     }
                     let big = chunk.samples.len() > SLICE;
+                    segmenter.set_playing(cx.turns.is_playing());
                     for slice in chunk.samples.chunks(SLICE) {
                         segmenter
                             .push(slice, &mut events)

@@ -46,6 +46,9 @@ pub struct SegmenterConfig {
     pub pre_roll: usize,
     /// Utterance audio (pre-roll included) is never longer than this.
     pub max_turn: usize,
+    /// While parlor's reply is playing, speech this long (at least) is
+    /// needed before a turn is announced: the echo guard.
+    pub barge_in_min: usize,
 }
 
 impl SegmenterConfig {
@@ -58,6 +61,7 @@ impl SegmenterConfig {
             min_speech: ms(spec.min_speech_ms),
             pre_roll: ms(spec.pre_roll_ms),
             max_turn: ms(spec.max_turn_s.saturating_mul(1000)),
+            barge_in_min: ms(spec.barge_in_min_ms),
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct Segmenter {
     /// The most recent audio while idle, for the next turn's pre-roll.
     history: VecDeque<f32>,
     turn: Option<Turn>,
+    /// parlor's own voice is playing to the caller (see `barge_in_min`).
+    playing: bool,
 }
 
 impl Segmenter {
@@ -133,6 +139,23 @@ impl Segmenter {
             frame_len,
             position: 0,
             turn: None,
+            playing: false,
+        }
+    }
+
+    /// Say whether parlor's reply is playing to the caller now. While it
+    /// is, a turn needs `barge_in_min` of speech to be announced, so an
+    /// echo of parlor's voice does not interrupt it.
+    pub fn set_playing(&mut self, playing: bool) {
+        self.playing = playing;
+    }
+
+    /// Speech needed before a turn is announced, now.
+    fn min_speech_now(&self) -> usize {
+        if self.playing {
+            self.config.min_speech.max(self.config.barge_in_min)
+        } else {
+            self.config.min_speech
         }
     }
 
@@ -264,11 +287,12 @@ impl Segmenter {
 
     /// Announce, end or discard the turn in progress after a frame.
     fn after_frame(&mut self, events: &mut Vec<SegmentEvent>) {
+        let min_speech = self.min_speech_now() as u64;
         let cfg = &self.config;
         let Some(turn) = self.turn.as_mut() else {
             return;
         };
-        if !turn.announced && turn.speech_end - turn.speech_start >= cfg.min_speech as u64 {
+        if !turn.announced && turn.speech_end - turn.speech_start >= min_speech {
             turn.announced = true;
             events.push(SegmentEvent::Started {
                 at: samples_to_duration(turn.speech_start),
@@ -362,6 +386,7 @@ mod tests {
             min_speech: 1_600,
             pre_roll: 800,
             max_turn: 160_000,
+            barge_in_min: 6_400,
         }
     }
 
@@ -410,6 +435,34 @@ mod tests {
     fn short_blip_is_not_a_turn() {
         let audio = signal(&[(0.0, 8_000), (0.9, 800), (0.0, 16_000)]);
         assert!(run(config(), &audio, 320).is_empty());
+    }
+
+    #[test]
+    fn while_playing_only_speech_past_the_echo_guard_is_a_turn() {
+        // 300 ms: a turn when parlor is quiet, an echo while it speaks.
+        let short = signal(&[(0.0, 1_600), (0.9, 4_800), (0.0, 8_000)]);
+        let mut s = Segmenter::new(config(), Box::new(Level));
+        let mut events = Vec::new();
+        s.set_playing(true);
+        s.push(&short, &mut events).unwrap();
+        assert!(events.is_empty(), "{events:?}");
+        s.set_playing(false);
+        s.push(&short, &mut events).unwrap();
+        assert_eq!(events.len(), 2, "{events:?}");
+
+        // 500 ms while playing: the caller barging in, announced once the
+        // guard's 400 ms have been heard.
+        let long = signal(&[(0.0, 1_600), (0.9, 8_000), (0.0, 8_000)]);
+        let mut s = Segmenter::new(config(), Box::new(Level));
+        let mut events = Vec::new();
+        s.set_playing(true);
+        s.push(&long[..1_600 + 6_400 - 512], &mut events).unwrap();
+        assert!(events.is_empty(), "{events:?}");
+        s.push(&long[1_600 + 6_400 - 512..], &mut events).unwrap();
+        assert!(
+            matches!(events[0], SegmentEvent::Started { .. }),
+            "{events:?}"
+        );
     }
 
     #[test]

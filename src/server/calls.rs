@@ -1,0 +1,444 @@
+//! `GET /v1/calls`: a live call over a WebSocket (the protocol is in
+//! `live/protocol.rs`; the call itself in `live/call.rs`).
+//!
+//! This file is the carrier: the upgrade and its refusals (400 for a bad
+//! sample rate, 404 for another pipeline, 429 when every call slot is
+//! taken), the socket's limits, and the call's life. Each call is one entry
+//! in [`CallRegistry`] from upgrade to close. Its two halves run side by
+//! side: the reader feeds the caller's audio in, the writer sends events and
+//! paced audio out. A call ends when
+//! - the caller says `end` (the turns in flight finish and play first),
+//! - the caller goes away or sends a message over the size limit (1009),
+//! - nothing arrives for `idle_timeout`, or the call reaches `max_duration`,
+//! - the caller stops reading: a send that waits longer than
+//!   `write_timeout` ends the call instead of letting memory grow,
+//! - the server shuts down (1001, after a `call.ended` event).
+//!
+//! Every way out drops the call's pipeline, which cancels its stages: a
+//! caller that hangs up mid-reply leaves no work behind.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::Response;
+use dashmap::DashMap;
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::turns::{at_capacity, check_pipeline, no_pipeline};
+use super::{start_call, ApiError, AppState, CallKind};
+use crate::audio::{MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
+use crate::frame::PIPELINE_SAMPLE_RATE;
+use crate::live::{self, ClientMessage, InputError, Outbound, ServerEvent};
+use crate::runner::Pipeline;
+
+/// What one call may use.
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    /// Calls at once; one more gets a 429.
+    pub max_calls: usize,
+    /// A call from which nothing arrives this long is ended.
+    pub idle_timeout: Duration,
+    /// No call lasts longer.
+    pub max_duration: Duration,
+    /// The biggest message a caller may send (a second of 48 kHz audio is
+    /// 96 KB; 20 ms frames are far smaller).
+    pub max_message_bytes: usize,
+    /// A send to the caller that waits longer than this ends the call.
+    pub write_timeout: Duration,
+    /// Reply audio is sent this far ahead of playback.
+    pub lead: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        Self {
+            max_calls: 4,
+            idle_timeout: Duration::from_secs(30),
+            max_duration: Duration::from_secs(30 * 60),
+            max_message_bytes: 64 * 1024,
+            write_timeout: Duration::from_secs(10),
+            lead: live::DEFAULT_LEAD,
+        }
+    }
+}
+
+/// Socket buffers are sized on purpose: tungstenite's 128 KiB defaults
+/// would cost an idle call more than all of its own state.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 4 * 1024;
+/// Above this much unsent data, sends wait (backpressure from a slow
+/// caller); the write timeout bounds the wait.
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
+
+/// One call, as the registry lists it.
+#[derive(Debug, Clone)]
+pub struct CallSession {
+    pub pipeline: String,
+    pub started: Instant,
+    pub input_sample_rate: u32,
+}
+
+/// The live calls of a server: their slots, their limits, and the token
+/// that tells them the server is stopping.
+#[derive(Debug)]
+pub struct CallRegistry {
+    pub sessions: DashMap<String, CallSession>,
+    slots: Arc<Semaphore>,
+    pub limits: CallLimits,
+    stopping: CancellationToken,
+    next_id: AtomicU64,
+}
+
+impl CallRegistry {
+    pub fn new(limits: CallLimits) -> Self {
+        Self {
+            sessions: DashMap::new(),
+            slots: Arc::new(Semaphore::new(limits.max_calls)),
+            limits,
+            stopping: CancellationToken::new(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Calls now.
+    pub fn active(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// End every call (each gets `call.ended` and a 1001 close).
+    pub fn stop_all(&self) {
+        self.stopping.cancel();
+    }
+
+    fn next_id(&self) -> String {
+        format!("call_{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for CallRegistry {
+    fn default() -> Self {
+        Self::new(CallLimits::default())
+    }
+}
+
+/// Removes a call from the registry however its task ends.
+struct Registered<'a> {
+    registry: &'a CallRegistry,
+    id: String,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.registry.sessions.remove(&self.id);
+    }
+}
+
+/// `GET /v1/calls?sample_rate=16000[&pipeline=NAME]`.
+pub async fn calls(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let pipeline = state.pipeline.clone().ok_or_else(no_pipeline)?;
+    check_pipeline(&pipeline, query.get("pipeline").map(String::as_str))?;
+    let input_rate = match query.get("sample_rate") {
+        None => PIPELINE_SAMPLE_RATE,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|r| (MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(r))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "sample_rate",
+                    format!(
+                        "sample_rate must be a whole number of Hz from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}, got `{text}`"
+                    ),
+                )
+            })?,
+    };
+    let upgrade = upgrade.map_err(|rejection| ApiError {
+        status: rejection.status(),
+        ..ApiError::invalid(
+            "",
+            format!("GET /v1/calls opens a WebSocket (send the upgrade headers): {rejection}"),
+        )
+    })?;
+    let registry = state.calls.clone();
+    let Ok(slot) = registry.slots.clone().try_acquire_owned() else {
+        return Ok(at_capacity(
+            "Every call slot on this server is taken; retry in a moment.",
+        ));
+    };
+    let call = start_call(&pipeline, CallKind::Full).await?;
+    let output_rate = pipeline.output_rate().unwrap_or(PIPELINE_SAMPLE_RATE);
+    let name = pipeline.spec().name.clone();
+    let limits = &registry.limits;
+    Ok(upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER.max(limits.max_message_bytes + WRITE_BUFFER))
+        .max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
+        .on_upgrade(move |socket| async move {
+            let id = registry.next_id();
+            let span = tracing::info_span!("call", call = %id);
+            let session = CallSession {
+                pipeline: name,
+                started: Instant::now(),
+                input_sample_rate: input_rate,
+            };
+            run_call(socket, &state, call, &id, session, output_rate, slot)
+                .instrument(span)
+                .await
+        }))
+}
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The caller said `end` and every turn has played.
+    CallerEnded,
+    /// The pipeline's output ended without the caller ending (a stage
+    /// failed).
+    PipelineStopped,
+    /// The socket went away (or broke).
+    Gone,
+    Idle,
+    TooBig,
+    TooLong,
+    NotReading,
+    ServerStopping,
+}
+
+impl Ending {
+    /// The close code and the reason given in `call.ended`; `None` when
+    /// the caller cannot hear it anyway.
+    fn close(self, limits: &CallLimits) -> Option<(u16, String)> {
+        Some(match self {
+            Ending::CallerEnded => (close_code::NORMAL, "the caller ended the call".into()),
+            Ending::PipelineStopped => (
+                close_code::ERROR,
+                "the pipeline stopped; see the server log".into(),
+            ),
+            Ending::Idle => (
+                close_code::POLICY,
+                format!(
+                    "nothing arrived for {} s; send audio (silence too) while on a call",
+                    limits.idle_timeout.as_secs()
+                ),
+            ),
+            Ending::TooBig => (
+                close_code::SIZE,
+                format!(
+                    "a message was over the limit of {} bytes; send audio in short frames (20 ms is usual)",
+                    limits.max_message_bytes
+                ),
+            ),
+            Ending::TooLong => (
+                close_code::POLICY,
+                format!(
+                    "calls last at most {} min",
+                    limits.max_duration.as_secs() / 60
+                ),
+            ),
+            Ending::ServerStopping => (close_code::AWAY, "the server is shutting down".into()),
+            Ending::Gone | Ending::NotReading => return None,
+        })
+    }
+}
+
+async fn run_call(
+    socket: WebSocket,
+    state: &AppState,
+    call: Pipeline,
+    id: &str,
+    session: CallSession,
+    output_rate: u32,
+    _slot: OwnedSemaphorePermit,
+) {
+    let registry = &*state.calls;
+    let limits = registry.limits.clone();
+    let input_rate = session.input_sample_rate;
+    let pipeline_name = session.pipeline.clone();
+    registry.sessions.insert(id.to_string(), session);
+    let _registered = Registered {
+        registry,
+        id: id.to_string(),
+    };
+    tracing::info!(message = "Call started.", input_sample_rate = input_rate);
+
+    let running = call.barge_in(true).start();
+    let (mut sink, mut stream) = socket.split();
+    let (mut input, mut output) = match live::open(running, input_rate, output_rate, limits.lead) {
+        Ok(halves) => halves,
+        Err(error) => {
+            // The rate was checked before the upgrade; this is a bug.
+            tracing::error!(message = "Cannot open the call.", %error);
+            let _ = sink
+                .send(close(close_code::ERROR, "cannot open the call"))
+                .await;
+            return;
+        }
+    };
+    let started = ServerEvent::CallStarted {
+        call_id: id.to_string(),
+        pipeline: pipeline_name,
+        input_sample_rate: input_rate,
+        output_sample_rate: output_rate,
+    };
+    if send(&mut sink, event_message(&started), limits.write_timeout)
+        .await
+        .is_err()
+    {
+        return;
+    }
+
+    let notices = output.notices();
+    let reader = async move {
+        loop {
+            let message = match tokio::time::timeout(limits.idle_timeout, stream.next()).await {
+                Err(_) => return Ending::Idle,
+                Ok(None) => return Ending::Gone,
+                Ok(Some(Err(error))) => {
+                    return if is_too_big(error) {
+                        Ending::TooBig
+                    } else {
+                        Ending::Gone
+                    }
+                }
+                Ok(Some(Ok(message))) => message,
+            };
+            match message {
+                Message::Binary(bytes) => match input.push_pcm16(&bytes).await {
+                    Ok(()) => {}
+                    Err(InputError::Audio(error)) => {
+                        let _ =
+                            notices.try_send(ServerEvent::error("bad_audio", error.to_string()));
+                    }
+                    Err(InputError::Closed) => return Ending::PipelineStopped,
+                },
+                Message::Text(text) => match ClientMessage::parse(&text) {
+                    Ok(ClientMessage::End) => return Ending::CallerEnded,
+                    Err(message) => {
+                        let _ = notices.try_send(ServerEvent::error("bad_message", message));
+                    }
+                },
+                Message::Close(_) => return Ending::Gone,
+                Message::Ping(_) | Message::Pong(_) => {}
+            }
+        }
+        // `input` drops here: the pipeline sees the end of the audio.
+    };
+    let write_timeout = limits.write_timeout;
+    let sink_ref = &mut sink;
+    let writer = async move {
+        while let Some(out) = output.next().await {
+            let message = match out {
+                Outbound::Event(event) => event_message(&event),
+                Outbound::Audio(bytes) => Message::Binary(bytes.into()),
+                Outbound::TurnDone { event, report } => {
+                    tracing::info!(
+                        message = "Turn done.",
+                        turn = %report.turn,
+                        transcript = %report.transcript,
+                        tools = report.tools.len(),
+                    );
+                    event_message(&event)
+                }
+            };
+            if let Err(ending) = send(sink_ref, message, write_timeout).await {
+                return ending;
+            }
+        }
+        Ending::PipelineStopped
+        // `output` drops here, and with it the pipeline: its stages stop.
+    };
+
+    let ending = {
+        let mut reader = pin!(reader);
+        let mut writer = pin!(writer);
+        let stopping = registry.stopping.clone();
+        let mut too_long = pin!(tokio::time::sleep(limits.max_duration));
+        tokio::select! {
+            ending = &mut reader => match ending {
+                Ending::CallerEnded => tokio::select! {
+                    ending = &mut writer => match ending {
+                        Ending::PipelineStopped => Ending::CallerEnded,
+                        other => other,
+                    },
+                    () = stopping.cancelled() => Ending::ServerStopping,
+                    () = &mut too_long => Ending::TooLong,
+                },
+                other => other,
+            },
+            ending = &mut writer => ending,
+            () = stopping.cancelled() => Ending::ServerStopping,
+            () = &mut too_long => Ending::TooLong,
+        }
+    };
+    tracing::info!(message = "Call ended.", ending = ?ending);
+    if let Some((code, reason)) = ending.close(&limits) {
+        let ended = ServerEvent::CallEnded {
+            reason: reason.clone(),
+        };
+        if send(&mut sink, event_message(&ended), write_timeout)
+            .await
+            .is_ok()
+        {
+            let _ = send(&mut sink, close(code, &reason), write_timeout).await;
+        }
+    }
+}
+
+fn event_message(event: &ServerEvent) -> Message {
+    Message::Text(
+        serde_json::to_string(event)
+            .expect("events serialise")
+            .into(),
+    )
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// Send, unless the caller has stopped reading for longer than `timeout`.
+async fn send(
+    sink: &mut SplitSink<WebSocket, Message>,
+    message: Message,
+    timeout: Duration,
+) -> Result<(), Ending> {
+    match tokio::time::timeout(timeout, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending::Gone),
+        Err(_) => {
+            tracing::warn!(
+                message = "Caller not reading; ending the call.",
+                waited_s = timeout.as_secs_f64()
+            );
+            Err(Ending::NotReading)
+        }
+    }
+}
+
+/// Whether a read failed on the message size limit.
+fn is_too_big(error: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(
+        error.into_inner().downcast_ref::<Error>(),
+        Some(Error::Capacity(_))
+    )
+}
