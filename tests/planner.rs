@@ -544,3 +544,140 @@ async fn the_stage_streams_reply_deltas_then_passes_the_end_of_turn_on() {
         "{finished:?}"
     );
 }
+
+/// One final transcript and its end of turn, into a running stage.
+async fn ask_stage(
+    input: &mpsc::Sender<parlor::frame::Frame>,
+    turn: parlor::frame::TurnId,
+    question: &str,
+) {
+    use parlor::frame::{Frame, TurnMetrics};
+    input
+        .send(Frame::Transcript {
+            turn,
+            text: question.into(),
+            is_final: true,
+        })
+        .await
+        .unwrap();
+    input
+        .send(Frame::EndOfTurn(TurnMetrics::new(
+            turn,
+            Duration::from_secs(1),
+            std::time::Instant::now(),
+        )))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tool_gets_a_filler_that_stays_out_of_the_conversation() {
+    use parlor::frame::Frame;
+    use parlor::runner::Pipeline;
+    use parlor::stages::planner::PlannerStage;
+
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![
+        Step::Calls(vec![("py__slow", json!({"seconds": 0.6}))]),
+        Step::Say("Done waiting."),
+        // A fast tool the next turn: no filler.
+        Step::Calls(vec![("py__add", json!({"a": 1, "b": 2}))]),
+        Step::Say("Three."),
+    ]);
+    let options = PlannerOptions {
+        filler_after: Some(Duration::from_millis(150)),
+        fillers: vec!["One moment.".into(), "Still looking.".into()],
+        ..PlannerOptions::default()
+    };
+    let p = planner(model.clone(), pool, options);
+    let mut running = Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
+        .barge_in(false)
+        .stage(Box::new(PlannerStage::new(p)))
+        .start();
+    let input = running.input_handle();
+    let first = running.turns().begin();
+    ask_stage(&input, first, "wait for it").await;
+    let second = running.turns().begin();
+    ask_stage(&input, second, "add one and two").await;
+    drop(input);
+    running.close_input();
+    let mut frames = Vec::new();
+    while let Some(f) = running.output().recv().await {
+        frames.push(f);
+    }
+    let kinds: Vec<_> = frames.iter().map(|f| f.kind()).collect();
+    let fillers: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Filler { turn, text } => Some((*turn, text.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fillers, [(first, "One moment.")], "{kinds:?}");
+    // Said while the tool ran: before its result and the reply.
+    let filler_at = kinds.iter().position(|k| *k == "filler").unwrap();
+    let tool_at = kinds.iter().position(|k| *k == "tool_call").unwrap();
+    assert!(filler_at < tool_at, "{kinds:?}");
+    // The model never sees a filler in the conversation.
+    let seen = model.last_messages();
+    assert!(
+        !seen
+            .iter()
+            .any(|m| matches!(m, ChatMessage::Assistant { content } if content.contains("moment"))),
+        "{seen:?}"
+    );
+    running
+        .join(Duration::from_secs(5))
+        .await
+        .into_result()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_cut_short_is_remembered_as_only_the_words_heard() {
+    use parlor::runner::Pipeline;
+    use parlor::stages::planner::PlannerStage;
+
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![
+        Step::Say("Your order shipped on Monday. It will arrive on Friday."),
+        Step::Say("Sure."),
+    ]);
+    let p = planner(model.clone(), pool, PlannerOptions::default());
+    let mut running = Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
+        .stage(Box::new(PlannerStage::new(p)))
+        .start();
+    let input = running.input_handle();
+    let first = running.turns().begin();
+    ask_stage(&input, first, "where is my order").await;
+    // Read the first turn through, as a call's edge plays it.
+    while let Some(f) = running.output().recv().await {
+        if matches!(f, parlor::frame::Frame::EndOfTurn(_)) {
+            break;
+        }
+    }
+    // The caller spoke over it after the first sentence: the edge records
+    // what was heard, and the new turn cancels the old one.
+    running
+        .turns()
+        .record_heard(first, "Your order shipped on Monday.".into());
+    let second = running.turns().begin();
+    ask_stage(&input, second, "thanks").await;
+    drop(input);
+    running.close_input();
+    while running.output().recv().await.is_some() {}
+    let seen = model.last_messages();
+    let replies: Vec<&str> = seen
+        .iter()
+        .filter_map(|m| match m {
+            ChatMessage::Assistant { content } => Some(content.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies, ["Your order shipped on Monday."], "{seen:?}");
+    running
+        .join(Duration::from_secs(5))
+        .await
+        .into_result()
+        .unwrap();
+}

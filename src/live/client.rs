@@ -54,11 +54,13 @@ pub enum Incoming {
 }
 
 /// The sending half of a call.
+#[derive(Debug)]
 pub struct CallerTx {
     sink: SplitSink<Socket, Message>,
 }
 
 /// The receiving half of a call.
+#[derive(Debug)]
 pub struct CallerRx {
     stream: SplitStream<Socket>,
 }

@@ -9,6 +9,7 @@
 //! The text of the pieces played (and the played share of the piece being
 //! said) is what the caller heard.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,7 +30,6 @@ struct TurnAudio {
     turn: TurnId,
     pieces: Vec<Piece>,
     sent: u64,
-    first_sent_at: Instant,
 }
 
 /// Pacing and hearing for one call's reply audio.
@@ -40,7 +40,12 @@ pub struct Playout {
     /// When the caller's buffer runs dry at the current rate of sending.
     drains_at: Option<Instant>,
     current: Option<TurnAudio>,
+    /// When each of the last few turns' audio began.
+    first_sent: VecDeque<(TurnId, Instant)>,
 }
+
+/// Turns whose first-audio time is kept.
+const REMEMBERED: usize = 8;
 
 impl Playout {
     /// Audio at `rate` Hz, sent at most `lead` ahead of playback.
@@ -50,6 +55,7 @@ impl Playout {
             lead,
             drains_at: None,
             current: None,
+            first_sent: VecDeque::new(),
         }
     }
 
@@ -84,12 +90,13 @@ impl Playout {
         self.current.as_ref().map(|c| c.turn)
     }
 
-    /// When the first audio of the current turn was sent.
+    /// When the first audio of `turn` was sent (remembered for the last
+    /// few turns, past a stop).
     pub fn first_sent_at(&self, turn: TurnId) -> Option<Instant> {
-        self.current
-            .as_ref()
-            .filter(|c| c.turn == turn)
-            .map(|c| c.first_sent_at)
+        self.first_sent
+            .iter()
+            .find(|(t, _)| *t == turn)
+            .map(|(_, at)| *at)
     }
 
     /// A new piece of `turn`'s audio starts: reply text, or a filler.
@@ -169,8 +176,13 @@ impl Playout {
                 turn,
                 pieces: Vec::new(),
                 sent: 0,
-                first_sent_at: now,
             });
+            if self.first_sent_at(turn).is_none() {
+                if self.first_sent.len() == REMEMBERED {
+                    self.first_sent.pop_front();
+                }
+                self.first_sent.push_back((turn, now));
+            }
         }
         self.current.as_mut().expect("set above")
     }
@@ -223,6 +235,7 @@ mod tests {
         );
         p.stop();
         assert_eq!(p.heard(t0 + ms(5_000)), "");
+        assert_eq!(p.first_sent_at(turn), Some(t0), "kept past the stop");
         assert!(!p.is_playing(t0));
     }
 

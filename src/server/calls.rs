@@ -11,7 +11,8 @@
 //! - the caller goes away or sends a message over the size limit (1009),
 //! - nothing arrives for `idle_timeout`, or the call reaches `max_duration`,
 //! - the caller stops reading: a send that waits longer than
-//!   `write_timeout` ends the call instead of letting memory grow,
+//!   `write_timeout`, or pings unanswered for `pong_timeout`, end the call
+//!   instead of letting buffers grow,
 //! - the server shuts down (1001, after a `call.ended` event).
 //!
 //! Every way out drops the call's pipeline, which cancels its stages: a
@@ -57,6 +58,11 @@ pub struct CallLimits {
     pub write_timeout: Duration,
     /// Reply audio is sent this far ahead of playback.
     pub lead: Duration,
+    /// parlor pings the caller this often...
+    pub ping_interval: Duration,
+    /// ...and ends the call when no pong has come back for this long (the
+    /// caller is not reading).
+    pub pong_timeout: Duration,
 }
 
 impl Default for CallLimits {
@@ -68,6 +74,8 @@ impl Default for CallLimits {
             max_message_bytes: 64 * 1024,
             write_timeout: Duration::from_secs(10),
             lead: live::DEFAULT_LEAD,
+            ping_interval: Duration::from_secs(5),
+            pong_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -79,6 +87,9 @@ const WRITE_BUFFER: usize = 4 * 1024;
 /// Above this much unsent data, sends wait (backpressure from a slow
 /// caller); the write timeout bounds the wait.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
+
+/// How long a closing call waits for the caller's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// One call, as the registry lists it.
 #[derive(Debug, Clone)]
@@ -304,9 +315,14 @@ async fn run_call(
     }
 
     let notices = output.notices();
+    let stream_ref = &mut stream;
+    // When the caller last answered a ping, in ms since the call started.
+    let call_started = Instant::now();
+    let last_pong = AtomicU64::new(0);
+    let last_pong_ref = &last_pong;
     let reader = async move {
         loop {
-            let message = match tokio::time::timeout(limits.idle_timeout, stream.next()).await {
+            let message = match tokio::time::timeout(limits.idle_timeout, stream_ref.next()).await {
                 Err(_) => return Ending::Idle,
                 Ok(None) => return Ending::Gone,
                 Ok(Some(Err(error))) => {
@@ -334,7 +350,11 @@ async fn run_call(
                     }
                 },
                 Message::Close(_) => return Ending::Gone,
-                Message::Ping(_) | Message::Pong(_) => {}
+                Message::Pong(_) => {
+                    let at = call_started.elapsed().as_millis() as u64;
+                    last_pong_ref.store(at, Ordering::Relaxed);
+                }
+                Message::Ping(_) => {}
             }
         }
         // `input` drops here: the pipeline sees the end of the audio.
@@ -342,18 +362,38 @@ async fn run_call(
     let write_timeout = limits.write_timeout;
     let sink_ref = &mut sink;
     let writer = async move {
-        while let Some(out) = output.next().await {
-            let message = match out {
-                Outbound::Event(event) => event_message(&event),
-                Outbound::Audio(bytes) => Message::Binary(bytes.into()),
-                Outbound::TurnDone { event, report } => {
-                    tracing::info!(
-                        message = "Turn done.",
-                        turn = %report.turn,
-                        transcript = %report.transcript,
-                        tools = report.tools.len(),
-                    );
-                    event_message(&event)
+        // Pings find a caller that has stopped reading even while parlor is
+        // quiet (paced audio alone would take minutes to fill the socket's
+        // buffers): its side answers pings only as it reads.
+        let mut ping = tokio::time::interval(limits.ping_interval);
+        ping.tick().await;
+        loop {
+            let message = tokio::select! {
+                out = output.next() => match out {
+                    Some(Outbound::Event(event)) => event_message(&event),
+                    Some(Outbound::Audio(bytes)) => Message::Binary(bytes.into()),
+                    Some(Outbound::TurnDone { event, report }) => {
+                        tracing::info!(
+                            message = "Turn done.",
+                            turn = %report.turn,
+                            transcript = %report.transcript,
+                            tools = report.tools.len(),
+                        );
+                        event_message(&event)
+                    }
+                    None => break,
+                },
+                _ = ping.tick() => {
+                    let answered = Duration::from_millis(last_pong_ref.load(Ordering::Relaxed));
+                    let silent_for = call_started.elapsed().saturating_sub(answered);
+                    if silent_for > limits.pong_timeout {
+                        tracing::warn!(
+                            message = "Caller not reading (no pong); ending the call.",
+                            silent_s = silent_for.as_secs_f64()
+                        );
+                        return Ending::NotReading;
+                    }
+                    Message::Ping(Default::default())
                 }
             };
             if let Err(ending) = send(sink_ref, message, write_timeout).await {
@@ -394,8 +434,21 @@ async fn run_call(
         if send(&mut sink, event_message(&ended), write_timeout)
             .await
             .is_ok()
+            && send(&mut sink, close(code, &reason), write_timeout)
+                .await
+                .is_ok()
         {
-            let _ = send(&mut sink, close(code, &reason), write_timeout).await;
+            // The closing handshake: wait (briefly) for the caller's close,
+            // so the socket is not dropped with data unread (which resets
+            // the connection and can lose the close frame on the way).
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
         }
     }
 }
