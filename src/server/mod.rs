@@ -16,8 +16,9 @@
 //! - [`audio_speech`]: `POST /v1/audio/speech`, spoken by the pipeline's
 //!   voice.
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
+//! - [`metrics`]: `GET /metrics` (Prometheus) and the request counter.
 //!
-//! Routes: `GET /healthz`, `GET /readyz`, `GET /v1/models`, `POST /v1/chat/completions`,
+//! Routes: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/models`, `POST /v1/chat/completions`,
 //! `POST /v1/responses`, `POST /v1/turns`, `POST /v1/audio/speech`,
 //! `POST /v1/audio/transcriptions`.
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
@@ -26,6 +27,7 @@ pub mod audio_speech;
 pub mod chat_completions;
 pub mod chat_request;
 pub mod chat_response;
+pub mod metrics;
 pub mod openai_error;
 pub mod responses;
 pub mod responses_request;
@@ -45,6 +47,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::loaded::LoadedPipeline;
+pub use metrics::{CallGuard, ServerMetrics};
 pub use openai_error::ApiError;
 
 use crate::stages::tts::Voice;
@@ -76,6 +79,8 @@ pub struct AppState {
     pub turn_slots: Arc<tokio::sync::Semaphore>,
     /// The voice `/v1/audio/speech` speaks with; without one it answers 503.
     pub voice: Option<Arc<dyn Voice>>,
+    /// What `GET /metrics` shows; handlers count into it.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 /// By hand: a voice is not `Debug`, so it shows as its name.
@@ -86,6 +91,7 @@ impl std::fmt::Debug for AppState {
             .field("mcp_allow", &self.mcp_allow)
             .field("pipeline", &self.pipeline)
             .field("voice", &self.voice.as_ref().map(|v| v.name()))
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -103,6 +109,7 @@ impl AppState {
             pipeline: None,
             turn_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_TURNS)),
             voice: None,
+            metrics: Arc::new(ServerMetrics::new()),
         }
     }
 
@@ -161,9 +168,11 @@ pub(crate) async fn start_call(
 
 /// The routes.
 pub fn router(state: AppState) -> axum::Router {
+    let counted = state.metrics.clone();
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/models", get(models))
         .route(
             "/v1/chat/completions",
@@ -183,6 +192,11 @@ pub fn router(state: AppState) -> axum::Router {
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost, so 413s, 404s and 405s are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            counted,
+            metrics::count_requests,
+        ))
         .with_state(state)
 }
 
