@@ -57,6 +57,19 @@ async fn a_transcription_and_an_unknown_url_show_up_in_the_metrics() {
     let text = response.text().await.unwrap().to_lowercase();
     assert!(text.contains("order"), "{text}");
 
+    // Streamed: each segment's turn is counted as it is sent.
+    let wav = std::fs::read(root.join("models/speech/samples/question.wav")).unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/audio/transcriptions?stream=true"))
+        .header("content-type", "audio/wav")
+        .body(wav)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let events = response.text().await.unwrap();
+    assert!(events.contains("transcript.text.done"), "{events}");
+
     // Two different unknown URLs: one label value between them.
     for junk in ["/wp-login.php", "/v1/no-such-route/12345"] {
         let response = reqwest::get(format!("{base}{junk}")).await.unwrap();
@@ -66,9 +79,9 @@ async fn a_transcription_and_an_unknown_url_show_up_in_the_metrics() {
     let after = scrape(&base).await;
     eprintln!("{after}");
     for line in [
-        "parlor_turns_total{route=\"transcriptions\"} 1\n",
-        "parlor_stage_first_output_seconds_count{stage=\"stt\"} 1\n",
-        "parlor_http_requests_total{route=\"/v1/audio/transcriptions\",status=\"200\"} 1\n",
+        "parlor_turns_total{route=\"transcriptions\"} 2\n",
+        "parlor_stage_first_output_seconds_count{stage=\"stt\"} 2\n",
+        "parlor_http_requests_total{route=\"/v1/audio/transcriptions\",status=\"200\"} 2\n",
         // The first scrape, counted once it was answered.
         "parlor_http_requests_total{route=\"/metrics\",status=\"200\"} 1\n",
         "parlor_http_requests_total{route=\"unmatched\",status=\"404\"} 2\n",

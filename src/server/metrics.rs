@@ -129,12 +129,13 @@ impl ServerMetrics {
         let mut registry = Registry::with_prefix("parlor");
         let turns = Family::<RouteLabels, Counter>::default();
         // Counters get `_total` and unit-registered metrics `_seconds`
-        // from the encoder, so the names here are bare.
-        registry.register("turns", "Turns finished, by route.", turns.clone());
+        // from the encoder, so the names here are bare; it also ends each
+        // help text with a period.
+        registry.register("turns", "Turns finished, by route", turns.clone());
         let voice_to_voice = turn_histogram();
         registry.register_with_unit(
             "voice_to_voice",
-            "From the end of the caller's speech to the first reply audio.",
+            "From the end of the caller's speech to the first reply audio",
             Unit::Seconds,
             voice_to_voice.clone(),
         );
@@ -142,42 +143,38 @@ impl ServerMetrics {
             Family::new_with_constructor(turn_histogram);
         registry.register_with_unit(
             "stage_first_output",
-            "From the end of the caller's speech to a stage's first output, by stage.",
+            "From the end of the caller's speech to a stage's first output, by stage",
             Unit::Seconds,
             stage_first_output.clone(),
         );
         let tool_calls = Family::<ToolLabels, Counter>::default();
         registry.register(
             "tool_calls",
-            "Tool calls made by the planner, by MCP server, tool and outcome (ok or error).",
+            "Tool calls made by the planner, by MCP server, tool and outcome (ok or error)",
             tool_calls.clone(),
         );
         let tool_call_seconds: HistogramFamily<ServerLabels> =
             Family::new_with_constructor(tool_histogram);
         registry.register_with_unit(
             "tool_call",
-            "Latency of tool calls parlor ran itself (not hosted ones), by MCP server.",
+            "Latency of tool calls parlor ran itself (not hosted ones), by MCP server",
             Unit::Seconds,
             tool_call_seconds.clone(),
         );
         let turn_errors = Family::<StageLabels, Counter>::default();
         registry.register(
             "turn_errors",
-            "Things a stage could not do within a turn, by stage.",
+            "Things a stage could not do within a turn, by stage",
             turn_errors.clone(),
         );
         let active_calls = Gauge::default();
-        registry.register(
-            "active_calls",
-            "Calls open right now.",
-            active_calls.clone(),
-        );
+        registry.register("active_calls", "Calls open right now", active_calls.clone());
         let calls = Counter::default();
-        registry.register("calls", "Calls opened.", calls.clone());
+        registry.register("calls", "Calls opened", calls.clone());
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "http_requests",
-            "HTTP requests answered, by matched route (or `unmatched`) and status.",
+            "HTTP requests answered, by matched route (or `unmatched`) and status",
             http_requests.clone(),
         );
         Self {
@@ -447,6 +444,10 @@ mod tests {
         assert!(
             !text.contains("server=\"docs\"}"),
             "a hosted call has no latency to observe:\n{text}"
+        );
+        assert!(
+            text.contains("# HELP parlor_turns Turns finished, by route.\n"),
+            "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
