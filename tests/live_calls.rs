@@ -217,6 +217,23 @@ async fn a_spoken_question_over_a_live_call_is_answered_aloud() {
         mentions_any(&heard, ORDER_1042_FACTS),
         "heard {heard:?} for {reply:?}"
     );
+
+    // The call and its turn were counted, and the call is over.
+    let metrics_url = server.http.replace("/v1/calls", "/metrics");
+    let metrics = reqwest::get(&metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "parlor_turns_total{route=\"calls\"} 1\n",
+        "parlor_calls_total 1\n",
+        "parlor_active_calls 0\n",
+        "parlor_tool_calls_total{server=\"orders\",tool=\"get_order\",outcome=\"ok\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
     server.shutdown().await;
 }
 

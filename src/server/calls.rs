@@ -286,6 +286,7 @@ async fn run_call(
         registry,
         id: id.to_string(),
     };
+    let _counted = state.metrics.call_opened();
     tracing::info!(message = "Call started.", input_sample_rate = input_rate);
 
     let running = call.barge_in(true).start();
@@ -360,6 +361,7 @@ async fn run_call(
         // `input` drops here: the pipeline sees the end of the audio.
     };
     let write_timeout = limits.write_timeout;
+    let metrics = &state.metrics;
     let sink_ref = &mut sink;
     let writer = async move {
         // Pings find a caller that has stopped reading even while parlor is
@@ -373,6 +375,7 @@ async fn run_call(
                     Some(Outbound::Event(event)) => event_message(&event),
                     Some(Outbound::Audio(bytes)) => Message::Binary(bytes.into()),
                     Some(Outbound::TurnDone { event, report }) => {
+                        metrics.turn_finished("calls", &report);
                         tracing::info!(
                             message = "Turn done.",
                             turn = %report.turn,

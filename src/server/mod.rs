@@ -16,8 +16,9 @@
 //! - [`audio_speech`]: `POST /v1/audio/speech`, spoken by the pipeline's
 //!   voice.
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
+//! - [`metrics`]: `GET /metrics` (Prometheus) and the request counter.
 //!
-//! Routes: `GET /healthz`, `GET /readyz`, `GET /v1/models`, `POST /v1/chat/completions`,
+//! Routes: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/models`, `POST /v1/chat/completions`,
 //! `POST /v1/responses`, `POST /v1/turns`, `POST /v1/audio/speech`,
 //! `POST /v1/audio/transcriptions`.
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
@@ -27,6 +28,7 @@ pub mod calls;
 pub mod chat_completions;
 pub mod chat_request;
 pub mod chat_response;
+pub mod metrics;
 pub mod openai_error;
 pub mod responses;
 pub mod responses_request;
@@ -46,6 +48,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::loaded::LoadedPipeline;
+pub use metrics::{CallGuard, ServerMetrics};
 pub use openai_error::ApiError;
 
 use crate::stages::tts::Voice;
@@ -79,6 +82,8 @@ pub struct AppState {
     pub voice: Option<Arc<dyn Voice>>,
     /// Live calls (`/v1/calls`): who is on, and their limits.
     pub calls: Arc<calls::CallRegistry>,
+    /// What `GET /metrics` shows; handlers count into it.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 /// By hand: a voice is not `Debug`, so it shows as its name.
@@ -90,6 +95,7 @@ impl std::fmt::Debug for AppState {
             .field("pipeline", &self.pipeline)
             .field("voice", &self.voice.as_ref().map(|v| v.name()))
             .field("calls", &self.calls.active())
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -108,6 +114,7 @@ impl AppState {
             turn_slots: Arc::new(tokio::sync::Semaphore::new(DEFAULT_MAX_TURNS)),
             voice: None,
             calls: Arc::default(),
+            metrics: Arc::new(ServerMetrics::new()),
         }
     }
 
@@ -172,9 +179,11 @@ pub(crate) async fn start_call(
 
 /// The routes.
 pub fn router(state: AppState) -> axum::Router {
+    let counted = state.metrics.clone();
     axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/models", get(models))
         .route(
             "/v1/chat/completions",
@@ -195,6 +204,11 @@ pub fn router(state: AppState) -> axum::Router {
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost, so 413s, 404s and 405s are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            counted,
+            metrics::count_requests,
+        ))
         .with_state(state)
 }
 

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::upload::Upload;
-use super::{start_call, ApiError, AppState, CallKind};
+use super::{start_call, ApiError, AppState, CallKind, ServerMetrics};
 use crate::audio::DecodeLimits;
 use crate::file_call::{self, TurnReport};
 use crate::spec::StageSpec;
@@ -102,9 +102,10 @@ pub async fn transcriptions(
 
     if stream {
         let (events, rx) = mpsc::channel(16);
+        let metrics = state.metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            stream_segments(call, audio, events).await;
+            stream_segments(call, audio, events, &metrics).await;
         });
         return Ok(Sse::new(ReceiverStream::new(rx)).into_response());
     }
@@ -114,6 +115,9 @@ pub async fn transcriptions(
         ApiError::server_error()
     })?;
     drop(slot);
+    for report in &reports {
+        state.metrics.turn_finished("transcriptions", report);
+    }
     let text = joined(&reports);
     Ok(match format {
         "text" => ([(CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{text}\n")).into_response(),
@@ -138,12 +142,14 @@ async fn stream_segments(
     call: crate::runner::Pipeline,
     audio: crate::frame::AudioChunk,
     events: mpsc::Sender<Result<SseEvent, Infallible>>,
+    metrics: &ServerMetrics,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let playing = file_call::play_each(call, audio, tx);
     let forward = async {
         let mut text = String::new();
         while let Some(report) = rx.recv().await {
+            metrics.turn_finished("transcriptions", &report);
             if report.transcript.is_empty() {
                 continue;
             }

@@ -77,6 +77,9 @@ pub async fn turns(
         }
     })?;
     let total_ms = started.elapsed().as_secs_f64() * 1e3;
+    for report in &reports {
+        state.metrics.turn_finished("turns", report);
+    }
 
     if wants_wav {
         return spoken_wav(&reports);
