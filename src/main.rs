@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use parlor::audio::{decode_file, DecodeLimits};
@@ -95,6 +96,14 @@ enum Command {
         /// Send the file as fast as the socket takes it, not in real time.
         #[arg(long)]
         fast: bool,
+        /// Start a server for this call first (on a free local port, with
+        /// `--pipeline`), instead of calling one already running at `--url`.
+        #[arg(long)]
+        serve: bool,
+        /// With `--serve`: the pipeline spec (default: the embedded
+        /// pipelines/local.toml).
+        #[arg(long, requires = "serve")]
+        pipeline: Option<PathBuf>,
     },
     /// Serve OpenAI-compatible routes (`/v1/chat/completions`,
     /// `/v1/responses`, `/v1/models`) backed by the local planner model,
@@ -193,7 +202,21 @@ fn main() -> ExitCode {
                 out,
                 json,
                 fast,
-            } => run_call(&file, &url, &out, json, fast).await,
+                serve,
+                pipeline,
+            } => {
+                let call = CallArgs {
+                    file: &file,
+                    out: &out,
+                    json,
+                    fast,
+                };
+                if serve {
+                    run_call_served(call, pipeline.as_deref()).await
+                } else {
+                    run_call(call, &url).await
+                }
+            }
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
@@ -340,17 +363,24 @@ fn run_check(path: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn run_serve(
+/// A server's state as `parlor serve` builds it: the chat model, and the
+/// pipeline (loaded and warmed) unless `voice_turns` is `None`.
+async fn build_server(
     pipeline: Option<&Path>,
-    addr: std::net::SocketAddr,
     model: Option<PathBuf>,
     allow_mcp: Vec<String>,
     voice_turns: Option<usize>,
     max_calls: usize,
-) -> Result<(), Failure> {
+) -> Result<
+    (
+        parlor::server::AppState,
+        Option<Arc<parlor::loaded::LoadedPipeline>>,
+    ),
+    Failure,
+> {
     use parlor::llm::{LocalLlm, LocalLlmOptions};
     use parlor::loaded::LoadedPipeline;
-    use parlor::server::{serve, shutdown_signal, AppState, ServedModel};
+    use parlor::server::{AppState, ServedModel};
     use parlor::spec::{ModelBackend, StageSpec};
 
     let spec = load_spec(pipeline)?;
@@ -407,6 +437,20 @@ async fn run_serve(
     if let Some(voice) = voice {
         state = state.with_voice(voice);
     }
+    Ok((state, loaded))
+}
+
+async fn run_serve(
+    pipeline: Option<&Path>,
+    addr: std::net::SocketAddr,
+    model: Option<PathBuf>,
+    allow_mcp: Vec<String>,
+    voice_turns: Option<usize>,
+    max_calls: usize,
+) -> Result<(), Failure> {
+    use parlor::server::{serve, shutdown_signal};
+
+    let (state, loaded) = build_server(pipeline, model, allow_mcp, voice_turns, max_calls).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {addr}: {e}")))?;
@@ -567,15 +611,62 @@ fn tool_line(r: &parlor::planner::ToolRecord) -> String {
     )
 }
 
-async fn run_call(
-    file: &Path,
-    url: &str,
-    out: &Path,
+/// What `parlor call` plays and where the answer goes.
+struct CallArgs<'a> {
+    file: &'a Path,
+    out: &'a Path,
     json: bool,
     fast: bool,
-) -> Result<(), Failure> {
+}
+
+/// `parlor call --serve`: a server of our own on a free port, the call over
+/// its WebSocket, then the server stopped.
+async fn run_call_served(call: CallArgs<'_>, pipeline: Option<&Path>) -> Result<(), Failure> {
+    use parlor::server::calls::CallLimits;
+    use parlor::server::{serve, DEFAULT_MAX_TURNS};
+
+    let (state, loaded) = build_server(
+        pipeline,
+        None,
+        Vec::new(),
+        Some(DEFAULT_MAX_TURNS),
+        CallLimits::default().max_calls,
+    )
+    .await?;
+    if loaded.is_none() {
+        return Err(Failure::usage(
+            "the pipeline has no vad stage, so it cannot take calls",
+        ));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(Failure::input)?;
+    let local = listener.local_addr().map_err(Failure::input)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(serve(listener, state, stop.clone().cancelled_owned()));
+    let url = format!("ws://{local}/v1/calls");
+    if !call.json {
+        println!("[serve] pipeline listening at {url}");
+    }
+    let called = run_call(call, &url).await;
+    stop.cancel();
+    let _ = server.await;
+    if let Some(pipeline) = loaded.and_then(|p| Arc::try_unwrap(p).ok()) {
+        pipeline.shutdown().await;
+    }
+    called
+}
+
+async fn run_call(call: CallArgs<'_>, url: &str) -> Result<(), Failure> {
     use parlor::live::client::{play_file, PlayOptions};
     use parlor::live::ServerEvent;
+
+    let CallArgs {
+        file,
+        out,
+        json,
+        fast,
+    } = call;
 
     let audio = decode_file(file, &DecodeLimits::default())
         .map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;

@@ -708,6 +708,17 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
                         "end_of_turn_ms = 400",
                     ));
                 }
+                if v.barge_in_min_ms > 3_000 {
+                    problems.push(problem(
+                        at.clone(),
+                        "barge_in_min_ms",
+                        format!(
+                            "must be at most 3000 (longer and a caller cannot interrupt), got {}",
+                            v.barge_in_min_ms
+                        ),
+                        "barge_in_min_ms = 400",
+                    ));
+                }
                 if v.pre_roll_ms > 1_000 {
                     problems.push(problem(
                         at.clone(),
