@@ -35,8 +35,11 @@ pub enum LoadError {
 
 /// One stage's loaded, shareable part.
 enum Part {
-    /// The detector is per call (it is stateful); the spec is all we keep.
-    Vad(VadSpec),
+    /// The model is shared; each call gets a detector with its own state.
+    Vad {
+        spec: VadSpec,
+        model: vad::SharedModel,
+    },
     Stt(Arc<Mutex<WhisperEngine>>),
     /// The `openai` stt backend's client.
     SttRemote(Arc<OpenAiTranscriber>),
@@ -75,13 +78,14 @@ impl LoadedPipeline {
             let index = i + 1;
             let part = match stage {
                 StageSpec::Vad(vad) => {
-                    // Load once now so a broken model fails at start, not
-                    // on the first call.
-                    let probe = vad.clone();
-                    blocking(move || vad::detector(&probe).map(drop))
+                    let spec = vad.clone();
+                    let model = blocking(move || vad::SharedModel::load(&spec))
                         .await
                         .map_err(|source| LoadError::Vad { index, source })?;
-                    Part::Vad(vad.clone())
+                    Part::Vad {
+                        spec: vad.clone(),
+                        model,
+                    }
                 }
                 StageSpec::Stt(stt) if stt.backend == SttBackend::WhisperLocal => {
                     let stt = stt.clone();
@@ -175,7 +179,7 @@ impl LoadedPipeline {
     /// # Errors
     /// As [`Self::call`].
     pub fn listening_call(&self) -> Result<Pipeline, LoadError> {
-        self.stages(|part| matches!(part, Part::Vad(_) | Part::Stt(_) | Part::SttRemote(_)))
+        self.stages(|part| matches!(part, Part::Vad { .. } | Part::Stt(_) | Part::SttRemote(_)))
     }
 
     fn stages(&self, keep: impl Fn(&Part) -> bool) -> Result<Pipeline, LoadError> {
@@ -185,8 +189,8 @@ impl LoadedPipeline {
                 continue;
             }
             pipeline = pipeline.stage(match part {
-                Part::Vad(spec) => {
-                    let detector = vad::detector(spec).map_err(|source| LoadError::Vad {
+                Part::Vad { spec, model } => {
+                    let detector = model.detector().map_err(|source| LoadError::Vad {
                         index: i + 1,
                         source,
                     })?;

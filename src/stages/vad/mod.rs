@@ -93,6 +93,41 @@ pub fn detector(spec: &VadSpec) -> Result<Box<dyn SpeechDetector>, VadError> {
     })
 }
 
+/// What every call's detector shares: the loaded model, if the backend has
+/// one. Cheap to clone.
+#[derive(Debug, Clone)]
+pub enum SharedModel {
+    Silero(Arc<silero::SileroModel>),
+    Earshot,
+}
+
+impl SharedModel {
+    /// Load what `spec`'s backend needs. Blocking.
+    ///
+    /// # Errors
+    /// See [`silero::SileroModel::load`]; earshot cannot fail.
+    pub fn load(spec: &VadSpec) -> Result<Self, VadError> {
+        Ok(match spec.backend {
+            VadBackend::Silero => Self::Silero(Arc::new(silero::SileroModel::load(
+                &spec.model,
+                &spec.onnxruntime,
+            )?)),
+            VadBackend::Earshot => Self::Earshot,
+        })
+    }
+
+    /// A detector with its own stream state for one call.
+    ///
+    /// # Errors
+    /// See [`SileroDetector::new`].
+    pub fn detector(&self) -> Result<Box<dyn SpeechDetector>, VadError> {
+        Ok(match self {
+            Self::Silero(model) => Box::new(SileroDetector::new(model.clone())?),
+            Self::Earshot => Box::new(EarshotDetector::new()),
+        })
+    }
+}
+
 /// Build the VAD stage a validated spec describes.
 pub fn build(spec: &VadSpec) -> Result<Box<dyn Stage>, anyhow::Error> {
     let detector = detector(spec)?;

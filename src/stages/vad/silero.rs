@@ -6,7 +6,7 @@
 //! state. This mirrors `OnnxWrapper` in the silero-vad Python package.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::stages::onnx::cpu_session;
 use ort::session::Session;
@@ -72,22 +72,26 @@ pub fn init_onnxruntime(library: &Path) -> Result<(), VadError> {
 }
 
 /// One Silero session with its recurrent state: one per audio stream.
-pub struct SileroDetector {
-    session: Session,
-    /// `[1, CONTEXT + CHUNK]`: the context followed by the new chunk.
-    input: Tensor<f32>,
-    state: Tensor<f32>,
-    sr: Tensor<i64>,
+/// A loaded Silero model, shared by every call's detector: a session per
+/// call would cost each call megabytes of onnxruntime arenas, while one
+/// frame's inference holds the lock for a fraction of a millisecond.
+pub struct SileroModel {
+    session: Mutex<Session>,
 }
 
-impl SileroDetector {
-    /// Load the model at `model`, loading onnxruntime from `runtime` first if
-    /// this process has not yet.
+impl std::fmt::Debug for SileroModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SileroModel").finish_non_exhaustive()
+    }
+}
+
+impl SileroModel {
+    /// Load `model` on the onnxruntime library at `runtime`. Blocking.
     ///
     /// # Errors
-    /// The runtime errors of [`init_onnxruntime`]; [`VadError::ModelMissing`]
-    /// or [`VadError::ModelLoad`] for the model; [`VadError::UnexpectedModel`]
-    /// if the file is not a Silero v5/v6 model.
+    /// [`VadError::RuntimeMissing`], [`VadError::RuntimeLoad`],
+    /// [`VadError::ModelMissing`], [`VadError::ModelLoad`], or
+    /// [`VadError::UnexpectedModel`] for a model without Silero's inputs.
     pub fn load(model: &Path, runtime: &Path) -> Result<Self, VadError> {
         init_onnxruntime(runtime)?;
         if !model.is_file() {
@@ -99,8 +103,6 @@ impl SileroDetector {
             path: model.to_path_buf(),
             message: e.to_string(),
         };
-        // One thread: a call is ~0.1 ms of work, and many streams may run
-        // at once, so threads would only contend.
         let session = cpu_session(model, 1).map_err(|e| load_err(&e))?;
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for expected in ["input", "state", "sr"] {
@@ -111,6 +113,34 @@ impl SileroDetector {
                 )));
             }
         }
+        Ok(Self {
+            session: Mutex::new(session),
+        })
+    }
+}
+
+/// One stream's Silero detector: its own state over a shared model.
+pub struct SileroDetector {
+    model: Arc<SileroModel>,
+    input: Tensor<f32>,
+    state: Tensor<f32>,
+    sr: Tensor<i64>,
+}
+
+impl SileroDetector {
+    /// Load a model for this detector alone. Blocking.
+    ///
+    /// # Errors
+    /// As [`SileroModel::load`].
+    pub fn load(model: &Path, runtime: &Path) -> Result<Self, VadError> {
+        Self::new(Arc::new(SileroModel::load(model, runtime)?))
+    }
+
+    /// A detector with fresh state over a loaded model.
+    ///
+    /// # Errors
+    /// [`VadError::Inference`] if onnxruntime cannot make its tensors.
+    pub fn new(model: Arc<SileroModel>) -> Result<Self, VadError> {
         let inference = |e: ort::Error| VadError::Inference(e.to_string());
         let input = Tensor::from_array(([1usize, CONTEXT + CHUNK], vec![0f32; CONTEXT + CHUNK]))
             .map_err(inference)?;
@@ -118,7 +148,7 @@ impl SileroDetector {
             Tensor::from_array(([2usize, 1, 128], vec![0f32; STATE_LEN])).map_err(inference)?;
         let sr = Tensor::from_array((Vec::<usize>::new(), vec![SAMPLE_RATE])).map_err(inference)?;
         Ok(Self {
-            session,
+            model,
             input,
             state,
             sr,
@@ -139,8 +169,12 @@ impl SpeechDetector for SileroDetector {
             data.copy_within(CHUNK.., 0);
             data[CONTEXT..].copy_from_slice(frame);
         }
-        let outputs = self
+        let mut session = self
+            .model
             .session
+            .lock()
+            .map_err(|_| VadError::Inference("the Silero session was poisoned".into()))?;
+        let outputs = session
             .run(ort::inputs![
                 "input" => &self.input,
                 "state" => &self.state,

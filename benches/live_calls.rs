@@ -1,0 +1,222 @@
+//! Live calls against a real `parlor serve` (a child process, default local
+//! pipeline), over its WebSocket, as a caller would make them:
+//!
+//! 1. **Memory per idle call**: the server's resident memory before and
+//!    after `PARLOR_BENCH_IDLE_CALLS` (default 100) calls are opened and left
+//!    quiet, divided by their number. It counts everything a call holds
+//!    server-side: its socket and buffers, its stages' tasks and channels,
+//!    its VAD state.
+//! 2. **Voice-to-voice latency**: short spoken questions (espeak-ng, 16 kHz)
+//!    sent in real time as 20 ms frames; for each turn, from the end of the
+//!    caller's speech (the VAD's decision) to the first reply audio sent on
+//!    the socket (`turn.done`'s `voice_to_voice_ms`), with each stage's
+//!    first output after the end of speech. `PARLOR_BENCH_RUNS` (default 2)
+//!    rounds over the questions; p50 and p95 over all turns.
+//!
+//! Needs `bash models/setup.sh` and espeak-ng. Run: `cargo bench --bench
+//! live_calls`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use parlor::audio::resample;
+use parlor::frame::{AudioChunk, PIPELINE_SAMPLE_RATE};
+use parlor::live::client::{self, PlayOptions};
+use parlor::live::ServerEvent;
+use parlor::stages::tts::espeak::EspeakVoice;
+use parlor::stages::tts::Voice;
+use tokio::sync::mpsc;
+
+const QUESTIONS: &[&str] = &[
+    "Where is my order 1042?",
+    "What is the status of order 1043?",
+    "Do you ship to Canada?",
+    "How long do refunds take?",
+    "Hello, who am I speaking to?",
+];
+
+/// `parlor serve` as a child, killed on drop.
+struct Served {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    fn start(max_calls: usize) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = Command::new(env!("CARGO_BIN_EXE_parlor"))
+            .args([
+                "serve",
+                "--addr",
+                &addr,
+                "--max-calls",
+                &max_calls.to_string(),
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start parlor serve");
+        Self { child, addr }
+    }
+
+    async fn ready(&self) {
+        let url = format!("http://{}/readyz", self.addr);
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "server not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/v1/calls", self.addr)
+    }
+}
+
+async fn espeak(text: &str) -> AudioChunk {
+    let voice = EspeakVoice::new("en-us", 1.0).expect("espeak-ng is installed");
+    let (tx, mut rx) = mpsc::channel::<AudioChunk>(64);
+    let speak = async move {
+        let spoken = voice.speak(text, &tx).await;
+        drop(tx);
+        spoken
+    };
+    let collect = async {
+        let mut rate = 0;
+        let mut samples = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            rate = chunk.sample_rate;
+            samples.extend_from_slice(&chunk.samples);
+        }
+        (rate, samples)
+    };
+    let (spoken, (rate, samples)) = tokio::join!(speak, collect);
+    spoken.unwrap();
+    let samples = resample(&samples, rate, PIPELINE_SAMPLE_RATE).unwrap();
+    AudioChunk::new(PIPELINE_SAMPLE_RATE, samples)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let idle_calls = env_usize("PARLOR_BENCH_IDLE_CALLS", 100);
+    let runs = env_usize("PARLOR_BENCH_RUNS", 2);
+    let served = Served::start(idle_calls + 2);
+    served.ready().await;
+
+    // 1. Memory per idle call.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = served.rss_kib();
+    let mut calls = Vec::with_capacity(idle_calls);
+    for _ in 0..idle_calls {
+        let (tx, mut rx) = client::connect(&served.url()).await.expect("open a call");
+        // Read call.started so the call is fully set up.
+        let _ = rx.next().await;
+        calls.push((tx, rx));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = served.rss_kib();
+    let per_call = (after.saturating_sub(before)) as f64 / idle_calls as f64;
+    println!(
+        "idle calls: {idle_calls}, server RSS {before} KiB -> {after} KiB: {per_call:.1} KiB per idle call"
+    );
+    drop(calls);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 2. Voice-to-voice latency, live-paced.
+    let mut spoken = Vec::new();
+    for q in QUESTIONS {
+        spoken.push((q, espeak(q).await));
+    }
+    let mut v2v = Vec::new();
+    let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for run in 0..runs {
+        for (question, audio) in &spoken {
+            let mut done = None;
+            client::play_file(&served.url(), audio, &PlayOptions::default(), |e| {
+                if let ServerEvent::TurnDone {
+                    voice_to_voice_ms,
+                    stages,
+                    reply,
+                    ..
+                } = e
+                {
+                    done = Some((*voice_to_voice_ms, stages.clone(), reply.clone()));
+                }
+            })
+            .await
+            .expect("the call runs");
+            let Some((Some(ms), timings, reply)) = done else {
+                println!("run {run}: {question:?}: no spoken reply");
+                continue;
+            };
+            println!("run {run}: {question:?}: {ms:.0} ms -> {reply:?}");
+            v2v.push(ms);
+            for s in timings.as_array().into_iter().flatten() {
+                if let (Some(name), Some(at)) = (
+                    s["stage"].as_str(),
+                    s["first_output_after_speech_end"].as_f64(),
+                ) {
+                    stages.entry(name.to_string()).or_default().push(at);
+                }
+            }
+        }
+    }
+    v2v.sort_by(f64::total_cmp);
+    if v2v.is_empty() {
+        println!("no turns were answered aloud");
+        return;
+    }
+    println!(
+        "\nvoice to voice over the WebSocket, {} turns: p50 {:.0} ms, p95 {:.0} ms",
+        v2v.len(),
+        percentile(&v2v, 50.0),
+        percentile(&v2v, 95.0)
+    );
+    println!("| stage | first output after end of speech, p50 (ms) |\n|---|---|");
+    for (name, mut at) in stages {
+        at.sort_by(f64::total_cmp);
+        println!("| {name} | {:.0} |", percentile(&at, 50.0));
+    }
+}
