@@ -28,15 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-const ORDER_1042_FACTS: &[&str] = &[
-    "ups",
-    "shipped",
-    "on its way",
-    "28",
-    "twenty-eighth",
-    "november",
-];
-
 /// 20 ms at 16 kHz.
 const FRAME: usize = 320;
 
@@ -132,11 +123,6 @@ async fn espeak(text: &str) -> AudioChunk {
     AudioChunk::new(PIPELINE_SAMPLE_RATE, samples)
 }
 
-fn mentions_any(text: &str, facts: &[&str]) -> bool {
-    let text = text.to_lowercase();
-    facts.iter().any(|f| text.contains(f))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spoken_question_over_a_live_call_is_answered_aloud() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -200,7 +186,10 @@ async fn a_spoken_question_over_a_live_call_is_answered_aloud() {
     });
     let (reply, v2v, interrupted) = done.expect("turn.done");
     assert!(!interrupted);
-    assert!(mentions_any(&reply, ORDER_1042_FACTS), "{reply}");
+    assert!(
+        support::mentions_any(&reply, support::ORDER_1042_FACTS),
+        "{reply}"
+    );
     eprintln!("voice to voice over the socket: {v2v:?} ms");
     assert!(v2v.is_some_and(|ms| ms > 0.0), "{v2v:?}");
     // Every event of the turn came before its end, and the call ended as
@@ -214,7 +203,7 @@ async fn a_spoken_question_over_a_live_call_is_answered_aloud() {
     let heard = support::hear(&recording.audio_chunk());
     eprintln!("heard back: {heard}");
     assert!(
-        mentions_any(&heard, ORDER_1042_FACTS),
+        support::mentions_any(&heard, support::ORDER_1042_FACTS),
         "heard {heard:?} for {reply:?}"
     );
 

@@ -454,7 +454,7 @@ async fn history_stays_within_its_budget_over_a_long_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stage_streams_reply_deltas_then_passes_the_end_of_turn_on() {
-    use parlor::frame::{Frame, TurnMetrics};
+    use parlor::frame::Frame;
     use parlor::runner::Pipeline;
     use parlor::stages::planner::PlannerStage;
 
@@ -474,22 +474,7 @@ async fn the_stage_streams_reply_deltas_then_passes_the_end_of_turn_on() {
     let input = running.input_handle();
     for question in ["what is one and one", "and now?"] {
         let turn = running.turns().begin();
-        input
-            .send(Frame::Transcript {
-                turn,
-                text: question.into(),
-                is_final: true,
-            })
-            .await
-            .unwrap();
-        input
-            .send(Frame::EndOfTurn(TurnMetrics::new(
-                turn,
-                Duration::from_secs(1),
-                std::time::Instant::now(),
-            )))
-            .await
-            .unwrap();
+        ask_stage(&input, turn, question).await;
     }
     drop(input);
     running.close_input();

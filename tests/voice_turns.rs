@@ -25,16 +25,6 @@ use tokio::sync::Mutex;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
-/// Facts of order 1042 (pipelines/data/orders.sql) a spoken answer may say.
-const ORDER_1042_FACTS: &[&str] = &[
-    "ups",
-    "shipped",
-    "on its way",
-    "28",
-    "twenty-eighth",
-    "november",
-];
-
 async fn load_default() -> LoadedPipeline {
     let root = support::root();
     let spec = PipelineSpec::local_default(root).expect("the default spec");
@@ -49,11 +39,6 @@ fn question() -> &'static Path {
             .join("models/speech/samples/question.wav")
             .into_boxed_path(),
     )
-}
-
-fn mentions_any(text: &str, facts: &[&str]) -> bool {
-    let text = text.to_lowercase();
-    facts.iter().any(|f| text.contains(f))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,7 +64,7 @@ async fn a_spoken_question_is_answered_aloud_with_the_looked_up_fact() {
     assert_eq!(call.arguments["order_id"].as_i64(), Some(1042));
     assert!(turn.errors.is_empty(), "{:?}", turn.errors);
     assert!(
-        mentions_any(&turn.reply, ORDER_1042_FACTS),
+        support::mentions_any(&turn.reply, support::ORDER_1042_FACTS),
         "{}",
         turn.reply
     );
@@ -94,7 +79,7 @@ async fn a_spoken_question_is_answered_aloud_with_the_looked_up_fact() {
     let heard = support::hear(spoken);
     eprintln!("heard back: {heard}");
     assert!(
-        mentions_any(&heard, ORDER_1042_FACTS),
+        support::mentions_any(&heard, support::ORDER_1042_FACTS),
         "heard {heard:?} for {:?}",
         turn.reply
     );
@@ -231,7 +216,7 @@ async fn the_upload_route_answers_with_transcript_tools_reply_timings_and_audio(
     assert_eq!(call["arguments"]["order_id"], 1042);
     assert!(call["latency_ms"].as_f64().unwrap() > 0.0);
     assert!(
-        mentions_any(turn["reply"].as_str().unwrap(), ORDER_1042_FACTS),
+        support::mentions_any(turn["reply"].as_str().unwrap(), support::ORDER_1042_FACTS),
         "{turn}"
     );
     assert!(turn["timings"]["voice_to_voice_ms"].as_f64().unwrap() > 0.0);
@@ -257,7 +242,10 @@ async fn the_upload_route_answers_with_transcript_tools_reply_timings_and_audio(
     let decoded = decode_bytes(spoken, Some("wav"), &DecodeLimits::default()).unwrap();
     let heard = support::hear(&decoded);
     eprintln!("heard back: {heard}");
-    assert!(mentions_any(&heard, ORDER_1042_FACTS), "{heard}");
+    assert!(
+        support::mentions_any(&heard, support::ORDER_1042_FACTS),
+        "{heard}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

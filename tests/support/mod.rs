@@ -187,3 +187,19 @@ pub fn hear(audio: &parlor::frame::AudioChunk) -> String {
         .expect("load whisper");
     engine.transcribe(&samples, None).expect("transcribe")
 }
+
+/// Facts of order 1042 (pipelines/data/orders.sql) a spoken answer may say.
+pub const ORDER_1042_FACTS: &[&str] = &[
+    "ups",
+    "shipped",
+    "on its way",
+    "28",
+    "twenty-eighth",
+    "november",
+];
+
+/// Whether `text` mentions any of `facts` (case-insensitive).
+pub fn mentions_any(text: &str, facts: &[&str]) -> bool {
+    let text = text.to_lowercase();
+    facts.iter().any(|f| text.contains(f))
+}
