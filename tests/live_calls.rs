@@ -227,6 +227,48 @@ async fn a_spoken_question_over_a_live_call_is_answered_aloud() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_human_voice_over_a_live_call_is_heard_and_answered_aloud() {
+    // A person's recording (PyPI pocketsphinx test data), not a synthetic
+    // voice: "go forward ten meters". Not a shop question, so the check
+    // is that it is heard right and answered aloud, whatever the answer.
+    let _one = ONE_AT_A_TIME.lock().await;
+    let server = Server::start(CallLimits::default()).await;
+    let path = support::root().join("models/speech/commands/goforward.wav");
+    let audio = decode_file(&path, &DecodeLimits::default()).unwrap();
+    let recording = client::play_file(&server.url, &audio, &PlayOptions::default(), |e| {
+        eprintln!("{e:?}")
+    })
+    .await
+    .expect("the call runs");
+    let transcript = recording.events.iter().find_map(|e| match e {
+        ServerEvent::Transcript {
+            text,
+            is_final: true,
+            ..
+        } => Some(text.to_lowercase()),
+        _ => None,
+    });
+    let transcript = transcript.expect("a transcript");
+    assert!(
+        transcript.contains("forward") && (transcript.contains("ten") || transcript.contains("10")),
+        "{transcript}"
+    );
+    assert!(
+        recording
+            .events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::TurnDone { reply, .. } if !reply.is_empty())),
+        "{:?}",
+        recording.events
+    );
+    assert!(
+        recording.audio_chunk().duration() > Duration::from_millis(500),
+        "the answer was spoken"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barge_in_stops_the_reply_and_says_what_the_caller_heard() {
     let _one = ONE_AT_A_TIME.lock().await;
     let server = Server::start(CallLimits::default()).await;
@@ -458,6 +500,14 @@ async fn bad_input_gets_a_precise_error_and_the_call_goes_on() {
     let (reason, code) = ending(&mut rx).await;
     assert_eq!(code, Some(1008), "{reason:?}");
     assert!(reason.unwrap_or_default().contains("nothing arrived"));
+
+    // A server that shuts down ends its calls cleanly: a reason, then 1001.
+    let (_tx, mut rx) = connect_when_free(&server.url).await;
+    let _started = rx.next().await.unwrap();
+    server.stop.cancel();
+    let (reason, code) = ending(&mut rx).await;
+    assert_eq!(code, Some(1001), "{reason:?}");
+    assert!(reason.unwrap_or_default().contains("shutting down"));
     server.shutdown().await;
 }
 
