@@ -11,6 +11,7 @@ mod support;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use parlor::audio::{decode_bytes, decode_file, DecodeLimits};
@@ -334,6 +335,41 @@ async fn over_capacity_is_a_429_not_a_queue() {
     assert_eq!(response.headers()["retry-after"], "1");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "server_at_capacity");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_turn_frees_its_slot() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // One slot: while a turn holds it, every other upload gets a 429.
+    let (base, _pipeline) = start(1).await;
+    let wav = std::fs::read(question()).unwrap();
+    let client = reqwest::Client::new();
+    let send = |timeout: Duration| {
+        client
+            .post(format!("{base}/v1/turns"))
+            .header("content-type", "audio/wav")
+            .timeout(timeout)
+            .body(wav.clone())
+            .send()
+    };
+    // Hang up a second in: Whisper has the question, the planner is busy.
+    let hung_up = send(Duration::from_secs(1)).await;
+    assert!(hung_up.is_err(), "{hung_up:?}");
+    // The server notices, cancels the turn and frees the slot: a new
+    // upload soon gets in (and is answered) instead of a 429.
+    let started = std::time::Instant::now();
+    loop {
+        let response = send(Duration::from_secs(300)).await.unwrap();
+        if response.status() != StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(response.status(), StatusCode::OK);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the hung-up turn still holds the slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
