@@ -394,11 +394,8 @@ impl CallOutput {
                         text: Some(text),
                     });
                 }
-                let report = self.reports.get(turn);
-                match &mut report.audio {
-                    Some(all) => all.samples.extend_from_slice(&audio.samples),
-                    None => report.audio = Some(audio.clone()),
-                }
+                // The report keeps no copy of the audio: the caller has it,
+                // and a long call would hold every reply twice.
                 let frame = (audio.sample_rate as f64 * OUTPUT_FRAME.as_secs_f64()) as usize;
                 for samples in audio.samples.chunks(frame.max(1)) {
                     self.pending.push_back(Pending::Audio {
