@@ -85,12 +85,9 @@ pub enum VadError {
 /// The detector a spec asks for. Blocking: Silero loads a model.
 ///
 /// # Errors
-/// See [`SileroDetector::load`]; earshot cannot fail.
+/// See [`SharedModel::load`]; earshot cannot fail.
 pub fn detector(spec: &VadSpec) -> Result<Box<dyn SpeechDetector>, VadError> {
-    Ok(match spec.backend {
-        VadBackend::Silero => Box::new(SileroDetector::load(&spec.model, &spec.onnxruntime)?),
-        VadBackend::Earshot => Box::new(EarshotDetector::new()),
-    })
+    SharedModel::load(spec)?.detector()
 }
 
 /// What every call's detector shares: the loaded model, if the backend has

@@ -128,14 +128,6 @@ pub struct SileroDetector {
 }
 
 impl SileroDetector {
-    /// Load a model for this detector alone. Blocking.
-    ///
-    /// # Errors
-    /// As [`SileroModel::load`].
-    pub fn load(model: &Path, runtime: &Path) -> Result<Self, VadError> {
-        Self::new(Arc::new(SileroModel::load(model, runtime)?))
-    }
-
     /// A detector with fresh state over a loaded model.
     ///
     /// # Errors
