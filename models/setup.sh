@@ -24,7 +24,8 @@ WHEELS="$CACHE/wheels"
 EXTRACT="$CACHE/extract"
 VENV="$CACHE/venv"
 
-APT_PACKAGES=(build-essential cmake clang libclang-dev pkg-config espeak-ng sox libsox-fmt-mp3)
+# chromium: the web page is tested in a real headless browser (tests/web_page.rs).
+APT_PACKAGES=(build-essential cmake clang libclang-dev pkg-config espeak-ng sox libsox-fmt-mp3 chromium)
 PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1 mcp==2.3.0 openai==3.57.0)
 
 # Whisper tiny.en in CTranslate2 format (faster-whisper's), converted below.

@@ -15,11 +15,9 @@ use parlor::audio::{decode_file, resample, DecodeLimits};
 use parlor::frame::{AudioChunk, PIPELINE_SAMPLE_RATE};
 use parlor::live::client::{self, ClientError, Incoming, PlayOptions};
 use parlor::live::ServerEvent;
-use parlor::llm::{LocalLlm, LocalLlmOptions};
 use parlor::loaded::LoadedPipeline;
 use parlor::server::calls::CallLimits;
-use parlor::server::{serve, AppState, ServedModel};
-use parlor::spec::PipelineSpec;
+use parlor::server::AppState;
 use parlor::stages::tts::espeak::EspeakVoice;
 use parlor::stages::tts::Voice;
 use tokio::sync::{mpsc, Mutex};
@@ -42,28 +40,13 @@ struct Server {
 
 impl Server {
     async fn start(limits: CallLimits) -> Self {
-        let root = support::root();
-        let spec = PipelineSpec::local_default(root).expect("the default spec");
-        let pipeline = Arc::new(LoadedPipeline::load(&spec, root).await.expect("load"));
-        let path = support::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-        let llm = LocalLlm::load(&path, LocalLlmOptions::default()).unwrap();
-        let state = AppState::new(ServedModel::new(llm, &path))
-            .with_pipeline(pipeline.clone(), 2)
-            .with_call_limits(limits);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        tokio::spawn(serve(
-            listener,
-            state.clone(),
-            stop.clone().cancelled_owned(),
-        ));
+        let server = support::VoiceServer::start(limits).await;
         Self {
-            url: format!("ws://{addr}/v1/calls"),
-            http: format!("http://{addr}/v1/calls"),
-            state,
-            stop,
-            pipeline,
+            url: format!("ws://{}/v1/calls", server.addr),
+            http: format!("http://{}/v1/calls", server.addr),
+            state: server.state,
+            stop: server.stop,
+            pipeline: server.pipeline,
         }
     }
 

@@ -17,10 +17,12 @@
 //!   voice.
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
 //! - [`metrics`]: `GET /metrics` (Prometheus) and the request counter.
+//! - [`calls`]: `GET /v1/calls`, live calls over a WebSocket.
+//! - [`page`]: `GET /`, the press-to-talk web page.
 //!
-//! Routes: `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/models`, `POST /v1/chat/completions`,
+//! Routes: `GET /`, `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/models`, `POST /v1/chat/completions`,
 //! `POST /v1/responses`, `POST /v1/turns`, `POST /v1/audio/speech`,
-//! `POST /v1/audio/transcriptions`.
+//! `POST /v1/audio/transcriptions`, `GET /v1/calls`.
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
 
 pub mod audio_speech;
@@ -30,6 +32,7 @@ pub mod chat_request;
 pub mod chat_response;
 pub mod metrics;
 pub mod openai_error;
+pub mod page;
 pub mod responses;
 pub mod responses_request;
 pub mod served_model;
@@ -181,6 +184,7 @@ pub(crate) async fn start_call(
 pub fn router(state: AppState) -> axum::Router {
     let counted = state.metrics.clone();
     axum::Router::new()
+        .route("/", get(page::page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))

@@ -203,3 +203,46 @@ pub fn mentions_any(text: &str, facts: &[&str]) -> bool {
     let text = text.to_lowercase();
     facts.iter().any(|f| text.contains(f))
 }
+
+/// parlor serving the local default pipeline (and the small chat model) on
+/// 127.0.0.1:0, on the caller's runtime so its tasks can be counted.
+pub struct VoiceServer {
+    pub addr: std::net::SocketAddr,
+    pub state: parlor::server::AppState,
+    /// Cancel to shut the server down gracefully.
+    pub stop: tokio_util::sync::CancellationToken,
+    pub pipeline: std::sync::Arc<parlor::loaded::LoadedPipeline>,
+}
+
+impl VoiceServer {
+    pub async fn start(limits: parlor::server::calls::CallLimits) -> Self {
+        use parlor::llm::{LocalLlm, LocalLlmOptions};
+        use parlor::server::{serve, AppState, ServedModel};
+
+        let spec = parlor::spec::PipelineSpec::local_default(root()).expect("the default spec");
+        let pipeline = std::sync::Arc::new(
+            parlor::loaded::LoadedPipeline::load(&spec, root())
+                .await
+                .expect("load"),
+        );
+        let path = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+        let llm = LocalLlm::load(&path, LocalLlmOptions::default()).unwrap();
+        let state = AppState::new(ServedModel::new(llm, &path))
+            .with_pipeline(pipeline.clone(), 2)
+            .with_call_limits(limits);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            state.clone(),
+            stop.clone().cancelled_owned(),
+        ));
+        Self {
+            addr,
+            state,
+            stop,
+            pipeline,
+        }
+    }
+}
