@@ -13,6 +13,15 @@
 //!    first output after the end of speech. `PARLOR_BENCH_RUNS` (default 2)
 //!    rounds over the questions; p50 and p95 over all turns.
 //!
+//!    Also the wait the caller feels: from the end of the question's speech
+//!    (its last voiced sample, as sent) to the first reply audio received,
+//!    which includes the VAD's end-of-turn silence.
+//!
+//! `PARLOR_BENCH_PIPELINE` names the spec to serve (default: the embedded
+//! local one), e.g. `pipelines/local-fast.toml`; `PARLOR_BENCH_QUESTIONS=chat`
+//! asks small talk instead of shop questions (for a spec without tools,
+//! such as `benches/pipelines/chat-fast.toml`).
+//!
 //! Needs `bash models/setup.sh` and espeak-ng. Run: `cargo bench --bench
 //! live_calls`.
 
@@ -26,6 +35,15 @@ use parlor::live::ServerEvent;
 use parlor::stages::tts::espeak::EspeakVoice;
 use parlor::stages::tts::Voice;
 use tokio::sync::mpsc;
+
+/// Small talk, for a pipeline without tools (`PARLOR_BENCH_QUESTIONS=chat`).
+const CHAT: &[&str] = &[
+    "What is the capital of France?",
+    "How are you today?",
+    "Tell me a fun fact about cats.",
+    "What colour is the sky?",
+    "Can you recommend a good book?",
+];
 
 const QUESTIONS: &[&str] = &[
     "Where is my order 1042?",
@@ -56,14 +74,18 @@ impl Served {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_parlor"))
-            .args([
-                "serve",
-                "--addr",
-                &addr,
-                "--max-calls",
-                &max_calls.to_string(),
-            ])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_parlor"));
+        command.args([
+            "serve",
+            "--addr",
+            &addr,
+            "--max-calls",
+            &max_calls.to_string(),
+        ]);
+        if let Ok(spec) = std::env::var("PARLOR_BENCH_PIPELINE") {
+            command.args(["--pipeline", &spec]);
+        }
+        let child = command
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -126,6 +148,17 @@ async fn espeak(text: &str) -> AudioChunk {
     AudioChunk::new(PIPELINE_SAMPLE_RATE, samples)
 }
 
+/// How long `audio` is quiet at its end (below about -40 dBFS).
+fn trailing_silence(audio: &AudioChunk) -> Duration {
+    let voiced_end = audio
+        .samples
+        .iter()
+        .rposition(|s| s.abs() > 0.01)
+        .map_or(0, |i| i + 1);
+    let quiet = audio.samples.len() - voiced_end;
+    Duration::from_secs_f64(quiet as f64 / f64::from(audio.sample_rate))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
@@ -166,15 +199,20 @@ async fn main() {
 
     // 2. Voice-to-voice latency, live-paced.
     let mut spoken = Vec::new();
-    for q in QUESTIONS {
+    let questions = match std::env::var("PARLOR_BENCH_QUESTIONS").as_deref() {
+        Ok("chat") => CHAT,
+        _ => QUESTIONS,
+    };
+    for q in questions {
         spoken.push((q, espeak(q).await));
     }
     let mut v2v = Vec::new();
+    let mut felt = Vec::new();
     let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for run in 0..runs {
         for (question, audio) in &spoken {
             let mut done = None;
-            client::play_file(&served.url(), audio, &PlayOptions::default(), |e| {
+            let recording = client::play_file(&served.url(), audio, &PlayOptions::default(), |e| {
                 if let ServerEvent::TurnDone {
                     voice_to_voice_ms,
                     stages,
@@ -191,8 +229,20 @@ async fn main() {
                 println!("run {run}: {question:?}: no spoken reply");
                 continue;
             };
-            println!("run {run}: {question:?}: {ms:.0} ms -> {reply:?}");
+            let caller_ms = match (recording.file_sent_at, recording.first_audio_at) {
+                (Some(sent), Some(heard)) => {
+                    let trailing = trailing_silence(audio);
+                    let waited = heard.saturating_duration_since(sent) + trailing;
+                    Some(waited.as_secs_f64() * 1e3)
+                }
+                _ => None,
+            };
+            println!(
+                "run {run}: {question:?}: {ms:.0} ms after the VAD's decision, {} ms after the caller stopped -> {reply:?}",
+                caller_ms.map_or("?".into(), |c| format!("{c:.0}"))
+            );
             v2v.push(ms);
+            felt.extend(caller_ms);
             for s in timings.as_array().into_iter().flatten() {
                 if let (Some(name), Some(at)) = (
                     s["stage"].as_str(),
@@ -214,6 +264,14 @@ async fn main() {
         percentile(&v2v, 50.0),
         percentile(&v2v, 95.0)
     );
+    felt.sort_by(f64::total_cmp);
+    if !felt.is_empty() {
+        println!(
+            "as the caller feels it (end of speech to first audio received, end-of-turn silence included): p50 {:.0} ms, p95 {:.0} ms",
+            percentile(&felt, 50.0),
+            percentile(&felt, 95.0)
+        );
+    }
     println!("| stage | first output after end of speech, p50 (ms) |\n|---|---|");
     for (name, mut at) in stages {
         at.sort_by(f64::total_cmp);

@@ -280,6 +280,8 @@ fn multi_turn_conversation_reuses_the_cache() {
         stats.reused_tokens + 8 >= before,
         "{stats:?}, cache held {before}"
     );
+    // `{"name":` and `", "arguments": {"text":` were fed, not sampled.
+    assert!(stats.forced_tokens >= 8, "{stats:?}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -191,6 +191,11 @@ pub struct Recording {
     pub output_rate: u32,
     /// The close code the server ended with.
     pub close_code: Option<u16>,
+    /// When the file's last frame was sent (before the open line).
+    pub file_sent_at: Option<Instant>,
+    /// When the first reply audio arrived: with `file_sent_at`, the wait a
+    /// caller feels, end-of-turn silence included.
+    pub first_audio_at: Option<Instant>,
 }
 
 impl Recording {
@@ -227,6 +232,7 @@ pub async fn play_file(
                 }
                 tx.audio(frame).await?;
             }
+            let file_sent_at = Instant::now();
             // Silence, as an open line sounds, until parlor has answered.
             let silence = vec![0.0; FRAME];
             let quiet_since = tokio::time::Instant::now();
@@ -241,7 +247,7 @@ pub async fn play_file(
                 tx.audio(&silence).await?;
             }
             tx.end().await?;
-            Ok::<_, ClientError>(tx)
+            Ok::<_, ClientError>(file_sent_at)
         })
     };
 
@@ -262,7 +268,10 @@ pub async fn play_file(
                 on_event(&event);
                 recording.events.push(event);
             }
-            Incoming::Audio(samples) => recording.audio.extend_from_slice(&samples),
+            Incoming::Audio(samples) => {
+                recording.first_audio_at.get_or_insert_with(Instant::now);
+                recording.audio.extend_from_slice(&samples);
+            }
             Incoming::Closed { code, .. } => {
                 recording.close_code = code;
                 break;
@@ -270,7 +279,7 @@ pub async fn play_file(
         }
     }
     match sender.await {
-        Ok(Ok(_)) => {}
+        Ok(Ok(sent_at)) => recording.file_sent_at = Some(sent_at),
         // The server may hang up first (it ended the call); that is its
         // right, and the recording says why.
         Ok(Err(_)) => {}

@@ -53,7 +53,8 @@ pub struct LocalLlmOptions {
     pub context_len: u32,
     /// Prompt tokens evaluated per llama.cpp batch.
     pub batch: u32,
-    /// Output tokens per request at most; a decision cut short is an error.
+    /// Sampled output tokens per request at most (text a grammar forces
+    /// comes on top); a decision cut short is an error.
     pub max_tokens: usize,
     /// Keep the evaluated prompt in the KV cache and reuse its longest
     /// common prefix with the next request. Off only to measure without it.
@@ -87,6 +88,9 @@ pub struct GenerationStats {
     pub time_to_first_token: Duration,
     /// Output tokens (not counting the end-of-turn token).
     pub generated_tokens: usize,
+    /// Output tokens the grammar forced, fed in batches instead of sampled
+    /// (not in `generated_tokens`).
+    pub forced_tokens: usize,
     /// From the first output token to the end of the output.
     pub generation_time: Duration,
 }
@@ -257,8 +261,13 @@ impl LocalLlm {
         let started = Instant::now();
         let grammar = grammar::tool_choice_grammar(tools, choice)?;
         let prompt = render_prompt(messages, Some((tools, choice)));
+        let forced = grammar::ForcedText::new(tools, choice);
         let mut say = SayStream::default();
-        let output = self.generate(started, &prompt, Some(&grammar), &mut |piece: &str| {
+        let constraint = Constraint {
+            grammar: &grammar,
+            forced: &forced,
+        };
+        let output = self.generate(started, &prompt, Some(constraint), &mut |piece: &str| {
             let text = say.push(piece);
             if text.is_empty() {
                 ControlFlow::Continue(())
@@ -283,12 +292,12 @@ impl LocalLlm {
     }
 
     /// Evaluate `prompt` (reusing the cached prefix) and generate greedily
-    /// until end of turn, under `grammar` if given.
+    /// until end of turn, under `constraint` if given.
     fn generate(
         &mut self,
         started: Instant,
         prompt: &str,
-        grammar: Option<&str>,
+        constraint: Option<Constraint<'_>>,
         on_piece: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<String, LlmError> {
         let model = self.model;
@@ -296,26 +305,28 @@ impl LocalLlm {
         let tokens = vocab.tokenize(prompt.as_bytes(), true, true);
         let max_tokens = self.options.max_tokens;
         let context_len = self.ctx.n_ctx() as usize;
-        if tokens.is_empty() || tokens.len() + max_tokens > context_len {
+        if tokens.is_empty() || tokens.len() + max_tokens + grammar::FORCED_TOKENS_MAX > context_len
+        {
             return Err(LlmError::ContextFull {
                 prompt: tokens.len(),
                 max_tokens,
                 context_len,
             });
         }
-        let mut sampler = match grammar {
-            Some(g) => Some(
-                LlamaSampler::grammar(self.model, g, "root")
+        let mut sampler = match constraint {
+            Some(c) => Some(
+                LlamaSampler::grammar(self.model, c.grammar, "root")
                     .map_err(|e| LlmError::Backend(format!("grammar rejected: {e}")))?,
             ),
             None => None,
         };
+        let forced = constraint.map(|c| c.forced);
         self.stats = GenerationStats {
             prompt_tokens: tokens.len(),
             ..GenerationStats::default()
         };
 
-        let result = self.generate_inner(started, &tokens, sampler.as_mut(), on_piece);
+        let result = self.generate_inner(started, &tokens, sampler.as_mut(), forced, on_piece);
         if let Err(LlmError::Backend(_)) = &result {
             // The cache may be half-written: start the next request afresh.
             self.clear_cache();
@@ -328,6 +339,7 @@ impl LocalLlm {
         started: Instant,
         tokens: &[LlamaToken],
         mut grammar: Option<&mut LlamaSampler>,
+        forced: Option<&grammar::ForcedText>,
         on_piece: &mut dyn FnMut(&str) -> ControlFlow<()>,
     ) -> Result<String, LlmError> {
         if !self.options.prefix_cache {
@@ -349,32 +361,40 @@ impl LocalLlm {
         let keep = self.cached.len();
         self.stats.reused_tokens = keep;
 
-        let n_batch = self.options.batch.max(1) as usize;
-        let mut batch = LlamaBatch::new(n_batch, 1);
-        let suffix = &tokens[keep..];
-        for (c, chunk) in suffix.chunks(n_batch).enumerate() {
-            batch.clear();
-            let last_chunk = (c + 1) * n_batch >= suffix.len();
-            for (i, &token) in chunk.iter().enumerate() {
-                let pos = (keep + c * n_batch + i) as i32;
-                let logits = last_chunk && i == chunk.len() - 1;
-                batch
-                    .add(token, pos, &[0], logits)
-                    .map_err(|e| LlmError::Backend(e.to_string()))?;
-            }
-            self.ctx
-                .decode(&mut batch)
-                .map_err(|e| LlmError::Backend(format!("prompt evaluation: {e}")))?;
-            self.cached.extend_from_slice(chunk);
-        }
-
         let model = self.model;
         let vocab = model.vocab();
-        let mut logits_index = batch.n_tokens() - 1;
         let mut bytes = Vec::new();
         let mut output = String::new();
         let mut first_at = None;
+
+        // A forced opening goes in with the prompt: one batch, not two.
+        let mut suffix = tokens[keep..].to_vec();
+        if let Some(text) = forced.and_then(|f| f.after("")) {
+            let run = force(model, grammar.as_deref_mut(), text);
+            self.stats.forced_tokens += run.len();
+            suffix.extend_from_slice(&run);
+            output.push_str(text);
+        }
+        let n_batch = self.options.batch.max(1) as usize;
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        self.evaluate(&mut batch, &suffix)?;
+        if !output.is_empty() && on_piece(&output).is_break() {
+            return Err(LlmError::Cancelled);
+        }
+
         for _ in 0..self.options.max_tokens {
+            // Text only one way can continue is fed in one batch instead of
+            // being sampled token by token (see `grammar::ForcedText`).
+            if let Some(text) = forced.and_then(|f| f.after(&output)) {
+                let run = force(model, grammar.as_deref_mut(), text);
+                self.evaluate(&mut batch, &run)?;
+                self.stats.forced_tokens += run.len();
+                output.push_str(text);
+                if on_piece(text).is_break() {
+                    return Err(LlmError::Cancelled);
+                }
+            }
+            let logits_index = batch.n_tokens() - 1;
             let token = {
                 let logits = self.ctx.get_logits_ith(logits_index);
                 match grammar.as_deref_mut() {
@@ -406,7 +426,6 @@ impl LocalLlm {
                 .decode(&mut batch)
                 .map_err(|e| LlmError::Backend(format!("generation: {e}")))?;
             self.cached.push(token);
-            logits_index = 0;
 
             if !piece.is_empty() && on_piece(&piece).is_break() {
                 self.stats.generation_time = first_at.map(|t| t.elapsed()).unwrap_or_default();
@@ -423,6 +442,48 @@ impl LocalLlm {
         }
         Ok(output)
     }
+}
+
+/// What a grammar-constrained request decodes under.
+#[derive(Clone, Copy)]
+struct Constraint<'a> {
+    grammar: &'a str,
+    forced: &'a grammar::ForcedText,
+}
+
+impl LocalLlm {
+    /// Feed `tokens` to the context after what it holds, in batches, with
+    /// logits for the last one only (it chooses the next token).
+    fn evaluate(&mut self, batch: &mut LlamaBatch, tokens: &[LlamaToken]) -> Result<(), LlmError> {
+        let n_batch = self.options.batch.max(1) as usize;
+        for (c, chunk) in tokens.chunks(n_batch).enumerate() {
+            batch.clear();
+            let last_chunk = (c + 1) * n_batch >= tokens.len();
+            for (i, &token) in chunk.iter().enumerate() {
+                let pos = (self.cached.len() + i) as i32;
+                let logits = last_chunk && i == chunk.len() - 1;
+                batch
+                    .add(token, pos, &[0], logits)
+                    .map_err(|e| LlmError::Backend(e.to_string()))?;
+            }
+            self.ctx
+                .decode(batch)
+                .map_err(|e| LlmError::Backend(format!("prompt evaluation: {e}")))?;
+            self.cached.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+}
+
+/// The tokens of forced `text`, with the grammar advanced past them.
+fn force(model: &LlamaModel, grammar: Option<&mut LlamaSampler>, text: &str) -> Vec<LlamaToken> {
+    let run = model.vocab().tokenize(text.as_bytes(), false, false);
+    if let Some(g) = grammar {
+        for &token in &run {
+            g.accept(token);
+        }
+    }
+    run
 }
 
 /// The greedy choice among the tokens the grammar admits. Checks the
