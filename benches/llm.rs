@@ -5,7 +5,9 @@
 //! follow-up turn after a tool result, and generation speed.
 //!
 //! Then tool selection over the whole question set (the decision's tool
-//! against the expected one, `say` for small talk).
+//! against the expected one, `say` for small talk), and the time to the
+//! first spoken word of a `say` answer with the grammar's forced text fed
+//! in batches against sampled token by token.
 //!
 //! Uses the question set in benches/tasks/planner_questions.json and the
 //! default pipeline's Qwen2.5-Coder-1.5B-Instruct Q4_K_M on 2 threads
@@ -18,7 +20,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use parlor::llm::{ChatMessage, LlmError, LocalLlm, LocalLlmOptions, ToolSpec};
+use parlor::llm::{ChatMessage, LlmError, LocalLlm, LocalLlmOptions, ToolChoice, ToolSpec};
 use serde_json::Value;
 
 const THREADS: usize = 2;
@@ -194,9 +196,68 @@ fn main() {
         "tool selection: {right}/{} right (the expected tool, or say for small talk)",
         expected.len()
     );
+    // The same with the forced text sampled: batching it must not change
+    // what the model decides.
+    llm.options_mut().forced_text = false;
+    let sampled_right = expected
+        .iter()
+        .filter(|(q, expect)| {
+            llm.decide(&convo(q), &tools, |_| {})
+                .is_ok_and(|d| d.name() == *expect)
+        })
+        .count();
+    llm.options_mut().forced_text = true;
+    println!(
+        "tool selection with the forced text sampled token by token: {sampled_right}/{} right",
+        expected.len()
+    );
     println!(
         "generation: {:.1} tokens/s over {} questions (greedy, grammar-constrained)",
         tokens as f64 / secs,
         expected.len()
     );
+
+    // Time to the first spoken word of a `say` answer, with the text the
+    // grammar forces fed in batches and sampled token by token, side by
+    // side on the same small-talk questions (cached prefix).
+    let small_talk: Vec<&str> = expected
+        .iter()
+        .filter(|(_, expect)| *expect == "say")
+        .map(|(q, _)| *q)
+        .collect();
+    let mut first_word = |forced: bool| {
+        llm.options_mut().forced_text = forced;
+        let mut times = Vec::new();
+        for q in &small_talk {
+            for _ in 0..runs {
+                let started = std::time::Instant::now();
+                let mut first = None;
+                llm.options_mut().max_tokens = 96;
+                llm.decide_with(&convo(q), &tools, ToolChoice::Auto, |_| {
+                    first.get_or_insert_with(|| started.elapsed());
+                    std::ops::ControlFlow::Break(())
+                })
+                .ok();
+                times.extend(first);
+            }
+        }
+        times
+    };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    // Alternate, so drift on a shared machine hits both alike.
+    for _ in 0..2 {
+        with.extend(first_word(true));
+        without.extend(first_word(false));
+    }
+    llm.options_mut().forced_text = true;
+    if !with.is_empty() && !without.is_empty() {
+        let (w, wo) = (median(with), median(without));
+        println!(
+            "first spoken word of a say answer ({} small-talk questions): forced text batched {:.1} ms, sampled {:.1} ms ({:.2}x)",
+            small_talk.len(),
+            ms(w),
+            ms(wo),
+            ms(wo) / ms(w)
+        );
+    }
 }

@@ -59,6 +59,9 @@ pub struct LocalLlmOptions {
     /// Keep the evaluated prompt in the KV cache and reuse its longest
     /// common prefix with the next request. Off only to measure without it.
     pub prefix_cache: bool,
+    /// Feed the text the tool-choice grammar forces in batches instead of
+    /// sampling it ([`grammar::ForcedText`]). Off only to measure without.
+    pub forced_text: bool,
 }
 
 impl Default for LocalLlmOptions {
@@ -72,6 +75,7 @@ impl Default for LocalLlmOptions {
             batch: 512,
             max_tokens: 192,
             prefix_cache: true,
+            forced_text: true,
         }
     }
 }
@@ -261,11 +265,14 @@ impl LocalLlm {
         let started = Instant::now();
         let grammar = grammar::tool_choice_grammar(tools, choice)?;
         let prompt = render_prompt(messages, Some((tools, choice)));
-        let forced = grammar::ForcedText::new(tools, choice);
+        let forced = self
+            .options
+            .forced_text
+            .then(|| grammar::ForcedText::new(tools, choice));
         let mut say = SayStream::default();
         let constraint = Constraint {
             grammar: &grammar,
-            forced: &forced,
+            forced: forced.as_ref(),
         };
         let output = self.generate(started, &prompt, Some(constraint), &mut |piece: &str| {
             let text = say.push(piece);
@@ -320,7 +327,7 @@ impl LocalLlm {
             ),
             None => None,
         };
-        let forced = constraint.map(|c| c.forced);
+        let forced = constraint.and_then(|c| c.forced);
         self.stats = GenerationStats {
             prompt_tokens: tokens.len(),
             ..GenerationStats::default()
@@ -448,7 +455,7 @@ impl LocalLlm {
 #[derive(Clone, Copy)]
 struct Constraint<'a> {
     grammar: &'a str,
-    forced: &'a grammar::ForcedText,
+    forced: Option<&'a grammar::ForcedText>,
 }
 
 impl LocalLlm {
