@@ -392,6 +392,25 @@ async fn the_route_streams_pcm_and_answers_wav() {
     let audio = parlor::audio::read_wav_bytes(&wav).expect("a WAV");
     assert_eq!(audio.sample_rate, 24_000);
     assert_heard(&audio, &["order", "friday"]);
+
+    // `speed` is honoured: twice as fast is about half as long, and still
+    // heard (Whisper tiny mishears some of it at that pace: "your oral
+    // shits on friday").
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"model": "x", "input": SENTENCE, "response_format": "wav", "speed": 2.0}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let fast = parlor::audio::read_wav_bytes(&response.bytes().await.unwrap()).expect("a WAV");
+    let ratio = fast.samples.len() as f64 / audio.samples.len() as f64;
+    assert!(
+        (0.35..=0.7).contains(&ratio),
+        "speed 2 gave {ratio:.2} of the length"
+    );
+    assert_heard(&fast, &["friday"]);
 }
 
 async fn post_raw(body: &str) -> (u16, serde_json::Value) {

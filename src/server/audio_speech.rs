@@ -125,8 +125,9 @@ async fn speak(
     let voice = voice.ok_or_else(ApiError::no_voice)?;
     let (tx, mut rx) = mpsc::channel::<AudioChunk>(AUDIO_QUEUE);
     let text = request.input;
+    let speed = request.speed.unwrap_or(1.0);
     let speaking: JoinHandle<Result<(), TtsError>> =
-        tokio::spawn(async move { voice.speak(&text, &tx).await });
+        tokio::spawn(async move { voice.speak_at(&text, speed, &tx).await });
 
     // Wait for the first audio, or for the voice to finish without any.
     let first = match rx.recv().await {

@@ -123,11 +123,16 @@ impl Voice for EspeakVoice {
         "espeak"
     }
 
-    async fn speak(&self, text: &str, out: &mpsc::Sender<AudioChunk>) -> Result<(), TtsError> {
+    async fn speak_at(
+        &self,
+        text: &str,
+        speed: f32,
+        out: &mpsc::Sender<AudioChunk>,
+    ) -> Result<(), TtsError> {
         if text.trim().is_empty() || out.is_closed() {
             return Ok(());
         }
-        let wpm = self.wpm.to_string();
+        let wpm = ((self.wpm as f32 * speed).round() as u32).to_string();
         let args = ["--stdout", "-v", &self.voice, "-s", &wpm];
         // espeak-ng writes the WAV only when done; a chunk is one sentence,
         // a few ms of work, so there is nothing to gain from reading early.

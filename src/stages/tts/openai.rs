@@ -95,7 +95,8 @@ impl OpenAiVoice {
         self
     }
 
-    fn body(&self, text: &str) -> Value {
+    /// The request for `text` at `speed` times the configured speed.
+    fn body(&self, text: &str, speed: f32) -> Value {
         let mut body = json!({
             "model": self.model,
             "input": text,
@@ -105,18 +106,19 @@ impl OpenAiVoice {
         if let Some(i) = &self.instructions {
             body["instructions"] = json!(i);
         }
-        if let Some(s) = self.speed {
-            body["speed"] = json!(s);
+        let speed = self.speed.unwrap_or(1.0) * speed;
+        if speed != 1.0 {
+            body["speed"] = json!(speed.clamp(0.25, 4.0));
         }
         body
     }
 
-    async fn request(&self, text: &str) -> Result<reqwest::Response, TtsError> {
+    async fn request(&self, text: &str, speed: f32) -> Result<reqwest::Response, TtsError> {
         let mut request = self
             .client
             .post(&self.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(self.body(text).to_string());
+            .body(self.body(text, speed).to_string());
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -197,12 +199,17 @@ impl Voice for OpenAiVoice {
         "openai"
     }
 
-    async fn speak(&self, text: &str, out: &mpsc::Sender<AudioChunk>) -> Result<(), TtsError> {
+    async fn speak_at(
+        &self,
+        text: &str,
+        speed: f32,
+        out: &mpsc::Sender<AudioChunk>,
+    ) -> Result<(), TtsError> {
         if text.trim().is_empty() || out.is_closed() {
             return Ok(());
         }
         let response = tokio::select! {
-            r = self.request(text) => r?,
+            r = self.request(text, speed) => r?,
             () = out.closed() => return Ok(()),
         };
         let mut body = response.bytes_stream();

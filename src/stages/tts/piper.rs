@@ -231,7 +231,12 @@ impl Voice for PiperVoice {
         "piper"
     }
 
-    async fn speak(&self, text: &str, out: &mpsc::Sender<AudioChunk>) -> Result<(), TtsError> {
+    async fn speak_at(
+        &self,
+        text: &str,
+        speed: f32,
+        out: &mpsc::Sender<AudioChunk>,
+    ) -> Result<(), TtsError> {
         if text.trim().is_empty() || out.is_closed() {
             return Ok(());
         }
@@ -244,7 +249,8 @@ impl Voice for PiperVoice {
                 return Ok(());
             }
             let session = Arc::clone(&self.session);
-            let scales = self.scales;
+            let [noise, length, noise_w] = self.scales;
+            let scales = [noise, length / speed, noise_w];
             // The model run cannot be interrupted; a cancelled turn stops
             // before the next sentence instead.
             let audio = tokio::task::spawn_blocking(move || synthesize(&session, &ids, scales))

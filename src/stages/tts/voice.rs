@@ -29,7 +29,19 @@ pub trait Voice: Send + Sync + 'static {
     /// Speak one chunk of text (a sentence or clause), sending mono f32 audio in [-1, 1]
     /// to `out` as it is made (any sample rate; the stage resamples). Returns Ok(()) promptly
     /// if `out` is closed (receiver gone = turn cancelled). Empty/whitespace text sends nothing.
-    async fn speak(&self, text: &str, out: &mpsc::Sender<AudioChunk>) -> Result<(), TtsError>;
+    async fn speak(&self, text: &str, out: &mpsc::Sender<AudioChunk>) -> Result<(), TtsError> {
+        self.speak_at(text, 1.0, out).await
+    }
+
+    /// [`Self::speak`] at `speed` times the voice's own rate (0.25 to 4;
+    /// the `speed` of a `/v1/audio/speech` request). Every voice honours
+    /// it: none may ignore a speed the caller asked for.
+    async fn speak_at(
+        &self,
+        text: &str,
+        speed: f32,
+        out: &mpsc::Sender<AudioChunk>,
+    ) -> Result<(), TtsError>;
 }
 
 /// Why text could not be turned into speech.
