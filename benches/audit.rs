@@ -40,12 +40,12 @@ fn entry<'a>(ctx: &'a AuditContext, args: &'a Value, result: &'a [u8]) -> AuditE
 }
 
 /// A 431-byte result, the size of a `get_order` answer.
-fn result() -> Vec<u8> {
+fn sample_result() -> Vec<u8> {
     vec![b'x'; 431]
 }
 
 fn bench(c: &mut Criterion) {
-    let (ctx, args, result) = (AuditContext::default(), arguments(), result());
+    let (ctx, args, result) = (AuditContext::default(), arguments(), sample_result());
     let prev = parlor::mcp::audit::GENESIS;
     let mut g = c.benchmark_group("audit");
     g.bench_function("record (no I/O)", |b| {
@@ -74,7 +74,8 @@ fn bench(c: &mut Criterion) {
                 let tasks = (0..32).map(|_| {
                     let log = log.clone();
                     tokio::spawn(async move {
-                        let (ctx, args, result) = (AuditContext::default(), arguments(), result());
+                        let (ctx, args, result) =
+                            (AuditContext::default(), arguments(), sample_result());
                         log.append(&entry(&ctx, &args, &result)).await.unwrap();
                     })
                 });
