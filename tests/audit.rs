@@ -327,3 +327,39 @@ async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
         pool.shutdown().await;
     }
 }
+
+/// `parlor audit verify`: OK and exit 0 on a good log, the precise problem
+/// and exit 1 on a tampered one; `--json` is one object.
+#[tokio::test]
+async fn the_verify_command_reports_and_exits_1_on_tampering() {
+    let (_dir, path) = log_of(4).await;
+    let run = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"));
+        cmd.args(["audit", "verify"]).arg(&path);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(false);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("records: 4") && stdout.contains("OK"),
+        "{stdout}"
+    );
+    let out = run(true);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].as_bool(), v["report"]["last_seq"].as_u64()),
+        (Some(true), Some(4))
+    );
+
+    let mut l = lines(&path);
+    l[1] = l[1].replace("\"srv\"", "\"other\"");
+    write_lines(&path, &l);
+    let out = run(false);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("record seq 2 was altered"), "{stderr}");
+}
