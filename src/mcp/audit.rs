@@ -520,14 +520,11 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
     };
     let good = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let (mut seq, mut hash) = (0u64, GENESIS.to_string());
-    let lines = match good {
-        0 => &[][..],
-        _ => &data[..good - 1],
-    };
-    for (i, line) in lines.split(|&b| b == b'\n').enumerate() {
-        if good == 0 {
-            break;
-        }
+    // The whole records, without the final newline (none when empty).
+    let lines = data[..good.saturating_sub(1)]
+        .split(|&b| b == b'\n')
+        .take_while(|_| good > 0);
+    for (i, line) in lines.enumerate() {
         let record = check_line(line, i + 1)?;
         if record.prev != hash {
             return Err(AuditError::BrokenLink { seq: record.seq });
