@@ -140,6 +140,33 @@ enum Command {
         #[command(subcommand)]
         command: McpCommand,
     },
+    /// The tool-call audit log (a spec's `[audit]` table).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit log's hash chain and head: prints the record count,
+    /// the last seq and hash, and OK or the first problem (exit code 1).
+    Verify {
+        /// The log file (its head is FILE.head).
+        file: PathBuf,
+        /// One JSON object on stdout, nothing else.
+        #[arg(long)]
+        json: bool,
+    },
+    /// For tests only: append records from 8 tasks as fast as the disk
+    /// allows until killed (or `--count` records), so a test can SIGKILL a
+    /// writer mid-write and verify the log.
+    #[command(hide = true)]
+    Stress {
+        file: PathBuf,
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -220,6 +247,12 @@ fn main() -> ExitCode {
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
+            Command::Audit {
+                command: AuditCommand::Verify { file, json },
+            } => run_audit_verify(&file, json),
+            Command::Audit {
+                command: AuditCommand::Stress { file, count },
+            } => run_audit_stress(&file, count).await,
         }
     });
     match result {
@@ -882,4 +915,78 @@ fn print_human(turns: &[TurnTranscript]) {
         .map(|t| json!({ "turn": t.turn, "speech_ms": t.metrics.speech.as_secs_f64() * 1e3, "stages": t.metrics.stages }))
         .collect();
     println!("{}", json!({ "timings": timings }));
+}
+
+fn run_audit_verify(file: &Path, json: bool) -> Result<(), Failure> {
+    let result = parlor::mcp::audit::verify(file);
+    if json {
+        let out = match &result {
+            Ok(report) => json!({ "ok": true, "report": report }),
+            Err(e) => json!({ "ok": false, "error": e.to_string() }),
+        };
+        println!("{out}");
+    }
+    match result {
+        Ok(report) => {
+            if !json {
+                println!("records: {}", report.records);
+                println!("last seq: {}", report.last_seq);
+                println!("last hash: {}", report.last_hash);
+                match report.head_seq {
+                    Some(seq) => println!("head: seq {seq}"),
+                    None => println!("head: none"),
+                }
+                if report.torn_tail_bytes > 0 {
+                    println!(
+                        "torn final record: unacknowledged tail, {} bytes (never reported \
+                         as written; cut off when the log is next opened)",
+                        report.torn_tail_bytes
+                    );
+                }
+                println!("OK");
+            }
+            Ok(())
+        }
+        Err(e) => Err(Failure::input(format!("{}: {e}", file.display()))),
+    }
+}
+
+/// Appends from 8 tasks until killed (or `count` records in all).
+async fn run_audit_stress(file: &Path, count: Option<u64>) -> Result<(), Failure> {
+    use parlor::mcp::{AuditContext, AuditEntry, AuditLog, Decision};
+    let log = Arc::new(AuditLog::open(file).map_err(Failure::input)?);
+    let left = Arc::new(std::sync::atomic::AtomicU64::new(count.unwrap_or(u64::MAX)));
+    let tasks = (0..8).map(|task| {
+        let (log, left) = (log.clone(), left.clone());
+        tokio::spawn(async move {
+            let context = AuditContext::default();
+            let arguments = json!({ "task": task, "token": "stress-SECRET" });
+            while left
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+            {
+                let entry = AuditEntry {
+                    context: &context,
+                    decision: Decision::Allowed,
+                    server: "stress",
+                    tool: "append",
+                    arguments: &arguments,
+                    result: Some(b"ok"),
+                    tool_error: false,
+                    latency: std::time::Duration::ZERO,
+                    reason: None,
+                };
+                log.append(&entry).await.map_err(Failure::input)?;
+            }
+            Ok::<(), Failure>(())
+        })
+    });
+    for task in futures::future::join_all(tasks).await {
+        task.map_err(Failure::input)??;
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! Pipeline specs: `pipelines/*.toml` parsed and validated up front.
 //!
 //! A spec is a flat list of `[[stage]]` tables (a voice pipeline is a chain,
-//! not a graph) plus `[mcp.NAME]` server tables. `kind` selects the stage
+//! not a graph) plus `[mcp.NAME]` server tables and an optional `[audit]`
+//! table. `kind` selects the stage
 //! type through an internally tagged enum, so a typo gets "unknown variant
 //! `stt2`, expected one of ..." rather than "did not match any variant".
 //!
@@ -31,8 +32,27 @@ pub struct PipelineSpec {
     pub channel_capacity: NonZeroUsize,
     pub stages: Vec<StageSpec>,
     pub mcp: BTreeMap<String, McpServerSpec>,
+    /// The `[audit]` table: where tool decisions are logged. `None`: no
+    /// audit log (see [`AuditSpec`]).
+    pub audit: Option<AuditSpec>,
     /// Where the spec came from, for messages.
     pub source: PathBuf,
+}
+
+/// `[audit]`: the tool-call audit log (src/mcp/audit.rs).
+///
+/// Off unless the table is present: parlor also runs as a one-shot CLI
+/// (`parlor ask`, tests, demos), where a file appearing in the working
+/// directory would surprise; a deployment that needs an audit trail says
+/// where it goes, and a spec that names one never runs without it (a log
+/// that cannot be opened fails the start, a failed write withholds the
+/// tool result).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSpec {
+    /// The JSON Lines file (relative to the working directory); its head
+    /// sidecar is `<path>.head`. Directories are created.
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -599,12 +619,33 @@ impl PipelineSpec {
             )),
             None => {}
         }
+        let audit = match table.remove("audit") {
+            None => None,
+            Some(value) => match AuditSpec::deserialize(value.clone()) {
+                Ok(a) if a.path.as_os_str().is_empty() => {
+                    problems.push(problem(
+                        "audit".into(),
+                        "path",
+                        "must not be empty".into(),
+                        "path = \"audit/tools.jsonl\"",
+                    ));
+                    None
+                }
+                Ok(a) => Some(a),
+                Err(e) => {
+                    problems.push(serde_problem("audit".into(), e.message(), &value));
+                    None
+                }
+            },
+        };
         for (key, _) in table {
             problems.push(Problem {
                 place: "top level".into(),
                 field: Some(key.clone()),
                 message: "unknown field".into(),
-                fix: Some("expected one of `name`, `channel_capacity`, `stage`, `mcp`".into()),
+                fix: Some(
+                    "expected one of `name`, `channel_capacity`, `stage`, `mcp`, `audit`".into(),
+                ),
             });
         }
         PipelineSpec {
@@ -612,6 +653,7 @@ impl PipelineSpec {
             channel_capacity,
             stages,
             mcp,
+            audit,
             source: source.to_path_buf(),
         }
     }

@@ -345,3 +345,30 @@ fn tts_backends_parse_and_espeak_needs_no_model() {
     )
     .expect("espeak names no file");
 }
+
+#[test]
+fn audit_table_gives_the_log_path() {
+    let base = base_with_models();
+    let spec = parse(
+        &format!("name = \"t\"\n{VAD}[audit]\npath = \"audit/tools.jsonl\"\n"),
+        base.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        spec.audit.map(|a| a.path),
+        Some(PathBuf::from("audit/tools.jsonl"))
+    );
+    let none = parse(&format!("name = \"t\"\n{VAD}"), base.path()).unwrap();
+    assert!(none.audit.is_none(), "no [audit] table: no audit log");
+}
+
+#[test]
+fn misspelt_audit_field_is_named() {
+    let (msg, _) = problems(&format!("name = \"t\"\n{VAD}[audit]\npth = \"x.jsonl\"\n"));
+    assert!(msg.contains("audit, field `pth`: unknown field"), "{msg}");
+    let (msg, _) = problems(&format!("name = \"t\"\n{VAD}[audit]\npath = \"\"\n"));
+    assert!(
+        msg.contains("audit, field `path`: must not be empty"),
+        "{msg}"
+    );
+}

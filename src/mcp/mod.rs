@@ -10,15 +10,20 @@
 //! - [`sse`]: the legacy HTTP+SSE client transport rmcp 3.x no longer ships.
 //! - [`servers`]: parlor's own MCP servers (orders over stdio, knowledge over
 //!   HTTP), run as the `parlor-mcp-*` binaries.
+//! - [`audit`]: [`AuditLog`], every tool decision as a hash-chained JSON
+//!   line, fsynced (with group commit) before the result is used;
+//!   [`audit::verify`] behind `parlor audit verify`.
 //! - [`error`]: [`McpError`] for set-up and requests, [`ToolCallError`] for
 //!   tool calls that produced no result.
 
+pub mod audit;
 pub mod error;
 pub mod pool;
 pub mod servers;
 pub mod sse;
 pub mod transport;
 
+pub use audit::{AuditContext, AuditEntry, AuditError, AuditLog, Decision};
 pub use error::{McpError, ToolCallError};
 pub use pool::{
     McpPool, McpPoolOptions, PromptArgumentInfo, PromptInfo, PromptText, ResourceContent,

@@ -266,6 +266,13 @@ impl McpPool {
         out
     }
 
+    /// `(server, tool)` behind a `server__tool` name, as of the last
+    /// [`McpPool::tools`] (which [`McpPool::call_tool`] runs for a name it
+    /// does not know).
+    pub fn route(&self, name: &str) -> Option<(String, String)> {
+        self.routes.lock().expect("routes lock").get(name).cloned()
+    }
+
     /// Calls `name` (a [`ToolInfo::name`]) with `arguments` (a JSON object,
     /// or null for none), within the per-call deadline. If the server's
     /// session is dead it is reconnected first; a request that could not

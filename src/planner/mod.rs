@@ -8,7 +8,8 @@
 //! deadline. Reply text streams out as it is written, so speech can start on
 //! the first sentence.
 //!
-//! - [`tools`]: [`Toolbox`], what tools are called through (the MCP pool).
+//! - [`tools`]: [`Toolbox`], what tools are called through (the MCP pool,
+//!   audited when the spec has an `[audit]` table).
 //! - [`history`]: the session's conversation within a token budget.
 //! - [`setup`]: a [`Planner`] from a pipeline spec (model, MCP servers,
 //!   system prompt).
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::llm::{ChatMessage, LlmError, ModelRequest, PlannerModel, ToolCall, ToolChoice};
 pub use history::History;
-pub use tools::{NoTools, ToolAnswer, Toolbox};
+pub use tools::{AuditedPool, NoTools, ToolAnswer, Toolbox};
 
 /// Limits of one turn.
 #[derive(Debug, Clone)]

@@ -11,9 +11,10 @@ use crate::llm::{
     HostedServer, LocalLlm, LocalLlmOptions, LocalPlanner, OpenAiPlanner, PlannerModel,
     ResponsesPlanner,
 };
-use crate::mcp::{McpError, McpPool};
+use crate::mcp::{AuditContext, AuditLog, McpError, McpPool};
 use crate::spec::{McpServerSpec, ModelBackend, PipelineSpec, PlannerSpec};
 
+use super::tools::{AuditedPool, Toolbox};
 use super::{Planner, PlannerOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum SetupError {
     MissingToken { server: String, env: String },
     #[error(transparent)]
     Mcp(#[from] McpError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::mcp::AuditError),
     #[error("planner instructions {path}: {source}")]
     Instructions {
         path: String,
@@ -80,7 +83,26 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
             return Err(e);
         }
     };
-    let planner = Planner::new(model, pool.clone(), system, options(&stage));
+    let tools: Arc<dyn Toolbox> = match &spec.audit {
+        None => pool.clone(),
+        Some(audit) => {
+            let log = match AuditLog::open(base_dir.join(&audit.path)) {
+                Ok(log) => log,
+                Err(e) => {
+                    if let Ok(pool) = Arc::try_unwrap(pool) {
+                        pool.shutdown().await;
+                    }
+                    return Err(e.into());
+                }
+            };
+            Arc::new(AuditedPool::new(
+                pool.clone(),
+                Arc::new(log),
+                AuditContext::default(),
+            ))
+        }
+    };
+    let planner = Planner::new(model, tools, system, options(&stage));
     Ok(ConnectedPlanner { planner, pool })
 }
 
