@@ -204,7 +204,10 @@ impl Served {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("parlor serve exited: {status} (run `parlor check --pipeline` on the spec)");
             }
-            assert!(started.elapsed() < Duration::from_secs(120), "server not ready");
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "server not ready"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -218,20 +221,25 @@ impl Served {
             .expect("VmRSS")
     }
 
-    /// User plus system CPU time so far, in seconds (fields 14 and 15 of
-    /// /proc/<pid>/stat, in clock ticks of 1/100 s on Linux).
     fn cpu_s(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // The command name may hold spaces; fields are counted after its ')'.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        ticks as f64 / 100.0
+        cpu_s(&self.child.id().to_string())
     }
 
     fn url(&self) -> String {
         format!("ws://{}/v1/calls", self.addr)
     }
+}
+
+/// User plus system CPU time of a process so far, in seconds (fields 14
+/// and 15 of /proc/<pid>/stat, in clock ticks of 1/100 s on Linux). `pid`
+/// may be `self`: the callers and the upstream in this process.
+fn cpu_s(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces; fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
 }
 
 // ------------------------------------------------------------------ caller
@@ -390,11 +398,17 @@ struct Step {
     p99_ms: f64,
     lateness_p99_ms: f64,
     rss_kib: u64,
+    /// Server RSS growth over the step's start, per call.
+    rss_per_call_kib: f64,
     cpu_pct: f64,
+    /// The bench process's own CPU (callers plus upstream), same scale.
+    bench_cpu_pct: f64,
 }
 
 async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usize) -> Step {
+    let rss_before = served.rss_kib();
     let cpu_before = served.cpu_s();
+    let bench_cpu_before = cpu_s("self");
     let wall = Instant::now();
     let mut tasks = Vec::with_capacity(calls);
     for i in 0..calls {
@@ -408,7 +422,9 @@ async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usiz
         served.rss_kib()
     };
     let (results, rss_kib) = tokio::join!(futures::future::join_all(tasks), rss_sampler);
-    let cpu_pct = (served.cpu_s() - cpu_before) / wall.elapsed().as_secs_f64() * 100.0;
+    let seconds = wall.elapsed().as_secs_f64();
+    let cpu_pct = (served.cpu_s() - cpu_before) / seconds * 100.0;
+    let bench_cpu_pct = (cpu_s("self") - bench_cpu_before) / seconds * 100.0;
     let mut added = Vec::new();
     let mut lateness = Vec::new();
     let mut errors = Vec::new();
@@ -429,7 +445,9 @@ async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usiz
         p99_ms: percentile(&added, 99.0),
         lateness_p99_ms: percentile(&lateness, 99.0),
         rss_kib,
+        rss_per_call_kib: rss_kib.saturating_sub(rss_before) as f64 / calls as f64,
         cpu_pct,
+        bench_cpu_pct,
     }
 }
 
@@ -445,7 +463,11 @@ async fn idle_memory(served: &Served, n: usize) -> (u64, u64, f64) {
     let after = served.rss_kib();
     drop(calls);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    (before, after, after.saturating_sub(before) as f64 / n as f64)
+    (
+        before,
+        after,
+        after.saturating_sub(before) as f64 / n as f64,
+    )
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -465,12 +487,12 @@ fn ramp_sizes() -> Vec<usize> {
 
 fn print_table(steps: &[Step]) {
     println!(
-        "\n| calls | turns | errors | added p50 (ms) | added p99 (ms) | caller frame lateness p99 (ms) | server RSS (MiB) | RSS per call (KiB) | server CPU (% of one core) |"
+        "\n| calls | turns | errors | added p50 (ms) | added p99 (ms) | caller frame lateness p99 (ms) | server RSS (MiB) | RSS growth per call (KiB) | server CPU (% of one core) | callers + upstream CPU (%) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for s in steps {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
             s.calls,
             s.turns,
             s.errors,
@@ -478,8 +500,9 @@ fn print_table(steps: &[Step]) {
             s.p99_ms,
             s.lateness_p99_ms,
             s.rss_kib as f64 / 1024.0,
-            s.rss_kib as f64 / s.calls as f64,
-            s.cpu_pct
+            s.rss_per_call_kib,
+            s.cpu_pct,
+            s.bench_cpu_pct
         );
     }
 }
@@ -493,7 +516,7 @@ fn write_json(idle: (usize, u64, u64, f64), steps: &[Step], best: Option<usize>)
                 "first_error": s.first_error,
                 "added_p50_ms": s.p50_ms, "added_p99_ms": s.p99_ms,
                 "caller_lateness_p99_ms": s.lateness_p99_ms,
-                "server_rss_kib": s.rss_kib, "server_cpu_pct": s.cpu_pct,
+                "server_rss_kib": s.rss_kib, "rss_per_call_kib": s.rss_per_call_kib, "server_cpu_pct": s.cpu_pct, "bench_cpu_pct": s.bench_cpu_pct,
             })
         })
         .collect();
@@ -536,19 +559,29 @@ async fn main() {
     for calls in sizes {
         let step = ramp_step(&served, &frames, calls).await;
         println!(
-            "{calls} calls: {} turns, {} errors{}, added p50 {:.1} ms p99 {:.1} ms, server CPU {:.0}%",
+            "{calls} calls: {} turns, {} errors{}, added p50 {:.1} ms p99 {:.1} ms, server CPU {:.0}%, callers + upstream CPU {:.0}%",
             step.turns,
             step.errors,
             step.first_error.as_ref().map_or(String::new(), |e| format!(" (first: {e})")),
             step.p50_ms,
             step.p99_ms,
-            step.cpu_pct
+            step.cpu_pct,
+            step.bench_cpu_pct
         );
         let errors = step.errors > 0;
-        over += usize::from(!(step.p99_ms <= BUDGET_MS));
+        // NaN (no turn answered) counts as over budget.
+        let within = step.p99_ms <= BUDGET_MS;
+        over += usize::from(!within);
         steps.push(step);
         if errors || over >= 2 {
-            println!("stopping the ramp ({})", if errors { "errors" } else { "two steps over budget" });
+            println!(
+                "stopping the ramp ({})",
+                if errors {
+                    "errors"
+                } else {
+                    "two steps over budget"
+                }
+            );
             break;
         }
         // Let the previous step's calls close before the next opens.
@@ -561,7 +594,9 @@ async fn main() {
         .max();
     print_table(&steps);
     match best {
-        Some(n) => println!("largest N with p99 added latency <= {BUDGET_MS} ms and no errors: {n}"),
+        Some(n) => {
+            println!("largest N with p99 added latency <= {BUDGET_MS} ms and no errors: {n}")
+        }
         None => println!("no step stayed within {BUDGET_MS} ms p99 without errors"),
     }
     write_json((idle_calls, before, after, per_call), &steps, best);
