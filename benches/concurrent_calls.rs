@@ -1,0 +1,604 @@
+//! Concurrent live calls (issue 6): how many calls a real `parlor serve`
+//! carries on 2 cores before the latency it adds to a turn grows, and what
+//! an idle call costs in memory.
+//!
+//! The pipeline's stt, planner and tts are the `openai` backends pointed at
+//! a **local fixed-latency upstream** in this process: a tiny axum server
+//! that answers `/v1/audio/transcriptions`, `/v1/chat/completions`
+//! (streamed) and `/v1/audio/speech` after fixed delays. It stands in for
+//! remote APIs, so what is measured is parlor's own overhead per turn:
+//! **added latency = voice_to_voice_ms − (STT + LLM + TTS upstream delays)**.
+//! The VAD is earshot (no model), so every call's VAD state is real.
+//!
+//! 1. **Idle memory**: server RSS before and after `PARLOR_BENCH_IDLE_CALLS`
+//!    (default 1000) calls are opened and left quiet (within the server's
+//!    30 s idle timeout), divided by their number.
+//! 2. **Ramp**: for each N in `PARLOR_BENCH_CALLS` (default
+//!    `10,50,100,250,500,1000`), N calls whose starts are staggered over one
+//!    second each stream 20 ms frames in real time: a spoken question
+//!    (espeak-ng), then silence until the reply is done, twice. Per N: p50
+//!    and p99 added latency, turns answered, errors, server RSS and CPU, and
+//!    the callers' frame-send lateness. The ramp stops after two steps over
+//!    20 ms p99 or any error.
+//!
+//! The callers run in this process on the same 2 cores as the server, so
+//! their CPU is counted against the machine, not the server.
+//!
+//! Needs espeak-ng and an open-files limit above twice the largest N
+//! (`ulimit -n 4096`). Run: `cargo bench --bench concurrent_calls`.
+//! Writes `target/concurrent_calls.json`.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use parlor::audio::{pcm16_le_bytes, resample};
+use parlor::frame::{AudioChunk, PIPELINE_SAMPLE_RATE};
+use parlor::live::client::{self, CallerRx, CallerTx, Incoming};
+use parlor::live::ServerEvent;
+use parlor::stages::tts::espeak::EspeakVoice;
+use parlor::stages::tts::Voice;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Upstream delays: what a remote STT, LLM (first token) and TTS (first
+/// audio) would cost. Subtracted from voice-to-voice to get parlor's share.
+const STT_DELAY: Duration = Duration::from_millis(50);
+const LLM_FIRST_TOKEN_DELAY: Duration = Duration::from_millis(100);
+const TTS_FIRST_AUDIO_DELAY: Duration = Duration::from_millis(50);
+const UPSTREAM_MS: f64 = 200.0;
+
+const TRANSCRIPT: &str = "What is the capital of France?";
+const REPLY: &str = "The capital of France is Paris.";
+/// Reply audio length: 0.5 s of 24 kHz 16-bit PCM (OpenAI's `pcm`).
+const REPLY_PCM_BYTES: usize = 24_000;
+
+const QUESTION: &str = "What is the capital of France?";
+const FRAME_SAMPLES: usize = 320; // 20 ms at 16 kHz
+const TURNS_PER_CALL: usize = 2;
+/// A turn that has not ended this long after its question was sent failed.
+const TURN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Over this p99 added latency a step counts as overloaded.
+const BUDGET_MS: f64 = 20.0;
+
+// ---------------------------------------------------------------- upstream
+
+/// Starts the fixed-latency upstream; returns its `/v1` base URL.
+async fn start_upstream() -> String {
+    let app = Router::new()
+        .route("/v1/audio/transcriptions", post(transcribe))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/audio/speech", post(speech));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+/// The body (a multipart WAV) is read and ignored: the transcript is fixed.
+async fn transcribe(_body: Bytes) -> axum::Json<serde_json::Value> {
+    tokio::time::sleep(STT_DELAY).await;
+    axum::Json(json!({ "text": TRANSCRIPT }))
+}
+
+/// A streamed chat completion (the planner always asks `stream: true`): one
+/// content chunk after the first-token delay, then a finish chunk and
+/// `[DONE]`, in the server-sent-event shape async-openai parses.
+async fn chat(_body: Bytes) -> Response {
+    tokio::time::sleep(LLM_FIRST_TOKEN_DELAY).await;
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        json!({
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "bench",
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+        })
+    };
+    let body = format!(
+        "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+        chunk(json!({ "role": "assistant", "content": REPLY }), None),
+        chunk(json!({}), Some("stop")),
+    );
+    Response::builder()
+        .header(CONTENT_TYPE, "text/event-stream")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// Raw 24 kHz PCM (the tts backend asks `response_format: "pcm"`), quiet.
+async fn speech(_body: Bytes) -> Response {
+    tokio::time::sleep(TTS_FIRST_AUDIO_DELAY).await;
+    Response::builder()
+        .header(CONTENT_TYPE, "audio/pcm")
+        .body(Body::from(vec![0u8; REPLY_PCM_BYTES]))
+        .unwrap()
+}
+
+/// The pipeline under test: earshot, then the three openai backends at the
+/// upstream, no MCP servers.
+fn write_spec(base_url: &str) -> std::path::PathBuf {
+    let spec = format!(
+        r#"name = "concurrent-calls-bench"
+
+[[stage]]
+kind = "vad"
+backend = "earshot"
+end_of_turn_ms = 200
+
+[[stage]]
+kind = "stt"
+backend = "openai"
+model = "whisper-1"
+base_url = "{base_url}"
+
+[[stage]]
+kind = "planner"
+backend = "openai"
+model = "bench"
+base_url = "{base_url}"
+
+[[stage]]
+kind = "tts"
+backend = "openai"
+base_url = "{base_url}"
+sample_rate = 24000
+"#
+    );
+    let path = std::env::temp_dir().join(format!("parlor-concurrent-{}.toml", std::process::id()));
+    std::fs::write(&path, spec).unwrap();
+    path
+}
+
+// ------------------------------------------------------------------ server
+
+/// `parlor serve` as a child, killed on drop.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    fn start(spec: &std::path::Path, max_calls: usize) -> Self {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // `serve` always loads a local model for its text routes; the
+        // default is the small 0.5B one, mapped but not used here.
+        let child = Command::new(env!("CARGO_BIN_EXE_parlor"))
+            .args(["serve", "--addr", &addr.to_string(), "--pipeline"])
+            .arg(spec)
+            .args(["--max-calls", &max_calls.to_string()])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start parlor serve");
+        Self { child, addr }
+    }
+
+    async fn ready(&mut self) {
+        let url = format!("http://{}/readyz", self.addr);
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("parlor serve exited: {status} (run `parlor check --pipeline` on the spec)");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "server not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    fn cpu_s(&self) -> f64 {
+        cpu_s(&self.child.id().to_string())
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/v1/calls", self.addr)
+    }
+}
+
+/// User plus system CPU time of a process so far, in seconds (fields 14
+/// and 15 of /proc/<pid>/stat, in clock ticks of 1/100 s on Linux). `pid`
+/// may be `self`: the callers and the upstream in this process.
+fn cpu_s(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces; fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+// ------------------------------------------------------------------ caller
+
+async fn espeak(text: &str) -> AudioChunk {
+    let voice = EspeakVoice::new("en-us", 1.0).expect("espeak-ng is installed");
+    let (tx, mut rx) = mpsc::channel::<AudioChunk>(64);
+    let speak = async move {
+        let spoken = voice.speak(text, &tx).await;
+        drop(tx);
+        spoken
+    };
+    let collect = async {
+        let mut rate = 0;
+        let mut samples = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            rate = chunk.sample_rate;
+            samples.extend_from_slice(&chunk.samples);
+        }
+        (rate, samples)
+    };
+    let (spoken, (rate, samples)) = tokio::join!(speak, collect);
+    spoken.unwrap();
+    let samples = resample(&samples, rate, PIPELINE_SAMPLE_RATE).unwrap();
+    AudioChunk::new(PIPELINE_SAMPLE_RATE, samples)
+}
+
+/// The question as 20 ms binary frames, encoded once and shared by every
+/// call (`Bytes` clones are reference counts), plus one silent frame.
+struct Frames {
+    question: Vec<Bytes>,
+    silence: Bytes,
+}
+
+impl Frames {
+    fn new(question: &AudioChunk) -> Self {
+        let question = question
+            .samples
+            .chunks(FRAME_SAMPLES)
+            .map(|c| {
+                let mut frame = c.to_vec();
+                frame.resize(FRAME_SAMPLES, 0.0);
+                Bytes::from(pcm16_le_bytes(&frame))
+            })
+            .collect();
+        Self {
+            question,
+            silence: Bytes::from(vec![0u8; FRAME_SAMPLES * 2]),
+        }
+    }
+}
+
+/// What one call saw.
+#[derive(Default)]
+struct CallResult {
+    added_ms: Vec<f64>,
+    errors: Vec<String>,
+    /// How late each frame went out after its 20 ms tick was due.
+    lateness_ms: Vec<f32>,
+}
+
+async fn open_call(url: &str) -> Result<(CallerTx, CallerRx), String> {
+    let (tx, mut rx) = client::connect(url).await.map_err(|e| e.to_string())?;
+    match rx.next().await {
+        Ok(Some(Incoming::Event(ServerEvent::CallStarted { .. }))) => Ok((tx, rx)),
+        other => Err(format!("no call.started: {other:?}")),
+    }
+}
+
+/// One caller: waits `delay` (the stagger), then `TURNS_PER_CALL` times
+/// sends the question and silence, in real time, until `turn.done`.
+async fn run_call(url: String, frames: std::sync::Arc<Frames>, delay: Duration) -> CallResult {
+    let mut result = CallResult::default();
+    tokio::time::sleep(delay).await;
+    let (mut tx, mut rx) = match open_call(&url).await {
+        Ok(call) => call,
+        Err(e) => {
+            result.errors.push(e);
+            return result;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    // Delay, not Burst: a late caller does not catch up with a flood.
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    for _ in 0..TURNS_PER_CALL {
+        if let Err(e) = one_turn(&mut tx, &mut rx, &frames, &mut tick, &mut result).await {
+            result.errors.push(e);
+            break;
+        }
+    }
+    let _ = tx.end().await;
+    result
+}
+
+/// Streams the question then silence, reading events as they come, until
+/// the turn's `turn.done`.
+async fn one_turn(
+    tx: &mut CallerTx,
+    rx: &mut CallerRx,
+    frames: &Frames,
+    tick: &mut tokio::time::Interval,
+    result: &mut CallResult,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let mut next = 0;
+    loop {
+        tokio::select! {
+            due = tick.tick() => {
+                result.lateness_ms.push(due.elapsed().as_secs_f32() * 1e3);
+                let frame = frames.question.get(next).unwrap_or(&frames.silence).clone();
+                next += 1;
+                tx.raw(Message::Binary(frame)).await.map_err(|e| e.to_string())?;
+                if started.elapsed() > TURN_TIMEOUT {
+                    return Err("turn timed out".into());
+                }
+            }
+            incoming = rx.next() => match incoming {
+                Ok(Some(Incoming::Event(ServerEvent::TurnDone { voice_to_voice_ms, .. }))) => {
+                    match voice_to_voice_ms {
+                        Some(ms) => result.added_ms.push(ms - UPSTREAM_MS),
+                        None => result.errors.push("turn.done without audio".into()),
+                    }
+                    return Ok(());
+                }
+                Ok(Some(Incoming::Event(ServerEvent::TurnError { stage, message, .. }))) => {
+                    result.errors.push(format!("turn.error {stage}: {message}"));
+                }
+                Ok(Some(Incoming::Event(ServerEvent::CallEnded { reason }))) => {
+                    return Err(format!("call ended: {reason}"));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("socket closed".into()),
+                Err(e) => return Err(e.to_string()),
+            },
+        }
+    }
+}
+
+// ------------------------------------------------------------------- steps
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// One ramp step's figures.
+struct Step {
+    calls: usize,
+    turns: usize,
+    errors: usize,
+    first_error: Option<String>,
+    p50_ms: f64,
+    p99_ms: f64,
+    lateness_p99_ms: f64,
+    rss_kib: u64,
+    /// Server RSS growth over the step's start, per call.
+    rss_per_call_kib: f64,
+    cpu_pct: f64,
+    /// The bench process's own CPU (callers plus upstream), same scale.
+    bench_cpu_pct: f64,
+}
+
+async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usize) -> Step {
+    let rss_before = served.rss_kib();
+    let cpu_before = served.cpu_s();
+    let bench_cpu_before = cpu_s("self");
+    let wall = Instant::now();
+    let mut tasks = Vec::with_capacity(calls);
+    for i in 0..calls {
+        // Starts spread over one second so turns do not all align.
+        let delay = Duration::from_secs_f64(i as f64 / calls as f64);
+        tasks.push(tokio::spawn(run_call(served.url(), frames.clone(), delay)));
+    }
+    // Memory while all calls are up: sampled in the middle of the step.
+    let rss_sampler = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        served.rss_kib()
+    };
+    let (results, rss_kib) = tokio::join!(futures::future::join_all(tasks), rss_sampler);
+    let seconds = wall.elapsed().as_secs_f64();
+    let cpu_pct = (served.cpu_s() - cpu_before) / seconds * 100.0;
+    let bench_cpu_pct = (cpu_s("self") - bench_cpu_before) / seconds * 100.0;
+    let mut added = Vec::new();
+    let mut lateness = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        let r = r.expect("caller task");
+        added.extend(r.added_ms);
+        lateness.extend(r.lateness_ms.into_iter().map(f64::from));
+        errors.extend(r.errors);
+    }
+    added.sort_by(f64::total_cmp);
+    lateness.sort_by(f64::total_cmp);
+    Step {
+        calls,
+        turns: added.len(),
+        errors: errors.len(),
+        first_error: errors.into_iter().next(),
+        p50_ms: percentile(&added, 50.0),
+        p99_ms: percentile(&added, 99.0),
+        lateness_p99_ms: percentile(&lateness, 99.0),
+        rss_kib,
+        rss_per_call_kib: rss_kib.saturating_sub(rss_before) as f64 / calls as f64,
+        cpu_pct,
+        bench_cpu_pct,
+    }
+}
+
+/// RSS before and after `n` quiet calls; KiB per call.
+async fn idle_memory(served: &Served, n: usize) -> (u64, u64, f64) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = served.rss_kib();
+    let mut calls = Vec::with_capacity(n);
+    for _ in 0..n {
+        calls.push(open_call(&served.url()).await.expect("open an idle call"));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = served.rss_kib();
+    drop(calls);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (
+        before,
+        after,
+        after.saturating_sub(before) as f64 / n as f64,
+    )
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn ramp_sizes() -> Vec<usize> {
+    std::env::var("PARLOR_BENCH_CALLS")
+        .unwrap_or_else(|_| "10,50,100,250,500,1000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn print_table(steps: &[Step]) {
+    println!(
+        "\n| calls | turns | errors | added p50 (ms) | added p99 (ms) | caller frame lateness p99 (ms) | server RSS (MiB) | RSS growth per call (KiB) | server CPU (% of one core) | callers + upstream CPU (%) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for s in steps {
+        println!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            s.calls,
+            s.turns,
+            s.errors,
+            s.p50_ms,
+            s.p99_ms,
+            s.lateness_p99_ms,
+            s.rss_kib as f64 / 1024.0,
+            s.rss_per_call_kib,
+            s.cpu_pct,
+            s.bench_cpu_pct
+        );
+    }
+}
+
+fn write_json(idle: (usize, u64, u64, f64), steps: &[Step], best: Option<usize>) {
+    let steps: Vec<_> = steps
+        .iter()
+        .map(|s| {
+            json!({
+                "calls": s.calls, "turns": s.turns, "errors": s.errors,
+                "first_error": s.first_error,
+                "added_p50_ms": s.p50_ms, "added_p99_ms": s.p99_ms,
+                "caller_lateness_p99_ms": s.lateness_p99_ms,
+                "server_rss_kib": s.rss_kib, "rss_per_call_kib": s.rss_per_call_kib, "server_cpu_pct": s.cpu_pct, "bench_cpu_pct": s.bench_cpu_pct,
+            })
+        })
+        .collect();
+    let report = json!({
+        "upstream_ms": { "stt": STT_DELAY.as_millis() as u64, "llm_first_token": LLM_FIRST_TOKEN_DELAY.as_millis() as u64, "tts_first_audio": TTS_FIRST_AUDIO_DELAY.as_millis() as u64 },
+        "idle": { "calls": idle.0, "rss_before_kib": idle.1, "rss_after_kib": idle.2, "kib_per_call": idle.3 },
+        "ramp": steps,
+        "largest_calls_under_budget": best,
+        "budget_ms": BUDGET_MS,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("concurrent_calls.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    println!("wrote {}", path.display());
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let idle_calls = env_usize("PARLOR_BENCH_IDLE_CALLS", 1000);
+    let sizes = ramp_sizes();
+    let most = sizes.iter().copied().max().unwrap_or(0).max(idle_calls);
+    let base_url = start_upstream().await;
+    let spec = write_spec(&base_url);
+    let mut served = Served::start(&spec, most + 16);
+    served.ready().await;
+    println!(
+        "upstream: STT {STT_DELAY:?}, LLM first token {LLM_FIRST_TOKEN_DELAY:?}, TTS first audio {TTS_FIRST_AUDIO_DELAY:?}; \
+         added latency = voice to voice - {UPSTREAM_MS} ms. Callers and server share the same 2 cores."
+    );
+
+    let (before, after, per_call) = idle_memory(&served, idle_calls).await;
+    println!(
+        "idle calls (earshot VAD): {idle_calls}, server RSS {before} KiB -> {after} KiB: {per_call:.1} KiB per idle call"
+    );
+
+    let frames = std::sync::Arc::new(Frames::new(&espeak(QUESTION).await));
+    let mut steps = Vec::new();
+    let mut over = 0;
+    for calls in sizes {
+        let step = ramp_step(&served, &frames, calls).await;
+        println!(
+            "{calls} calls: {} turns, {} errors{}, added p50 {:.1} ms p99 {:.1} ms, server CPU {:.0}%, callers + upstream CPU {:.0}%",
+            step.turns,
+            step.errors,
+            step.first_error.as_ref().map_or(String::new(), |e| format!(" (first: {e})")),
+            step.p50_ms,
+            step.p99_ms,
+            step.cpu_pct,
+            step.bench_cpu_pct
+        );
+        let errors = step.errors > 0;
+        // NaN (no turn answered) counts as over budget.
+        let within = step.p99_ms <= BUDGET_MS;
+        over += usize::from(!within);
+        steps.push(step);
+        if errors || over >= 2 {
+            println!(
+                "stopping the ramp ({})",
+                if errors {
+                    "errors"
+                } else {
+                    "two steps over budget"
+                }
+            );
+            break;
+        }
+        // Let the previous step's calls close before the next opens.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let best = steps
+        .iter()
+        .filter(|s| s.errors == 0 && s.p99_ms <= BUDGET_MS)
+        .map(|s| s.calls)
+        .max();
+    print_table(&steps);
+    match best {
+        Some(n) => {
+            println!("largest N with p99 added latency <= {BUDGET_MS} ms and no errors: {n}")
+        }
+        None => println!("no step stayed within {BUDGET_MS} ms p99 without errors"),
+    }
+    write_json((idle_calls, before, after, per_call), &steps, best);
+    let _ = std::fs::remove_file(spec);
+}
