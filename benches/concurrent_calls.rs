@@ -28,8 +28,9 @@
 //! (`ulimit -n 4096`). Run: `cargo bench --bench concurrent_calls`.
 //! Writes `target/concurrent_calls.json`.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -37,14 +38,12 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
 use axum::routing::post;
 use axum::Router;
-use parlor::audio::{pcm16_le_bytes, resample};
-use parlor::frame::{AudioChunk, PIPELINE_SAMPLE_RATE};
+use parlor::audio::pcm16_le_bytes;
+use parlor::frame::AudioChunk;
 use parlor::live::client::{self, CallerRx, CallerTx, Incoming};
 use parlor::live::ServerEvent;
-use parlor::stages::tts::espeak::EspeakVoice;
-use parlor::stages::tts::Voice;
 use serde_json::json;
-use tokio::sync::mpsc;
+use support::{env_usize, espeak, percentile, Served};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -159,77 +158,6 @@ sample_rate = 24000
 
 // ------------------------------------------------------------------ server
 
-/// `parlor serve` as a child, killed on drop.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Served {
-    fn start(spec: &std::path::Path, max_calls: usize) -> Self {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        // `serve` always loads a local model for its text routes; the
-        // default is the small 0.5B one, mapped but not used here.
-        let child = Command::new(env!("CARGO_BIN_EXE_parlor"))
-            .args(["serve", "--addr", &addr.to_string(), "--pipeline"])
-            .arg(spec)
-            .args(["--max-calls", &max_calls.to_string()])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start parlor serve");
-        Self { child, addr }
-    }
-
-    async fn ready(&mut self) {
-        let url = format!("http://{}/readyz", self.addr);
-        let started = Instant::now();
-        loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("parlor serve exited: {status} (run `parlor check --pipeline` on the spec)");
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "server not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
-    fn cpu_s(&self) -> f64 {
-        cpu_s(&self.child.id().to_string())
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/v1/calls", self.addr)
-    }
-}
-
 /// User plus system CPU time of a process so far, in seconds (fields 14
 /// and 15 of /proc/<pid>/stat, in clock ticks of 1/100 s on Linux). `pid`
 /// may be `self`: the callers and the upstream in this process.
@@ -243,29 +171,6 @@ fn cpu_s(pid: &str) -> f64 {
 }
 
 // ------------------------------------------------------------------ caller
-
-async fn espeak(text: &str) -> AudioChunk {
-    let voice = EspeakVoice::new("en-us", 1.0).expect("espeak-ng is installed");
-    let (tx, mut rx) = mpsc::channel::<AudioChunk>(64);
-    let speak = async move {
-        let spoken = voice.speak(text, &tx).await;
-        drop(tx);
-        spoken
-    };
-    let collect = async {
-        let mut rate = 0;
-        let mut samples = Vec::new();
-        while let Some(chunk) = rx.recv().await {
-            rate = chunk.sample_rate;
-            samples.extend_from_slice(&chunk.samples);
-        }
-        (rate, samples)
-    };
-    let (spoken, (rate, samples)) = tokio::join!(speak, collect);
-    spoken.unwrap();
-    let samples = resample(&samples, rate, PIPELINE_SAMPLE_RATE).unwrap();
-    AudioChunk::new(PIPELINE_SAMPLE_RATE, samples)
-}
 
 /// The question as 20 ms binary frames, encoded once and shared by every
 /// call (`Bytes` clones are reference counts), plus one silent frame.
@@ -380,14 +285,6 @@ async fn one_turn(
 
 // ------------------------------------------------------------------- steps
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// One ramp step's figures.
 struct Step {
     calls: usize,
@@ -407,7 +304,7 @@ struct Step {
 
 async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usize) -> Step {
     let rss_before = served.rss_kib();
-    let cpu_before = served.cpu_s();
+    let cpu_before = cpu_s(&served.pid().to_string());
     let bench_cpu_before = cpu_s("self");
     let wall = Instant::now();
     let mut tasks = Vec::with_capacity(calls);
@@ -423,7 +320,7 @@ async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usiz
     };
     let (results, rss_kib) = tokio::join!(futures::future::join_all(tasks), rss_sampler);
     let seconds = wall.elapsed().as_secs_f64();
-    let cpu_pct = (served.cpu_s() - cpu_before) / seconds * 100.0;
+    let cpu_pct = (cpu_s(&served.pid().to_string()) - cpu_before) / seconds * 100.0;
     let bench_cpu_pct = (cpu_s("self") - bench_cpu_before) / seconds * 100.0;
     let mut added = Vec::new();
     let mut lateness = Vec::new();
@@ -468,13 +365,6 @@ async fn idle_memory(served: &Served, n: usize) -> (u64, u64, f64) {
         after,
         after.saturating_sub(before) as f64 / n as f64,
     )
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn ramp_sizes() -> Vec<usize> {
@@ -541,7 +431,7 @@ async fn main() {
     let most = sizes.iter().copied().max().unwrap_or(0).max(idle_calls);
     let base_url = start_upstream().await;
     let spec = write_spec(&base_url);
-    let mut served = Served::start(&spec, most + 16);
+    let mut served = Served::start(Some(&spec), most + 16);
     served.ready().await;
     println!(
         "upstream: STT {STT_DELAY:?}, LLM first token {LLM_FIRST_TOKEN_DELAY:?}, TTS first audio {TTS_FIRST_AUDIO_DELAY:?}; \

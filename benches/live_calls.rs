@@ -25,16 +25,15 @@
 //! Needs `bash models/setup.sh` and espeak-ng. Run: `cargo bench --bench
 //! live_calls`.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+#[path = "support/mod.rs"]
+mod support;
 
-use parlor::audio::resample;
-use parlor::frame::{AudioChunk, PIPELINE_SAMPLE_RATE};
+use std::time::Duration;
+
+use parlor::frame::AudioChunk;
 use parlor::live::client::{self, PlayOptions};
 use parlor::live::ServerEvent;
-use parlor::stages::tts::espeak::EspeakVoice;
-use parlor::stages::tts::Voice;
-use tokio::sync::mpsc;
+use support::{env_usize, espeak, percentile, Served};
 
 /// Small talk, for a pipeline without tools (`PARLOR_BENCH_QUESTIONS=chat`).
 const CHAT: &[&str] = &[
@@ -53,101 +52,6 @@ const QUESTIONS: &[&str] = &[
     "Hello, who am I speaking to?",
 ];
 
-/// `parlor serve` as a child, killed on drop.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Served {
-    fn start(max_calls: usize) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_parlor"));
-        command.args([
-            "serve",
-            "--addr",
-            &addr,
-            "--max-calls",
-            &max_calls.to_string(),
-        ]);
-        if let Ok(spec) = std::env::var("PARLOR_BENCH_PIPELINE") {
-            command.args(["--pipeline", &spec]);
-        }
-        let child = command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start parlor serve");
-        Self { child, addr }
-    }
-
-    async fn ready(&self) {
-        let url = format!("http://{}/readyz", self.addr);
-        let started = Instant::now();
-        loop {
-            if let Ok(r) = reqwest::get(&url).await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(300),
-                "server not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/v1/calls", self.addr)
-    }
-}
-
-async fn espeak(text: &str) -> AudioChunk {
-    let voice = EspeakVoice::new("en-us", 1.0).expect("espeak-ng is installed");
-    let (tx, mut rx) = mpsc::channel::<AudioChunk>(64);
-    let speak = async move {
-        let spoken = voice.speak(text, &tx).await;
-        drop(tx);
-        spoken
-    };
-    let collect = async {
-        let mut rate = 0;
-        let mut samples = Vec::new();
-        while let Some(chunk) = rx.recv().await {
-            rate = chunk.sample_rate;
-            samples.extend_from_slice(&chunk.samples);
-        }
-        (rate, samples)
-    };
-    let (spoken, (rate, samples)) = tokio::join!(speak, collect);
-    spoken.unwrap();
-    let samples = resample(&samples, rate, PIPELINE_SAMPLE_RATE).unwrap();
-    AudioChunk::new(PIPELINE_SAMPLE_RATE, samples)
-}
-
 /// How long `audio` is quiet at its end (below about -40 dBFS).
 fn trailing_silence(audio: &AudioChunk) -> Duration {
     let voiced_end = audio
@@ -159,23 +63,12 @@ fn trailing_silence(audio: &AudioChunk) -> Duration {
     Duration::from_secs_f64(quiet as f64 / f64::from(audio.sample_rate))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let idle_calls = env_usize("PARLOR_BENCH_IDLE_CALLS", 100);
     let runs = env_usize("PARLOR_BENCH_RUNS", 2);
-    let served = Served::start(idle_calls + 2);
+    let spec = std::env::var("PARLOR_BENCH_PIPELINE").ok();
+    let mut served = Served::start(spec.as_deref().map(std::path::Path::new), idle_calls + 2);
     served.ready().await;
 
     // 1. Memory per idle call.
