@@ -46,14 +46,42 @@ fn transcribe(audio: &AudioChunk) -> String {
 }
 
 fn assert_heard(audio: &AudioChunk, words: &[&str]) {
+    if let Err(why) = heard(audio, words) {
+        panic!("{why}");
+    }
+}
+
+/// Whether `audio` is speech in which Whisper hears every one of `words`.
+fn heard(audio: &AudioChunk, words: &[&str]) -> Result<(), String> {
     let secs = audio.duration().as_secs_f64();
     assert!((0.5..=5.0).contains(&secs), "{secs} s of audio");
     let peak = audio.samples.iter().fold(0f32, |m, s| m.max(s.abs()));
     assert!(peak > 0.1, "silent: peak {peak}");
     let text = transcribe(audio).to_lowercase();
-    for word in words {
-        assert!(text.contains(word), "{word:?} not in {text:?}");
+    match words.iter().find(|word| !text.contains(**word)) {
+        Some(word) => Err(format!("{word:?} not in {text:?}")),
+        None => Ok(()),
     }
+}
+
+/// Piper samples noise on every run (VITS' `noise_scale`), so the same
+/// sentence never comes out the same twice, and Whisper tiny mishears a
+/// take now and then ("your or shits on friday" was heard once in CI).
+/// A working voice is heard within three takes; a broken one in none.
+async fn assert_piper_heard(words: &[&str], mut take: impl AsyncFnMut() -> AudioChunk) {
+    let mut misses = Vec::new();
+    for _ in 0..3 {
+        match heard(&take().await, words) {
+            Ok(()) => {
+                if !misses.is_empty() {
+                    eprintln!("heard after misheard takes: {misses:?}");
+                }
+                return;
+            }
+            Err(why) => misses.push(why),
+        }
+    }
+    panic!("no take was heard: {misses:?}");
 }
 
 fn piper_voice() -> Arc<PiperVoice> {
@@ -131,7 +159,12 @@ async fn piper_says_the_sentence_whisper_hears() {
         chunks > 5,
         "audio should come in ~100 ms pieces, got {chunks}"
     );
-    assert_heard(&audio, &["order", "friday"]);
+    let mut first_take = Some(audio);
+    assert_piper_heard(&["order", "friday"], async || match first_take.take() {
+        Some(audio) => audio,
+        None => speak_all(&*voice, SENTENCE).await.0,
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,7 +381,12 @@ async fn openai_voice_streams_from_the_speech_route() {
     );
     assert_eq!(audio.sample_rate, 24_000);
     assert!(chunks > 1, "streamed in {chunks} chunk(s)");
-    assert_heard(&audio, &["order", "friday"]);
+    let mut first_take = Some(audio);
+    assert_piper_heard(&["order", "friday"], async || match first_take.take() {
+        Some(audio) => audio,
+        None => speak_all(&voice, SENTENCE).await.0,
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,38 +417,48 @@ async fn the_route_streams_pcm_and_answers_wav() {
     let secs = bytes.len() as f64 / 2.0 / 24_000.0;
     assert!((0.5..=5.0).contains(&secs), "{secs} s");
 
-    let response = client
-        .post(&url)
+    let audio = post_wav(SENTENCE, 1.0).await;
+    assert_eq!(audio.sample_rate, 24_000);
+    let normal_len = audio.samples.len();
+    let mut first_take = Some(audio);
+    assert_piper_heard(&["order", "friday"], async || match first_take.take() {
+        Some(audio) => audio,
+        None => post_wav(SENTENCE, 1.0).await,
+    })
+    .await;
+
+    // `speed` is honoured: twice as fast is about half as long, and still
+    // heard (Whisper tiny mishears some of it at that pace: "your oral
+    // shits on friday").
+    let fast = post_wav(SENTENCE, 2.0).await;
+    let ratio = fast.samples.len() as f64 / normal_len as f64;
+    assert!(
+        (0.35..=0.7).contains(&ratio),
+        "speed 2 gave {ratio:.2} of the length"
+    );
+    let mut first_take = Some(fast);
+    assert_piper_heard(&["friday"], async || match first_take.take() {
+        Some(audio) => audio,
+        None => post_wav(SENTENCE, 2.0).await,
+    })
+    .await;
+}
+
+/// `text` spoken at `speed` by the route, asked for as a WAV.
+async fn post_wav(text: &str, speed: f32) -> AudioChunk {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/audio/speech", server()))
         .header("content-type", "application/json")
-        .body(serde_json::json!({"model": "x", "input": SENTENCE, "response_format": "wav", "speed": 1.0}).to_string())
+        .body(
+            serde_json::json!({"model": "x", "input": text, "response_format": "wav", "speed": speed})
+                .to_string(),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "audio/wav");
-    let wav = response.bytes().await.unwrap();
-    let audio = parlor::audio::read_wav_bytes(&wav).expect("a WAV");
-    assert_eq!(audio.sample_rate, 24_000);
-    assert_heard(&audio, &["order", "friday"]);
-
-    // `speed` is honoured: twice as fast is about half as long, and still
-    // heard (Whisper tiny mishears some of it at that pace: "your oral
-    // shits on friday").
-    let response = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(serde_json::json!({"model": "x", "input": SENTENCE, "response_format": "wav", "speed": 2.0}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let fast = parlor::audio::read_wav_bytes(&response.bytes().await.unwrap()).expect("a WAV");
-    let ratio = fast.samples.len() as f64 / audio.samples.len() as f64;
-    assert!(
-        (0.35..=0.7).contains(&ratio),
-        "speed 2 gave {ratio:.2} of the length"
-    );
-    assert_heard(&fast, &["friday"]);
+    parlor::audio::read_wav_bytes(&response.bytes().await.unwrap()).expect("a WAV")
 }
 
 async fn post_raw(body: &str) -> (u16, serde_json::Value) {
@@ -501,5 +549,10 @@ async fn the_official_openai_python_client_gets_a_wav() {
     assert_eq!(seen["mp3"]["status"], 400, "{seen}");
     let audio = parlor::audio::read_wav_bytes(&std::fs::read(&out).unwrap()).expect("a WAV");
     assert_eq!(audio.sample_rate, 24_000);
-    assert_heard(&audio, &["order", "friday"]);
+    let mut first_take = Some(audio);
+    assert_piper_heard(&["order", "friday"], async || match first_take.take() {
+        Some(audio) => audio,
+        None => post_wav(SENTENCE, 1.0).await,
+    })
+    .await;
 }
