@@ -54,6 +54,7 @@ fn turn_frames(turn: TurnId) -> Vec<Frame> {
         },
         Frame::SpeechEnded(Utterance {
             turn,
+            speech_end: chunk.duration(),
             audio: chunk,
             start: Duration::ZERO,
             ended_at: Instant::now(),

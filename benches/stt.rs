@@ -168,6 +168,7 @@ impl StageRig {
         let turn = self.turns.begin();
         let utterance = Utterance {
             turn,
+            speech_end: Duration::from_secs_f64(samples.len() as f64 / 16_000.0),
             audio: Arc::new(AudioChunk::new(16_000, samples.to_vec())),
             start: Duration::ZERO,
             ended_at: Instant::now(),

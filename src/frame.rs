@@ -54,6 +54,10 @@ pub struct Utterance {
     pub audio: Arc<AudioChunk>,
     /// Where the speech starts in the input stream (after any pre-roll).
     pub start: Duration,
+    /// Where the last speech in it ends in the input stream: a paused
+    /// turn that ends with the same `speech_end` has no new speech, so its
+    /// early transcript stands.
+    pub speech_end: Duration,
     /// When the VAD decided the turn was over; latencies count from here.
     pub ended_at: Instant,
 }
@@ -64,6 +68,11 @@ pub enum Frame {
     Audio(AudioChunk),
     /// The VAD heard speech begin. In a live call this is the barge-in signal.
     SpeechStarted { turn: TurnId, at: Duration },
+    /// The caller paused inside a turn (`early_stt_ms` of silence, not yet
+    /// `end_of_turn_ms`): the speech so far, so the transcription can start
+    /// before the turn is over. Consumed by the stt stage; followed by more
+    /// speech or by `SpeechEnded`.
+    SpeechPaused(Utterance),
     /// The VAD heard the end of the turn; carries the turn's speech.
     SpeechEnded(Utterance),
     /// A transcript of the turn's speech; partial ones may be revised.
@@ -113,7 +122,7 @@ impl Frame {
             | Frame::Filler { turn, .. }
             | Frame::ReplyAudio { turn, .. }
             | Frame::TurnError { turn, .. } => Some(*turn),
-            Frame::SpeechEnded(u) => Some(u.turn),
+            Frame::SpeechPaused(u) | Frame::SpeechEnded(u) => Some(u.turn),
             Frame::EndOfTurn(m) => Some(m.turn),
         }
     }
@@ -123,6 +132,7 @@ impl Frame {
         match self {
             Frame::Audio(_) => "audio",
             Frame::SpeechStarted { .. } => "speech_started",
+            Frame::SpeechPaused(_) => "speech_paused",
             Frame::SpeechEnded(_) => "speech_ended",
             Frame::Transcript { .. } => "transcript",
             Frame::ReplyDelta { .. } => "reply_delta",

@@ -122,6 +122,13 @@ pub struct VadSpec {
     /// hears parlor's voice; a short echo must not interrupt it).
     #[serde(default = "default_barge_in_min_ms")]
     pub barge_in_min_ms: u32,
+    /// Silence inside a turn after which the speech so far goes to the stt
+    /// stage, which starts transcribing while the VAD still waits for
+    /// `end_of_turn_ms`: if the caller says no more, that transcript is
+    /// the turn's, and the wait has hidden the STT's time. 0 turns it off;
+    /// at or above `end_of_turn_ms` it never fires.
+    #[serde(default = "default_early_stt_ms")]
+    pub early_stt_ms: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -396,6 +403,9 @@ fn default_pre_roll_ms() -> u32 {
 }
 fn default_barge_in_min_ms() -> u32 {
     400
+}
+fn default_early_stt_ms() -> u32 {
+    100
 }
 fn default_max_turn_s() -> u32 {
     30

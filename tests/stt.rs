@@ -6,13 +6,17 @@
 //! the way the runner does.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use parlor::frame::{AudioChunk, Frame, TurnId, TurnMetrics, Utterance};
 use parlor::stages::stt::whisper_local::{audio_ctx_for, auto_audio_ctx};
-use parlor::stages::stt::{WhisperEngine, WhisperLocal, WhisperSettings};
-use parlor::stages::{Stage, StageContext, StageIo};
+use parlor::stages::stt::{
+    run_stt, SttError, Transcriber, WhisperEngine, WhisperLocal, WhisperSettings,
+};
+use parlor::stages::{Stage, StageContext, StageError, StageIo};
 use parlor::turns::Turns;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -227,7 +231,7 @@ struct Harness {
     task: JoinHandle<Result<(), parlor::stages::StageError>>,
 }
 
-fn start(stage: WhisperLocal, barge_in: bool) -> Harness {
+fn start(stage: impl Stage + 'static, barge_in: bool) -> Harness {
     let (input, stage_in) = mpsc::channel(8);
     let (stage_out, output) = mpsc::channel(8);
     let shutdown = CancellationToken::new();
@@ -248,12 +252,144 @@ fn start(stage: WhisperLocal, barge_in: bool) -> Harness {
 }
 
 fn speech_ended(turn: TurnId, samples: Vec<f32>) -> Frame {
-    Frame::SpeechEnded(Utterance {
+    Frame::SpeechEnded(utterance(turn, samples))
+}
+
+/// The speech of `turn`, all of it speech (so it ends where the audio does).
+fn utterance(turn: TurnId, samples: Vec<f32>) -> Utterance {
+    Utterance {
         turn,
+        speech_end: Duration::from_secs_f64(samples.len() as f64 / 16_000.0),
         audio: Arc::new(AudioChunk::new(16_000, samples)),
         start: Duration::ZERO,
         ended_at: Instant::now(),
-    })
+    }
+}
+
+/// The real Whisper stage, counting the transcriptions it starts.
+struct Counting {
+    whisper: WhisperLocal,
+    started: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Transcriber for Counting {
+    async fn transcribe(
+        &self,
+        utterance: Utterance,
+        cancel: CancellationToken,
+    ) -> Result<Option<String>, SttError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        self.whisper.transcribe(utterance, cancel).await
+    }
+}
+
+#[async_trait]
+impl Stage for Counting {
+    fn name(&self) -> &'static str {
+        "stt"
+    }
+
+    async fn run(self: Box<Self>, io: StageIo, cx: StageContext) -> Result<(), StageError> {
+        run_stt(&*self, io, cx).await
+    }
+}
+
+fn counting_stage() -> (Counting, Arc<AtomicUsize>) {
+    let started = Arc::new(AtomicUsize::new(0));
+    let stage = Counting {
+        whisper: load_stage(),
+        started: started.clone(),
+    };
+    (stage, started)
+}
+
+/// Every frame out of the stage until its input closes, transcripts with
+/// their text, as `kind:turn[:text]`.
+async fn drain(output: &mut mpsc::Receiver<Frame>) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Some(frame) = output.recv().await {
+        let turn = frame.turn().map_or(0, |t| t.0);
+        match &frame {
+            Frame::Transcript { text, .. } => seen.push(format!("transcript:{turn}:{text}")),
+            other => seen.push(format!("{}:{turn}", other.kind())),
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_with_no_more_speech_is_transcribed_once_from_the_pause() {
+    let clip = sample_clip();
+    let (stage, started) = counting_stage();
+    let mut h = start(stage, false);
+    let turn = h.turns.begin();
+    let speech = utterance(turn, clip.samples.clone());
+    h.input
+        .send(Frame::SpeechPaused(speech.clone()))
+        .await
+        .unwrap();
+    // The end-of-turn wait, during which the transcription is under way.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.input.send(Frame::SpeechEnded(speech)).await.unwrap();
+    h.input.send(end_of_turn(turn, 1.0)).await.unwrap();
+    drop(h.input);
+    let seen = drain(&mut h.output).await;
+    h.task.await.unwrap().expect("clean stop");
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let text = seen[0].strip_prefix("transcript:1:").expect("a transcript");
+    assert!(word_error_rate(&clip.reference, text) < 0.5, "{text:?}");
+    assert_eq!(seen[1], "end_of_turn:1");
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        1,
+        "the pause's job was used"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_after_a_pause_is_transcribed_again_in_full() {
+    let clip = sample_clip();
+    let (stage, started) = counting_stage();
+    let mut h = start(stage, false);
+    let turn = h.turns.begin();
+    // The caller paused halfway, then went on: the early job had only the
+    // first half; the turn's transcript must be of all of it.
+    let half = clip.samples[..clip.samples.len() / 2].to_vec();
+    h.input
+        .send(Frame::SpeechPaused(utterance(turn, half)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    h.input
+        .send(speech_ended(turn, clip.samples.clone()))
+        .await
+        .unwrap();
+    // A pause in a cancelled turn starts nothing and gives nothing.
+    let cancelled = h.turns.begin();
+    h.turns.cancel(cancelled);
+    h.input
+        .send(Frame::SpeechPaused(utterance(
+            cancelled,
+            clip.samples.clone(),
+        )))
+        .await
+        .unwrap();
+    h.input
+        .send(speech_ended(cancelled, clip.samples.clone()))
+        .await
+        .unwrap();
+    drop(h.input);
+    let seen = drain(&mut h.output).await;
+    h.task.await.unwrap().expect("clean stop");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let text = seen[0].strip_prefix("transcript:1:").expect("a transcript");
+    assert!(
+        word_error_rate(&clip.reference, text) < 0.5,
+        "{text:?} is not all of {:?}",
+        clip.reference
+    );
+    assert_eq!(started.load(Ordering::SeqCst), 2, "the half and the whole");
 }
 
 fn end_of_turn(turn: TurnId, seconds: f64) -> Frame {

@@ -400,9 +400,31 @@ async fn run_vad(spec: &VadSpec, audio: &[f32], piece: usize) -> Vec<Detected> {
         let Frame::SpeechStarted { turn, at } = frame else {
             panic!("expected speech_started, got {}", frame.kind());
         };
-        let Some(Frame::SpeechEnded(utterance)) = frames.next() else {
-            panic!("speech_started without speech_ended");
+        // Any number of pauses (the speech so far, for an early
+        // transcription), then the end.
+        let mut pauses = Vec::new();
+        let utterance = loop {
+            match frames.next() {
+                Some(Frame::SpeechPaused(paused)) => pauses.push(paused),
+                Some(Frame::SpeechEnded(utterance)) => break utterance,
+                other => panic!(
+                    "speech_started without speech_ended: {:?}",
+                    other.map(|f| f.kind())
+                ),
+            }
         };
+        for paused in &pauses {
+            assert_eq!(paused.turn, turn);
+            assert_eq!(paused.start, utterance.start);
+            assert!(paused.speech_end <= utterance.speech_end);
+            // The speech so far is the start of the turn's audio.
+            let n = paused.audio.samples.len();
+            assert_eq!(paused.audio.samples[..], utterance.audio.samples[..n]);
+        }
+        assert!(
+            pauses.windows(2).all(|w| w[0].speech_end < w[1].speech_end),
+            "one pause per silence"
+        );
         let Some(Frame::EndOfTurn(metrics)) = frames.next() else {
             panic!("speech_ended without end_of_turn");
         };

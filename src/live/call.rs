@@ -430,7 +430,7 @@ impl CallOutput {
                 self.pending.push_back(Pending::Done(Box::new(report)));
                 return;
             }
-            Frame::Audio(_) => return,
+            Frame::Audio(_) | Frame::SpeechPaused(_) => return,
         };
         self.pending.push_back(Pending::Event(event));
     }

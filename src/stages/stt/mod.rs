@@ -1,21 +1,26 @@
 //! Speech to text: turns each turn's speech into a transcript.
 //!
 //! Input: [`Frame::SpeechEnded`](crate::frame::Frame::SpeechEnded) with the
-//! turn's 16 kHz mono audio. Output: one final
+//! turn's 16 kHz mono audio, and before it any number of
+//! [`Frame::SpeechPaused`](crate::frame::Frame::SpeechPaused) (the speech so
+//! far, transcribed early; see [`run_stt`]). Output: one final
 //! [`Frame::Transcript`](crate::frame::Frame::Transcript) per live turn with
 //! speech in it (nothing for silence or a cancelled turn), then the frames
-//! that followed, `EndOfTurn` included, unchanged. `SpeechEnded` itself is
-//! consumed: the audio stops here.
+//! that followed, `EndOfTurn` included, unchanged. `SpeechPaused` and
+//! `SpeechEnded` are consumed: the audio stops here.
 
 pub mod openai;
 pub mod whisper_local;
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Frame, Utterance, PIPELINE_SAMPLE_RATE};
+use crate::frame::{Frame, TurnId, Utterance, PIPELINE_SAMPLE_RATE};
 use crate::spec::{SttBackend, SttSpec};
 
 use super::{Stage, StageContext, StageError, StageIo};
@@ -66,40 +71,121 @@ pub trait Transcriber: Send + Sync + 'static {
     ) -> Result<Option<String>, SttError>;
 }
 
+/// What a transcription job gives back.
+type Transcribed = Result<Option<String>, SttError>;
+
+/// A transcription started on a pause ([`Frame::SpeechPaused`]), before the
+/// turn was over.
+struct Early<'a> {
+    turn: TurnId,
+    speech_end: Duration,
+    /// A child of the turn's token: cancels this job alone.
+    cancel: CancellationToken,
+    job: Pin<Box<dyn Future<Output = Transcribed> + Send + 'a>>,
+    /// The job's result once it has finished.
+    done: Option<Transcribed>,
+}
+
+impl Early<'_> {
+    /// Whether `utterance` is the speech this job is transcribing: the same
+    /// turn, with no speech after the pause.
+    fn matches(&self, utterance: &Utterance) -> bool {
+        self.turn == utterance.turn && self.speech_end == utterance.speech_end
+    }
+
+    /// The job's result, waiting for it if it is still running.
+    async fn result(mut self) -> Transcribed {
+        match self.done.take() {
+            Some(result) => result,
+            None => (&mut self.job).await,
+        }
+    }
+}
+
+impl Drop for Early<'_> {
+    /// A job nobody will read stops (a dropped whisper job would otherwise
+    /// run on, holding the model, on its blocking thread). Cancelling a
+    /// finished job's token does nothing.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 /// The stt stage's loop around any [`Transcriber`]: consumes
-/// `SpeechEnded`, sends the turn's final `Transcript`, passes everything
-/// else on. A failed transcription costs its turn (a `TurnError` says why),
-/// not the call.
+/// `SpeechPaused` and `SpeechEnded`, sends the turn's final `Transcript`,
+/// passes everything else on. A pause starts the transcription early; the
+/// end of the turn uses it when no speech came after the pause, and starts
+/// again otherwise. A failed transcription costs its turn (a `TurnError`
+/// says why), not the call.
 pub async fn run_stt(
     transcriber: &impl Transcriber,
     mut io: StageIo,
     cx: StageContext,
 ) -> Result<(), StageError> {
-    while let Some(frame) = io.recv_until(&cx.shutdown).await {
-        let Frame::SpeechEnded(utterance) = frame else {
-            // Not ours: passing it on must not start the turn's clock.
-            io.forward(frame).await?;
-            continue;
+    let mut early: Option<Early<'_>> = None;
+    loop {
+        let frame = match early.as_mut().filter(|e| e.done.is_none()) {
+            Some(running) => {
+                tokio::select! {
+                    result = &mut running.job => {
+                        running.done = Some(result);
+                        continue;
+                    }
+                    frame = io.recv_until(&cx.shutdown) => frame,
+                }
+            }
+            None => io.recv_until(&cx.shutdown).await,
+        };
+        let Some(frame) = frame else {
+            break;
+        };
+        let utterance = match frame {
+            Frame::SpeechPaused(utterance) => {
+                // A newer pause supersedes the last one (dropping it cancels it).
+                early = None;
+                if cx.turns.is_live(utterance.turn) && check_rate(&utterance).is_ok() {
+                    let cancel = cx.turns.token(utterance.turn).child_token();
+                    early = Some(Early {
+                        turn: utterance.turn,
+                        speech_end: utterance.speech_end,
+                        job: Box::pin(transcriber.transcribe(utterance, cancel.clone())),
+                        cancel,
+                        done: None,
+                    });
+                }
+                continue;
+            }
+            Frame::SpeechEnded(utterance) => utterance,
+            other => {
+                // Not ours: passing it on must not start the turn's clock.
+                io.forward(other).await?;
+                continue;
+            }
         };
         let turn = utterance.turn;
+        let started_early = early.take().filter(|e| e.matches(&utterance));
         if !cx.turns.is_live(turn) {
             tracing::debug!(message = "Dropping the speech of a cancelled turn.", %turn);
             continue;
         }
-        if utterance.audio.sample_rate != PIPELINE_SAMPLE_RATE {
-            let e = SttError::SampleRate {
-                expected: PIPELINE_SAMPLE_RATE,
-                got: utterance.audio.sample_rate,
-            };
+        if let Err(e) = check_rate(&utterance) {
             return Err(StageError::failed("stt", e.to_string()));
         }
         let seconds = utterance.audio.duration().as_secs_f64();
-        // The turn's token is a child of the shutdown token, so shutting
-        // down stops a running transcription too.
-        let text = match transcriber
-            .transcribe(utterance, cx.turns.token(turn))
-            .await
-        {
+        let result = match started_early {
+            Some(job) => {
+                tracing::debug!(message = "Using the transcription started at the pause.", %turn, finished = job.done.is_some());
+                job.result().await
+            }
+            // The turn's token is a child of the shutdown token, so shutting
+            // down stops a running transcription too.
+            None => {
+                transcriber
+                    .transcribe(utterance, cx.turns.token(turn))
+                    .await
+            }
+        };
+        let text = match result {
             Ok(Some(text)) => text,
             Ok(None) | Err(SttError::Cancelled) => {
                 tracing::debug!(message = "Transcription cancelled with its turn.", %turn);
@@ -132,4 +218,17 @@ pub async fn run_stt(
         .await?;
     }
     Ok(())
+}
+
+/// Every utterance comes at the pipeline's rate; anything else is a bug
+/// upstream, not bad input.
+fn check_rate(utterance: &Utterance) -> Result<(), SttError> {
+    if utterance.audio.sample_rate == PIPELINE_SAMPLE_RATE {
+        Ok(())
+    } else {
+        Err(SttError::SampleRate {
+            expected: PIPELINE_SAMPLE_RATE,
+            got: utterance.audio.sample_rate,
+        })
+    }
 }

@@ -13,7 +13,9 @@
 //! The stage consumes `Frame::Audio` (it is the last stage that needs raw
 //! input audio: the STT works from each turn's utterance) and forwards every
 //! other frame unchanged. For each turn it sends
-//! `SpeechStarted` once `min_speech_ms` of speech has been heard, then
+//! `SpeechStarted` once `min_speech_ms` of speech has been heard,
+//! `SpeechPaused` with the speech so far each time the caller has been
+//! silent for `early_stt_ms` (the stt stage starts on it early), then
 //! `SpeechEnded` with the turn's audio and `EndOfTurn` when the caller has
 //! been silent for `end_of_turn_ms`, the turn reaches `max_turn_s`, or the
 //! input ends. While the call's edge says parlor is speaking
@@ -233,6 +235,16 @@ async fn emit(
                     return Ok(false);
                 }
             }
+            SegmentEvent::Paused(segment) => {
+                let Some(id) = *turn else {
+                    continue;
+                };
+                tracing::debug!(message = "Speech paused.", turn = %id, speech_ms = segment.speech.as_millis() as u64);
+                let utterance = utterance(id, segment, Instant::now());
+                if !send(io, &cx.shutdown, Frame::SpeechPaused(utterance)).await? {
+                    return Ok(false);
+                }
+            }
             SegmentEvent::Ended(segment) => {
                 let ended_at = Instant::now();
                 // The segmenter always starts a turn before ending one.
@@ -245,16 +257,12 @@ async fn emit(
                     speech_ms = segment.speech.as_millis() as u64,
                     forced = segment.forced,
                 );
-                let utterance = Utterance {
-                    turn: id,
-                    audio: Arc::new(AudioChunk::new(PIPELINE_SAMPLE_RATE, segment.audio)),
-                    start: segment.audio_start,
-                    ended_at,
-                };
+                let speech = segment.speech;
+                let utterance = utterance(id, segment, ended_at);
                 if !send(io, &cx.shutdown, Frame::SpeechEnded(utterance)).await? {
                     return Ok(false);
                 }
-                let metrics = TurnMetrics::new(id, segment.speech, ended_at);
+                let metrics = TurnMetrics::new(id, speech, ended_at);
                 if !send(io, &cx.shutdown, Frame::EndOfTurn(metrics)).await? {
                     return Ok(false);
                 }
@@ -262,6 +270,16 @@ async fn emit(
         }
     }
     Ok(true)
+}
+
+fn utterance(turn: TurnId, segment: SpeechSegment, ended_at: Instant) -> Utterance {
+    Utterance {
+        turn,
+        speech_end: segment.speech_end(),
+        audio: Arc::new(AudioChunk::new(PIPELINE_SAMPLE_RATE, segment.audio)),
+        start: segment.audio_start,
+        ended_at,
+    }
 }
 
 /// Send downstream unless shutdown comes first (`Ok(false)`): a full

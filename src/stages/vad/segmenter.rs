@@ -49,6 +49,9 @@ pub struct SegmenterConfig {
     /// While parlor's reply is playing, speech this long (at least) is
     /// needed before a turn is announced: the echo guard.
     pub barge_in_min: usize,
+    /// Silence inside an announced turn after which the speech so far is
+    /// offered for an early transcription ([`SegmentEvent::Paused`]); 0: never.
+    pub early_stt: usize,
 }
 
 impl SegmenterConfig {
@@ -62,6 +65,7 @@ impl SegmenterConfig {
             pre_roll: ms(spec.pre_roll_ms),
             max_turn: ms(spec.max_turn_s.saturating_mul(1000)),
             barge_in_min: ms(spec.barge_in_min_ms),
+            early_stt: ms(spec.early_stt_ms),
         }
     }
 }
@@ -73,6 +77,11 @@ pub enum SegmentEvent {
     /// utterance's audio starts up to a pre-roll earlier). Sent once
     /// `min_speech` of speech has been heard.
     Started { at: Duration },
+    /// The turn in progress has been silent for `early_stt`: its speech so
+    /// far, padded with what silence there is (up to a pre-roll). Sent once
+    /// per pause; if the turn then ends with no more speech, its `Ended`
+    /// segment has the same speech, so a transcript of this one stands.
+    Paused(SpeechSegment),
     /// The turn that last started is over.
     Ended(SpeechSegment),
 }
@@ -110,6 +119,8 @@ struct Turn {
     /// Length of the silence run that is going on now.
     silence: usize,
     announced: bool,
+    /// This silence run has been offered as a [`SegmentEvent::Paused`].
+    paused: bool,
 }
 
 /// Turns a stream of audio into turns; see the module docs.
@@ -262,6 +273,7 @@ impl Segmenter {
                     speech_end: self.position,
                     silence: 0,
                     announced: false,
+                    paused: false,
                 });
                 self.after_frame(events);
             } else {
@@ -273,6 +285,7 @@ impl Segmenter {
         turn.audio.extend_from_slice(frame);
         if probability >= cfg.threshold {
             turn.silence = 0;
+            turn.paused = false;
             turn.speech_end = self.position;
         } else if probability < cfg.silence_threshold || turn.silence > 0 {
             // Between the two thresholds a frame continues whatever was
@@ -319,6 +332,21 @@ impl Segmenter {
             }
             let segment = self.close(turn, true);
             events.push(SegmentEvent::Ended(segment));
+        } else if turn.announced
+            && !turn.paused
+            && cfg.early_stt > 0
+            && turn.silence >= cfg.early_stt
+        {
+            turn.paused = true;
+            // The same cut `close` makes, of the audio there is so far.
+            let keep = (turn.speech_end + cfg.pre_roll as u64 - turn.audio_start) as usize;
+            events.push(SegmentEvent::Paused(SpeechSegment {
+                audio: turn.audio[..keep.min(turn.audio.len())].to_vec(),
+                audio_start: samples_to_duration(turn.audio_start),
+                speech_start: samples_to_duration(turn.speech_start),
+                speech: samples_to_duration(turn.speech_end - turn.speech_start),
+                forced: false,
+            }));
         }
     }
 
@@ -387,6 +415,7 @@ mod tests {
             pre_roll: 800,
             max_turn: 160_000,
             barge_in_min: 6_400,
+            early_stt: 0,
         }
     }
 
@@ -429,6 +458,65 @@ mod tests {
         assert_eq!(ms(seg.audio_start), 950);
         assert_eq!(seg.audio.len(), 800 + 16_000 + 800);
         assert!(!seg.forced);
+    }
+
+    #[test]
+    fn a_pause_offers_the_speech_so_far_once_and_it_matches_the_end() {
+        let config = SegmenterConfig {
+            early_stt: 1_600,
+            ..config()
+        };
+        // Speech, a 150 ms pause (a paused event, then more speech), speech,
+        // silence to the end of the turn.
+        let audio = signal(&[
+            (0.0, 16_000),
+            (0.9, 16_000),
+            (0.0, 2_400),
+            (0.9, 8_000),
+            (0.0, 16_000),
+        ]);
+        let events = run(config, &audio, 333);
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| match e {
+                SegmentEvent::Started { .. } => "started",
+                SegmentEvent::Paused(_) => "paused",
+                SegmentEvent::Ended(_) => "ended",
+            })
+            .collect();
+        assert_eq!(kinds, ["started", "paused", "paused", "ended"]);
+        let (SegmentEvent::Paused(first), SegmentEvent::Paused(last), SegmentEvent::Ended(end)) =
+            (&events[1], &events[2], &events[3])
+        else {
+            panic!()
+        };
+        // The first pause has only the first stretch of speech.
+        assert_eq!(ms(first.speech), 1000);
+        assert_eq!(first.audio.len(), 800 + 16_000 + 800);
+        // The last pause is exactly the turn as it ended: same speech, same
+        // audio (silence past a pre-roll is cut either way).
+        assert_eq!(last.speech, end.speech);
+        assert_eq!(last.speech_end(), end.speech_end());
+        assert_eq!(last.audio, end.audio);
+    }
+
+    #[test]
+    fn a_pause_shorter_than_the_padding_is_padded_with_what_there_is() {
+        let config = SegmenterConfig {
+            early_stt: 480,
+            ..config()
+        };
+        let audio = signal(&[(0.0, 16_000), (0.9, 16_000), (0.0, 16_000)]);
+        let events = run(config, &audio, 160);
+        let SegmentEvent::Paused(paused) = &events[1] else {
+            panic!("{events:?}")
+        };
+        // 30 ms of silence heard, of the 50 ms pre-roll the end keeps.
+        assert_eq!(paused.audio.len(), 800 + 16_000 + 480);
+        let SegmentEvent::Ended(end) = &events[2] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(paused.speech_end(), end.speech_end());
     }
 
     #[test]
