@@ -19,6 +19,8 @@
 //! - [`file_call`]: an audio file played into a pipeline; a report per turn.
 //! - [`transcribe`]: the `parlor transcribe` job, as a library call.
 //! - [`server`]: OpenAI-compatible HTTP routes (the only module that knows axum).
+//! - [`untrusted`]: text from outside (tool results, resources, descriptions)
+//!   cleaned of hidden characters and fenced as data for the model.
 
 pub mod audio;
 pub mod file_call;
@@ -34,3 +36,4 @@ pub mod spec;
 pub mod stages;
 pub mod transcribe;
 pub mod turns;
+pub mod untrusted;

@@ -206,7 +206,15 @@ async fn parallel_calls_run_together_and_their_results_reach_the_model() {
         .collect();
     assert_eq!(results.len(), 2);
     assert_eq!(results[0].0, "r1c0");
-    assert_eq!(results[1], ("r1c1".to_string(), "42".to_string()));
+    // The model reads each result fenced as data (prompt-injection defence).
+    assert_eq!(
+        results[1],
+        (
+            "r1c1".to_string(),
+            parlor::untrusted::fence("py__add", "42")
+        )
+    );
+    assert!(results[1].1.contains("\n42\n"));
     // Text streamed in pieces, then the history holds the whole turn.
     let text: String = t
         .events

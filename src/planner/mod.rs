@@ -27,6 +27,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
 use crate::llm::{ChatMessage, LlmError, ModelRequest, PlannerModel, ToolCall, ToolChoice};
+use crate::untrusted;
 pub use history::History;
 pub use tools::{AuditedPool, NoTools, ToolAnswer, Toolbox};
 
@@ -305,10 +306,12 @@ impl Planner {
             let records = self.run_calls(&reply.calls, events).await;
             for (call, record) in reply.calls.into_iter().zip(&records) {
                 turn.push(ChatMessage::ToolCall(call));
+                // The caller sees the result as the tool gave it; the
+                // model reads it cleaned and fenced as data (issue 5).
                 turn.push(ChatMessage::tool_result(
                     record.id.clone(),
                     record.name.clone(),
-                    record.output.clone(),
+                    untrusted::fence(&record.name, &record.output),
                 ));
             }
             outcome.tools.extend(records);
