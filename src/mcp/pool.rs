@@ -371,12 +371,16 @@ impl McpPool {
                 reason: reason.clone(),
             });
         }
+        // A server that could not re-list (dead, backing off) keeps its
+        // last route, so the call reports why the server is unavailable
+        // rather than an unknown tool.
         let (server, tool) = self
             .routes
             .lock()
             .expect("routes lock")
             .get(name)
             .cloned()
+            .or(route)
             .ok_or_else(|| ToolCallError::UnknownTool { name: name.into() })?;
         let arguments = match arguments {
             Value::Null => None,
