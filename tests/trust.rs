@@ -375,10 +375,31 @@ async fn rug_pull_mid_session_quarantines_the_tool() {
         .await
         .unwrap_err();
     assert!(matches!(err, ToolCallError::Quarantined { .. }), "{err}");
+    pool.call_tool("hostile__weather", json!({"city": "Oslo"}))
+        .await
+        .expect("trusted on first use");
     pool.call_tool("hostile__pull_rug", Value::Null)
         .await
         .unwrap();
-    wait_until_withdrawn(&pool, "hostile__weather").await;
+    // Calls alone (no re-list by the planner) must see the change.
+    let started = Instant::now();
+    loop {
+        match pool
+            .call_tool("hostile__weather", json!({"city": "Oslo"}))
+            .await
+        {
+            Err(ToolCallError::Quarantined { reason, .. }) => {
+                assert!(reason.contains("changed since it was trusted"), "{reason}");
+                break;
+            }
+            other => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "still callable after list_changed: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!offered(&pool.specs().await).contains(&"hostile__weather".to_string()));
     pool.shutdown().await;
 
     // With a lock (weather pinned clean), through the audited toolbox.
