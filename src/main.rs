@@ -178,6 +178,33 @@ enum McpCommand {
         #[arg(long)]
         pipeline: Option<PathBuf>,
     },
+    /// Pin every server's tool definitions (description and input-schema
+    /// hashes) in the spec's tool lock (`[trust] lock`, default the spec's
+    /// path with `.mcp.lock`). A pinned tool that later changes is
+    /// quarantined (not offered, calls refused) until trusted again. Tools
+    /// with scan findings are refused unless `--accept-findings`; tools
+    /// that shadow another server's tool are always refused. Exit code 1
+    /// when any tool was refused (the others are still pinned).
+    Trust {
+        /// Pipeline spec (default: the embedded pipelines/local.toml).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Trust tools with findings (hidden text, instructions to the
+        /// model, secrets, references to other tools) after reviewing them.
+        #[arg(long)]
+        accept_findings: bool,
+    },
+    /// Report each server's tools: pin status (pinned, new, changed,
+    /// quarantined), whether the planner would be offered the tool, and
+    /// the poisoning scan's findings. Changes nothing.
+    Scan {
+        /// Pipeline spec (default: the embedded pipelines/local.toml).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// One JSON object on stdout, nothing else.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -247,6 +274,16 @@ fn main() -> ExitCode {
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
+            Command::Mcp {
+                command:
+                    McpCommand::Trust {
+                        pipeline,
+                        accept_findings,
+                    },
+            } => run_mcp_trust(pipeline.as_deref(), accept_findings).await,
+            Command::Mcp {
+                command: McpCommand::Scan { pipeline, json },
+            } => run_mcp_scan(pipeline.as_deref(), json).await,
             Command::Audit {
                 command: AuditCommand::Verify { file, json },
             } => run_audit_verify(&file, json),
@@ -593,6 +630,176 @@ async fn run_mcp_list(path: Option<&Path>) -> Result<(), Failure> {
     }));
     print_table(&rows);
     pool.shutdown().await;
+    Ok(())
+}
+
+/// The spec's connectable servers, connected without a gate (trust and
+/// scan judge the raw definitions), and their tools.
+async fn raw_tools(
+    spec: &PipelineSpec,
+) -> Result<(Option<McpPool>, Vec<parlor::mcp::ToolDef>), Failure> {
+    let names: Vec<String> = spec
+        .mcp
+        .iter()
+        .filter(|(_, s)| !matches!(s, parlor::spec::McpServerSpec::Hosted(_)))
+        .map(|(n, _)| n.clone())
+        .collect();
+    if names.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let pool = McpPool::connect(&spec.mcp, &names)
+        .await
+        .map_err(Failure::input)?;
+    let defs = pool.tool_defs().await;
+    Ok((Some(pool), defs))
+}
+
+async fn run_mcp_trust(path: Option<&Path>, accept_findings: bool) -> Result<(), Failure> {
+    use parlor::mcp::gate::approve;
+    use parlor::mcp::pins::ToolLock;
+
+    let spec = load_spec(path)?;
+    let cwd = std::env::current_dir().map_err(Failure::usage)?;
+    let lock_path = spec.lock_path(&cwd);
+    let old = ToolLock::load(&lock_path).map_err(Failure::input)?;
+    let (pool, defs) = raw_tools(&spec).await?;
+    let targets = pool
+        .as_ref()
+        .map(|p| {
+            p.servers()
+                .into_iter()
+                .map(|s| (s.name, s.target))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(pool) = pool {
+        pool.shutdown().await;
+    }
+    let (lock, approvals) = approve(old.as_ref(), &defs, &targets, accept_findings);
+    lock.save(&lock_path).map_err(Failure::input)?;
+    let mut rows = vec![["SERVER".to_string(), "TOOL".into(), "RESULT".into()]];
+    for a in &approvals {
+        rows.push([
+            a.server.clone(),
+            a.tool.clone(),
+            a.reason.clone().unwrap_or_else(|| "trusted".into()),
+        ]);
+    }
+    print_table(&rows);
+    let refused = approvals.iter().filter(|a| !a.trusted).count();
+    println!(
+        "\n{} tool(s) pinned in {}",
+        approvals.len() - refused,
+        lock_path.display()
+    );
+    if refused > 0 {
+        return Err(Failure::input(format!(
+            "{refused} tool(s) refused; they stay quarantined (see `parlor mcp scan`)"
+        )));
+    }
+    Ok(())
+}
+
+async fn run_mcp_scan(path: Option<&Path>, json: bool) -> Result<(), Failure> {
+    use parlor::mcp::gate::{assess, kind_name};
+    use parlor::mcp::pins::ToolLock;
+
+    let spec = load_spec(path)?;
+    let cwd = std::env::current_dir().map_err(Failure::usage)?;
+    let lock_path = spec.lock_path(&cwd);
+    let lock = ToolLock::load(&lock_path).map_err(Failure::input)?;
+    let (pool, defs) = raw_tools(&spec).await?;
+    let servers = pool.as_ref().map(|p| p.servers()).unwrap_or_default();
+    if let Some(pool) = pool {
+        pool.shutdown().await;
+    }
+    let verdicts = assess(&defs, lock.as_ref(), &mut Default::default());
+    if json {
+        let servers: Vec<_> = spec
+            .mcp
+            .iter()
+            .map(|(name, server)| {
+                let status = servers.iter().find(|s| &s.name == name);
+                let tools: Vec<_> = verdicts
+                    .iter()
+                    .filter(|v| &v.server == name)
+                    .map(|v| {
+                        json!({
+                            "name": v.tool,
+                            "qualified": parlor::mcp::pool::tool_name(&v.server, &v.tool),
+                            "status": v.status,
+                            "offered": v.offered,
+                            "reason": v.reason,
+                            "findings": v.findings,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": name,
+                    "transport": parlor::mcp::transport::transport_name(server),
+                    "target": parlor::mcp::transport::target(server),
+                    "connected": status.is_some_and(|s| s.connected),
+                    "tools": tools,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "pipeline": spec.name,
+                "lock": lock_path.display().to_string(),
+                "lock_exists": lock.is_some(),
+                "servers": servers,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "tool lock: {} ({})",
+        lock_path.display(),
+        if lock.is_some() {
+            "pins checked against it"
+        } else {
+            "none yet: run `parlor mcp trust`"
+        }
+    );
+    let mut rows = vec![[
+        "SERVER".to_string(),
+        "TOOL".into(),
+        "STATUS".into(),
+        "OFFERED".into(),
+        "FINDINGS".into(),
+    ]];
+    for v in &verdicts {
+        let findings = if v.findings.is_empty() {
+            "-".to_string()
+        } else {
+            v.findings
+                .iter()
+                .map(|f| format!("{}: {}", kind_name(f.kind), f.detail))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        rows.push([
+            v.server.clone(),
+            v.tool.clone(),
+            v.status.as_str().into(),
+            if v.offered { "yes" } else { "no" }.into(),
+            findings,
+        ]);
+    }
+    for (name, server) in &spec.mcp {
+        if let parlor::spec::McpServerSpec::Hosted(_) = server {
+            rows.push([
+                name.clone(),
+                "*".into(),
+                "hosted".into(),
+                "-".into(),
+                "(the model provider lists its tools; not pinned)".into(),
+            ]);
+        }
+    }
+    print_table(&rows);
     Ok(())
 }
 

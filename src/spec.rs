@@ -1,8 +1,8 @@
 //! Pipeline specs: `pipelines/*.toml` parsed and validated up front.
 //!
 //! A spec is a flat list of `[[stage]]` tables (a voice pipeline is a chain,
-//! not a graph) plus `[mcp.NAME]` server tables and an optional `[audit]`
-//! table. `kind` selects the stage
+//! not a graph) plus `[mcp.NAME]` server tables, a `[trust]` table that
+//! allow-lists them, and an optional `[audit]` table. `kind` selects the stage
 //! type through an internally tagged enum, so a typo gets "unknown variant
 //! `stt2`, expected one of ..." rather than "did not match any variant".
 //!
@@ -16,6 +16,8 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+pub use crate::mcp::allow::{AllowEntry, TrustSpec};
 
 /// The default pipeline, embedded so `parlor` runs without a `--pipeline`.
 pub const LOCAL_PIPELINE: &str = include_str!("../pipelines/local.toml");
@@ -35,6 +37,10 @@ pub struct PipelineSpec {
     /// The `[audit]` table: where tool decisions are logged. `None`: no
     /// audit log (see [`AuditSpec`]).
     pub audit: Option<AuditSpec>,
+    /// The `[trust]` table: the servers that may be started or connected
+    /// to (every `[mcp.*]` server must match an entry) and the tool-pin
+    /// lock file (src/mcp/allow.rs, src/mcp/pins.rs).
+    pub trust: TrustSpec,
     /// Where the spec came from, for messages.
     pub source: PathBuf,
 }
@@ -648,13 +654,24 @@ impl PipelineSpec {
                 }
             },
         };
+        let trust = match table.remove("trust") {
+            None => TrustSpec::default(),
+            Some(value) => match TrustSpec::deserialize(value.clone()) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(serde_problem("trust".into(), e.message(), &value));
+                    TrustSpec::default()
+                }
+            },
+        };
         for (key, _) in table {
             problems.push(Problem {
                 place: "top level".into(),
                 field: Some(key.clone()),
                 message: "unknown field".into(),
                 fix: Some(
-                    "expected one of `name`, `channel_capacity`, `stage`, `mcp`, `audit`".into(),
+                    "expected one of `name`, `channel_capacity`, `stage`, `mcp`, `audit`, `trust`"
+                        .into(),
                 ),
             });
         }
@@ -664,8 +681,20 @@ impl PipelineSpec {
             stages,
             mcp,
             audit,
+            trust,
             source: source.to_path_buf(),
         }
+    }
+
+    /// The tool-pin lock file: `[trust] lock`, or the spec's own path with
+    /// `.mcp.lock` in place of `.toml` (`pipelines/local.mcp.lock`), both
+    /// relative to `base_dir`.
+    pub fn lock_path(&self, base_dir: &Path) -> PathBuf {
+        let path = match &self.trust.lock {
+            Some(p) => p.clone(),
+            None => self.source.with_extension("mcp.lock"),
+        };
+        base_dir.join(path)
     }
 
     /// The stages a `transcribe` run needs: everything up to and including
@@ -869,16 +898,10 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
         }
     }
 
+    problems.extend(crate::mcp::allow::check_entries(&spec.trust));
     for (name, server) in &spec.mcp {
-        if let McpServerSpec::Hosted(h) = server {
-            if !(h.url.starts_with("https://") || h.url.starts_with("http://")) {
-                problems.push(problem(
-                    format!("mcp.{name}"),
-                    "url",
-                    format!("\"{}\" is not an http(s) URL", h.url),
-                    "url = \"https://mcp.example.com/mcp\"",
-                ));
-            }
+        if let Some(p) = crate::mcp::allow::check_server(name, server, &spec.trust) {
+            problems.push(p);
         }
     }
 

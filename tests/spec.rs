@@ -39,6 +39,9 @@ fn problems(text: &str) -> (String, SpecError) {
 const VAD: &str = "[[stage]]\nkind = \"vad\"\nbackend = \"earshot\"\n";
 const STT: &str =
     "[[stage]]\nkind = \"stt\"\nbackend = \"whisper-local\"\nmodel = \"models/ggml-tiny.en.bin\"\n";
+/// Allows the orders (stdio, no args) and knowledge (loopback HTTP) servers
+/// the MCP tests declare.
+const TRUST: &str = "[trust]\nallow = [{ command = \"parlor-mcp-orders\" }, { url = \"http://127.0.0.1:8931/\" }]\n";
 
 #[test]
 fn shipped_local_pipeline_is_valid() {
@@ -182,7 +185,7 @@ fn missing_model_file_says_how_to_get_it() {
 #[test]
 fn unknown_mcp_server_lists_the_declared_ones() {
     let (msg, err) = problems(&format!(
-        "name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"planner\"\nbackend = \"local\"\nmcp = [\"orders\", \"knowlege\"]\n\n[mcp.orders]\ntransport = \"stdio\"\ncommand = \"parlor-mcp-orders\"\n\n[mcp.knowledge]\ntransport = \"streamable-http\"\nurl = \"http://127.0.0.1:8931/mcp\"\n"
+        "name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"planner\"\nbackend = \"local\"\nmcp = [\"orders\", \"knowlege\"]\n\n[mcp.orders]\ntransport = \"stdio\"\ncommand = \"parlor-mcp-orders\"\n\n[mcp.knowledge]\ntransport = \"streamable-http\"\nurl = \"http://127.0.0.1:8931/mcp\"\n{TRUST}"
     ));
     assert_eq!(err.problems.len(), 1, "{msg}");
     assert_eq!(err.problems[0].field.as_deref(), Some("mcp"));
@@ -259,7 +262,7 @@ fn unreadable_file_names_the_path() {
 #[test]
 fn planner_fields_are_checked_together() {
     let (msg, err) = problems(&format!(
-        "name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"planner\"\nbackend = \"local\"\nmodel = \"models/nope.gguf\"\ninstructions = \"prompts/nope.md\"\nmcp = [\"orders\"]\nprompt = {{ server = \"knowledge\", name = \"answer_style\" }}\nresources = [\"orders:orders://recent\", \"no-server-here\", \"knowledge:config://settings\"]\nmax_steps = 0\nturn_timeout_ms = 0\n\n[mcp.orders]\ntransport = \"stdio\"\ncommand = \"parlor-mcp-orders\"\n\n[mcp.knowledge]\ntransport = \"streamable-http\"\nurl = \"http://127.0.0.1:8931/mcp\"\n"
+        "name = \"x\"\n{VAD}{STT}[[stage]]\nkind = \"planner\"\nbackend = \"local\"\nmodel = \"models/nope.gguf\"\ninstructions = \"prompts/nope.md\"\nmcp = [\"orders\"]\nprompt = {{ server = \"knowledge\", name = \"answer_style\" }}\nresources = [\"orders:orders://recent\", \"no-server-here\", \"knowledge:config://settings\"]\nmax_steps = 0\nturn_timeout_ms = 0\n\n[mcp.orders]\ntransport = \"stdio\"\ncommand = \"parlor-mcp-orders\"\n\n[mcp.knowledge]\ntransport = \"streamable-http\"\nurl = \"http://127.0.0.1:8931/mcp\"\n{TRUST}"
     ));
     let fields: Vec<_> = err
         .problems

@@ -59,6 +59,10 @@ pub enum ToolCallError {
     /// Not a `server__tool` name the pool offers.
     #[error("unknown tool \"{name}\"")]
     UnknownTool { name: String },
+    /// The gate withholds this tool: changed since it was trusted, never
+    /// trusted, or poisoned (src/mcp/gate.rs).
+    #[error("tool \"{name}\" is quarantined and was not called: {reason}")]
+    Quarantined { name: String, reason: String },
     /// Arguments must be a JSON object (or null for none).
     #[error("tool \"{name}\": arguments must be a JSON object, got {got}")]
     BadArguments { name: String, got: String },

@@ -13,18 +13,29 @@
 //! - [`audit`]: [`AuditLog`], every tool decision as a hash-chained JSON
 //!   line, fsynced (with group commit) before the result is used;
 //!   [`audit::verify`] behind `parlor audit verify`.
+//! - [`allow`]: the `[trust]` allow-list of servers, checked at spec load.
+//! - [`scan`]: the tool-poisoning scanner (invisible text, instructions to
+//!   the model, secrets, references to other servers' tools, shadowing).
+//! - [`pins`]: the tool-pin lock file `parlor mcp trust` writes.
+//! - [`gate`]: pins and findings applied to every tool list; withheld tools
+//!   are not offered and calls to them are refused.
 //! - [`error`]: [`McpError`] for set-up and requests, [`ToolCallError`] for
 //!   tool calls that produced no result.
 
+pub mod allow;
 pub mod audit;
 pub mod error;
+pub mod gate;
+pub mod pins;
 pub mod pool;
+pub mod scan;
 pub mod servers;
 pub mod sse;
 pub mod transport;
 
 pub use audit::{AuditContext, AuditEntry, AuditError, AuditLog, Decision};
 pub use error::{McpError, ToolCallError};
+pub use gate::{Assessment, Gate, PinStatus, ToolDef};
 pub use pool::{
     McpPool, McpPoolOptions, PromptArgumentInfo, PromptInfo, PromptText, ResourceContent,
     ResourceInfo, ServerStatus, ToolInfo, ToolOutput,

@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::error::{McpError, ToolCallError};
+use super::gate::{Gate, ToolDef};
 use super::transport;
 use crate::spec::McpServerSpec;
 
@@ -153,6 +154,13 @@ pub struct McpPool {
     options: McpPoolOptions,
     /// `server__tool` → (server, tool), rebuilt by every [`McpPool::tools`].
     routes: Mutex<BTreeMap<String, (String, String)>>,
+    /// Tool pins and the poisoning scan (src/mcp/gate.rs); `None` offers
+    /// every listed tool (a pool built by hand, e.g. `parlor mcp trust`).
+    gate: Option<Arc<Gate>>,
+    /// `server__tool` → (server, tool, why) for the tools the gate withheld
+    /// in the last [`McpPool::tools`]: a call to one is refused, not
+    /// "unknown".
+    quarantined: Mutex<BTreeMap<String, (String, String, String)>>,
 }
 
 impl McpPool {
@@ -206,10 +214,50 @@ impl McpPool {
                 servers,
                 options,
                 routes: Mutex::new(BTreeMap::new()),
+                gate: None,
+                quarantined: Mutex::new(BTreeMap::new()),
             }),
             1 => Err(errors.pop().expect("one error")),
             _ => Err(McpError::Many(errors)),
         }
+    }
+
+    /// Offers only the tools `gate` lets through: pinned (or, without a
+    /// lock file, clean on first use) and unchanged since.
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = Some(Arc::new(gate));
+        self
+    }
+
+    /// The gate, if the pool has one.
+    pub fn gate(&self) -> Option<&Gate> {
+        self.gate.as_deref()
+    }
+
+    /// Every tool of every server as the server defines it, before the
+    /// gate (what `parlor mcp trust` and `parlor mcp scan` judge). Servers
+    /// that cannot list are logged and left out.
+    pub async fn tool_defs(&self) -> Vec<ToolDef> {
+        let lists = futures::future::join_all(self.servers.values().map(|s| async move {
+            match s.tools().await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(message = "MCP tools unavailable.", server = %s.name, error = %e);
+                    Vec::new()
+                }
+            }
+        }))
+        .await;
+        lists
+            .into_iter()
+            .flatten()
+            .map(|(server, tool, description, input_schema)| ToolDef {
+                server,
+                tool,
+                description,
+                input_schema,
+            })
+            .collect()
     }
 
     /// The connected servers' names.
@@ -227,25 +275,29 @@ impl McpPool {
         self.servers.values().map(|s| s.status()).collect()
     }
 
-    /// Every tool of every server, named `server__tool`. Lists come from the
-    /// cache unless a server announced a change or [`McpPool::invalidate`]
-    /// was called. A server that cannot list its tools is logged and left
-    /// out; the others are still offered.
+    /// Every tool of every server that the gate lets through, named
+    /// `server__tool`. Lists come from the cache unless a server announced
+    /// a change or [`McpPool::invalidate`] was called; every list, cached
+    /// or fresh, is judged again. A server that cannot list its tools is
+    /// logged and left out; the others are still offered.
     pub async fn tools(&self) -> Vec<ToolInfo> {
-        let lists = futures::future::join_all(self.servers.values().map(|s| async move {
-            match s.tools().await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(message = "MCP tools unavailable.", server = %s.name, error = %e);
-                    Vec::new()
-                }
-            }
-        }))
-        .await;
+        let defs = self.tool_defs().await;
+        let verdicts = self.gate.as_ref().map(|g| g.assess(&defs));
         let mut taken = BTreeSet::new();
         let mut routes = BTreeMap::new();
+        let mut quarantined = BTreeMap::new();
         let mut out = Vec::new();
-        for (server, tool, description, input_schema) in lists.into_iter().flatten() {
+        for (i, def) in defs.into_iter().enumerate() {
+            let ToolDef {
+                server,
+                tool,
+                description,
+                input_schema,
+            } = def;
+            if let Some(reason) = verdicts.as_ref().and_then(|v| v[i].reason.clone()) {
+                quarantined.insert(tool_name(&server, &tool), (server, tool, reason));
+                continue;
+            }
             let base = tool_name(&server, &tool);
             let mut name = base.clone();
             let mut n = 2;
@@ -263,6 +315,13 @@ impl McpPool {
             });
         }
         *self.routes.lock().expect("routes lock") = routes;
+        let mut previous = self.quarantined.lock().expect("quarantine lock");
+        for (name, (server, tool, reason)) in &quarantined {
+            if !previous.contains_key(name) {
+                tracing::warn!(message = "MCP tool quarantined.", %server, %tool, %reason);
+            }
+        }
+        *previous = quarantined;
         out
     }
 
@@ -270,7 +329,15 @@ impl McpPool {
     /// [`McpPool::tools`] (which [`McpPool::call_tool`] runs for a name it
     /// does not know).
     pub fn route(&self, name: &str) -> Option<(String, String)> {
-        self.routes.lock().expect("routes lock").get(name).cloned()
+        self.routes
+            .lock()
+            .expect("routes lock")
+            .get(name)
+            .cloned()
+            .or_else(|| {
+                let q = self.quarantined.lock().expect("quarantine lock");
+                q.get(name).map(|(s, t, _)| (s.clone(), t.clone()))
+            })
     }
 
     /// Calls `name` (a [`ToolInfo::name`]) with `arguments` (a JSON object,
@@ -287,18 +354,34 @@ impl McpPool {
         arguments: Value,
     ) -> Result<ToolOutput, ToolCallError> {
         let route = self.routes.lock().expect("routes lock").get(name).cloned();
-        let (server, tool) = match route {
-            Some(r) => r,
-            None => {
-                self.tools().await;
-                self.routes
-                    .lock()
-                    .expect("routes lock")
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| ToolCallError::UnknownTool { name: name.into() })?
-            }
-        };
+        // A server that announced a change since the routes were built may
+        // have swapped this tool's definition: judge the new list first,
+        // so a rug pull is refused on the very next call.
+        let stale = route.as_ref().is_none_or(|(server, _)| {
+            self.servers
+                .get(server)
+                .is_none_or(|s| s.shared.tools.lock().expect("lock").is_none())
+        });
+        if stale {
+            self.tools().await;
+        }
+        if let Some((_, _, reason)) = self.quarantined.lock().expect("quarantine lock").get(name) {
+            return Err(ToolCallError::Quarantined {
+                name: name.into(),
+                reason: reason.clone(),
+            });
+        }
+        // A server that could not re-list (dead, backing off) keeps its
+        // last route, so the call reports why the server is unavailable
+        // rather than an unknown tool.
+        let (server, tool) = self
+            .routes
+            .lock()
+            .expect("routes lock")
+            .get(name)
+            .cloned()
+            .or(route)
+            .ok_or_else(|| ToolCallError::UnknownTool { name: name.into() })?;
         let arguments = match arguments {
             Value::Null => None,
             Value::Object(m) => Some(m),

@@ -11,7 +11,7 @@ use crate::llm::{
     HostedServer, LocalLlm, LocalLlmOptions, LocalPlanner, OpenAiPlanner, PlannerModel,
     ResponsesPlanner,
 };
-use crate::mcp::{AuditContext, AuditLog, McpError, McpPool};
+use crate::mcp::{AuditContext, AuditLog, Gate, McpError, McpPool};
 use crate::spec::{McpServerSpec, ModelBackend, PipelineSpec, PlannerSpec};
 use crate::untrusted;
 
@@ -74,7 +74,7 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
         })
         .ok_or_else(|| SetupError::NoPlanner(spec.name.clone()))?;
     let model = model(&stage, &hosted_servers(spec, &stage)?, base_dir).await?;
-    let pool = Arc::new(McpPool::connect(&spec.mcp, &stage.mcp).await?);
+    let pool = Arc::new(connect_pool(spec, &stage.mcp, base_dir).await?);
     let system = match system_prompt(&stage, &pool, base_dir).await {
         Ok(s) => s,
         Err(e) => {
@@ -105,6 +105,22 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
     };
     let planner = Planner::new(model, tools, system, options(&stage));
     Ok(ConnectedPlanner { planner, pool })
+}
+
+/// The spec's MCP servers `names`, connected, with the gate of the spec's
+/// tool lock (src/mcp/gate.rs): only pinned, unchanged, clean tools are
+/// offered.
+///
+/// # Errors
+/// As [`McpPool::connect`].
+pub async fn connect_pool(
+    spec: &PipelineSpec,
+    names: &[String],
+    base_dir: &Path,
+) -> Result<McpPool, McpError> {
+    Ok(McpPool::connect(&spec.mcp, names)
+        .await?
+        .with_gate(Gate::new(spec.lock_path(base_dir))))
 }
 
 /// The stage's hosted MCP servers, as the provider is to be told about

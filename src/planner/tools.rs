@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::llm::ToolSpec;
-use crate::mcp::{AuditContext, AuditEntry, AuditLog, Decision, McpPool};
+use crate::mcp::{AuditContext, AuditEntry, AuditLog, Decision, McpPool, ToolCallError};
 
 /// A tool's answer as the model will read it.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +131,12 @@ impl Toolbox for AuditedPool {
                     },
                     Decision::Allowed,
                     None,
+                ),
+                // The gate refused it: nothing was sent to the server.
+                Err(e @ ToolCallError::Quarantined { .. }) => (
+                    ToolAnswer::error(e.as_output().text),
+                    Decision::Denied,
+                    Some(e.to_string()),
                 ),
                 Err(e) => (
                     ToolAnswer::error(e.as_output().text),
