@@ -9,6 +9,7 @@
 //! accept a finding with `parlor mcp trust --accept-findings`; a missed
 //! poisoning cannot be taken back).
 
+use crate::untrusted::is_invisible;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -180,22 +181,6 @@ pub fn scan_text(place: &str, text: &str, findings: &mut Vec<Finding>) {
             });
         }
     }
-}
-
-/// Unicode tags (U+E0000–E007F), zero-width characters, bidi controls and
-/// other default-ignorable format characters.
-pub fn is_invisible(c: char) -> bool {
-    matches!(c as u32,
-        0xE0000..=0xE007F      // tags
-        | 0x200B..=0x200F      // zero-width space/joiners, LRM, RLM
-        | 0x202A..=0x202E      // bidi embeddings and overrides
-        | 0x2060..=0x2064      // word joiner, invisible operators
-        | 0x2066..=0x2069      // bidi isolates
-        | 0xFEFF               // zero-width no-break space
-        | 0x00AD               // soft hyphen
-        | 0x180E               // Mongolian vowel separator
-        | 0xFE00..=0xFE0F      // variation selectors
-    )
 }
 
 /// `word` occurs in `text` not as part of a longer identifier.
