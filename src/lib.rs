@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`spec`]: pipeline specs, parsed and validated up front.
+//! - [`access`]: callers (API keys to principal and role) and the
+//!   `[auth]`/`[access]` tables the policy layer enforces.
 //! - [`frame`]: what flows between stages, and per-turn metrics.
 //! - [`stages`]: the stage contract ([`stages::Stage`]) and one folder per kind.
 //! - [`runner`]: wires stages with bounded channels; shutdown and drain.
@@ -20,6 +22,7 @@
 //! - [`transcribe`]: the `parlor transcribe` job, as a library call.
 //! - [`server`]: OpenAI-compatible HTTP routes (the only module that knows axum).
 
+pub mod access;
 pub mod audio;
 pub mod file_call;
 pub mod frame;

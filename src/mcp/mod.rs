@@ -13,11 +13,14 @@
 //! - [`audit`]: [`AuditLog`], every tool decision as a hash-chained JSON
 //!   line, fsynced (with group commit) before the result is used;
 //!   [`audit::verify`] behind `parlor audit verify`.
+//! - [`policy`]: [`Policy`], role rules and per-principal token buckets
+//!   (the `[access]` table), asked before every tool call.
 //! - [`error`]: [`McpError`] for set-up and requests, [`ToolCallError`] for
 //!   tool calls that produced no result.
 
 pub mod audit;
 pub mod error;
+pub mod policy;
 pub mod pool;
 pub mod servers;
 pub mod sse;
@@ -25,6 +28,7 @@ pub mod transport;
 
 pub use audit::{AuditContext, AuditEntry, AuditError, AuditLog, Decision};
 pub use error::{McpError, ToolCallError};
+pub use policy::{Policy, Verdict};
 pub use pool::{
     McpPool, McpPoolOptions, PromptArgumentInfo, PromptInfo, PromptText, ResourceContent,
     ResourceInfo, ServerStatus, ToolInfo, ToolOutput,
