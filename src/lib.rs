@@ -6,6 +6,8 @@
 //!
 //! # Layout
 //! - [`spec`]: pipeline specs, parsed and validated up front.
+//! - [`access`]: callers (API keys to principal and role) and the
+//!   `[auth]`/`[access]` tables the policy layer enforces.
 //! - [`frame`]: what flows between stages, and per-turn metrics.
 //! - [`stages`]: the stage contract ([`stages::Stage`]) and one folder per kind.
 //! - [`runner`]: wires stages with bounded channels; shutdown and drain.
@@ -22,6 +24,7 @@
 //! - [`untrusted`]: text from outside (tool results, resources, descriptions)
 //!   cleaned of hidden characters and fenced as data for the model.
 
+pub mod access;
 pub mod audio;
 pub mod file_call;
 pub mod frame;

@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::access::Caller;
 use crate::planner::setup::{self, ConnectedPlanner, SetupError};
 use crate::runner::Pipeline;
 use crate::spec::{PipelineSpec, StageSpec, SttBackend, TtsSpec, VadSpec};
@@ -171,7 +172,16 @@ impl LoadedPipeline {
     /// When the VAD cannot be built, which `load` already ruled out unless
     /// the model file changed since.
     pub fn call(&self) -> Result<Pipeline, LoadError> {
-        self.stages(|_| true)
+        self.call_as(&Caller::default())
+    }
+
+    /// [`Self::call`] for an authenticated caller: the planner's tools are
+    /// bound to them (roles, rate limits, audit identity).
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub fn call_as(&self, caller: &Caller) -> Result<Pipeline, LoadError> {
+        self.stages(caller, |_| true)
     }
 
     /// Fresh stages for transcribing only: the vad and stt of the spec.
@@ -179,10 +189,12 @@ impl LoadedPipeline {
     /// # Errors
     /// As [`Self::call`].
     pub fn listening_call(&self) -> Result<Pipeline, LoadError> {
-        self.stages(|part| matches!(part, Part::Vad { .. } | Part::Stt(_) | Part::SttRemote(_)))
+        self.stages(&Caller::default(), |part| {
+            matches!(part, Part::Vad { .. } | Part::Stt(_) | Part::SttRemote(_))
+        })
     }
 
-    fn stages(&self, keep: impl Fn(&Part) -> bool) -> Result<Pipeline, LoadError> {
+    fn stages(&self, caller: &Caller, keep: impl Fn(&Part) -> bool) -> Result<Pipeline, LoadError> {
         let mut pipeline = Pipeline::new(self.spec.channel_capacity);
         for (i, part) in self.parts.iter().enumerate() {
             if !keep(part) {
@@ -201,7 +213,9 @@ impl LoadedPipeline {
                 }
                 Part::Stt(engine) => Box::new(WhisperLocal::shared(engine.clone())),
                 Part::SttRemote(client) => Box::new(OpenAiStt::shared(client.clone())),
-                Part::Planner(connected) => Box::new(PlannerStage::new(connected.planner.clone())),
+                Part::Planner(connected) => {
+                    Box::new(PlannerStage::new(connected.planner.for_caller(caller)))
+                }
                 Part::Tts { voice, rate } => Box::new(TtsStage::new(voice.clone(), *rate)),
             });
         }

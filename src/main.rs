@@ -474,6 +474,12 @@ async fn build_server(
             max_calls,
             ..Default::default()
         });
+    // `[auth]`: keys from the environment; a server told to require keys
+    // never starts open because they are missing.
+    if let Some(auth) = &spec.auth {
+        let keyring = parlor::access::Keyring::from_env(auth).map_err(Failure::input)?;
+        state = state.with_keyring(keyring);
+    }
     // The voice pipeline behind /v1/turns: a spec that listens (has a VAD).
     let mut loaded = None;
     if let Some(max_turns) = voice_turns.filter(|_| spec.stages.iter().any(|s| s.kind() == "vad")) {

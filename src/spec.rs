@@ -2,7 +2,8 @@
 //!
 //! A spec is a flat list of `[[stage]]` tables (a voice pipeline is a chain,
 //! not a graph) plus `[mcp.NAME]` server tables, a `[trust]` table that
-//! allow-lists them, and an optional `[audit]` table. `kind` selects the stage
+//! allow-lists them, an optional `[audit]` table, and the optional `[auth]`
+//! and `[access]` tables (their types are in `crate::access`). `kind` selects the stage
 //! type through an internally tagged enum, so a typo gets "unknown variant
 //! `stt2`, expected one of ..." rather than "did not match any variant".
 //!
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::access::{AccessSpec, AuthSpec};
 pub use crate::mcp::allow::{AllowEntry, TrustSpec};
 
 /// The default pipeline, embedded so `parlor` runs without a `--pipeline`.
@@ -41,6 +43,11 @@ pub struct PipelineSpec {
     /// to (every `[mcp.*]` server must match an entry) and the tool-pin
     /// lock file (src/mcp/allow.rs, src/mcp/pins.rs).
     pub trust: TrustSpec,
+    /// `[auth]`: where the API keys are. `None`: callers are anonymous.
+    pub auth: Option<AuthSpec>,
+    /// `[access]`: role rules and rate limits for tool calls (none: all
+    /// allowed).
+    pub access: AccessSpec,
     /// Where the spec came from, for messages.
     pub source: PathBuf,
 }
@@ -664,13 +671,31 @@ impl PipelineSpec {
                 }
             },
         };
+        let auth = match table.remove("auth") {
+            None => None,
+            Some(value) => match AuthSpec::deserialize(value.clone()) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    problems.push(serde_problem("auth".into(), e.message(), &value));
+                    None
+                }
+            },
+        };
+        let access = match table.remove("access") {
+            None => AccessSpec::default(),
+            Some(value) => AccessSpec::deserialize(value.clone()).unwrap_or_else(|e| {
+                problems.push(serde_problem("access".into(), e.message(), &value));
+                AccessSpec::default()
+            }),
+        };
         for (key, _) in table {
             problems.push(Problem {
                 place: "top level".into(),
                 field: Some(key.clone()),
                 message: "unknown field".into(),
                 fix: Some(
-                    "expected one of `name`, `channel_capacity`, `stage`, `mcp`, `audit`, `trust`"
+                    "expected one of `name`, `channel_capacity`, `stage`, `mcp`, `audit`, `trust`, \
+                     `auth`, `access`"
                         .into(),
                 ),
             });
@@ -682,6 +707,8 @@ impl PipelineSpec {
             mcp,
             audit,
             trust,
+            auth,
+            access,
             source: source.to_path_buf(),
         }
     }
@@ -906,6 +933,76 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
     }
 
     check_order(spec, problems);
+    check_access(spec, problems);
+}
+
+/// `[auth]` and `[access]`: names that exist, limits that can refill, and
+/// an audit log wherever a call can be refused.
+fn check_access(spec: &PipelineSpec, problems: &mut Vec<Problem>) {
+    if let Some(auth) = &spec.auth {
+        if auth.keys_env.trim().is_empty() {
+            problems.push(problem(
+                "auth".into(),
+                "keys_env",
+                "must name an environment variable".into(),
+                "keys_env = \"PARLOR_API_KEYS\"",
+            ));
+        }
+    }
+    let access = &spec.access;
+    if access.restricts() && spec.audit.is_none() {
+        problems.push(problem(
+            "access".into(),
+            "tool",
+            "access rules need an audit log: refused and rate-limited calls are recorded".into(),
+            "add [audit] with path = \"audit/tools.jsonl\"",
+        ));
+    }
+    let known_server = |name: &str| {
+        let server = name.split_once("__").map_or(name, |(s, _)| s);
+        spec.mcp.contains_key(server)
+    };
+    for (i, rule) in access.tool.iter().enumerate() {
+        if !rule.tool.contains("__") || !known_server(&rule.tool) {
+            problems.push(problem(
+                format!("access.tool {}", i + 1),
+                "tool",
+                format!("\"{}\" is not a tool of a declared MCP server", rule.tool),
+                "name it server__tool (as the model sees it) or server__* for all of a server's tools",
+            ));
+        }
+    }
+    for (i, limit) in access.limit.iter().enumerate() {
+        let at = format!("access.limit {}", i + 1);
+        match (&limit.tool, &limit.server) {
+            (Some(tool), None) if tool.contains("__") && known_server(tool) => {}
+            (None, Some(server)) if spec.mcp.contains_key(server) => {}
+            (Some(_), Some(_)) | (None, None) => problems.push(problem(
+                at.clone(),
+                "tool",
+                "give exactly one of `tool` or `server`".into(),
+                "tool = \"orders__get_order\" or server = \"orders\"",
+            )),
+            (Some(name), None) | (None, Some(name)) => problems.push(problem(
+                at.clone(),
+                if limit.tool.is_some() {
+                    "tool"
+                } else {
+                    "server"
+                },
+                format!("\"{name}\" is not a declared MCP server or one of its tools"),
+                "name a server from [mcp.NAME], or its tool as server__tool",
+            )),
+        }
+        if limit.per_secs == 0 {
+            problems.push(problem(
+                at,
+                "per_secs",
+                "must be at least 1".into(),
+                "per_secs = 60",
+            ));
+        }
+    }
 }
 
 fn check_tts(

@@ -95,9 +95,9 @@ pub enum Decision {
     Failed,
 }
 
-/// Who is calling. There is no caller identity yet: every call is
-/// `anonymous`/`caller`. Authentication (issue 5 item 3) fills this in per
-/// session; the audit log already records whatever it holds.
+/// Who is calling: the principal and role an API key maps to (see
+/// `crate::access`), and the session (a live call's id). `anonymous` with
+/// role `caller` when the server has no `[auth]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditContext {
     pub principal: String,

@@ -19,6 +19,8 @@
 //! - [`pins`]: the tool-pin lock file `parlor mcp trust` writes.
 //! - [`gate`]: pins and findings applied to every tool list; withheld tools
 //!   are not offered and calls to them are refused.
+//! - [`policy`]: [`Policy`], role rules and per-principal token buckets
+//!   (the `[access]` table), asked before every tool call.
 //! - [`error`]: [`McpError`] for set-up and requests, [`ToolCallError`] for
 //!   tool calls that produced no result.
 
@@ -27,6 +29,7 @@ pub mod audit;
 pub mod error;
 pub mod gate;
 pub mod pins;
+pub mod policy;
 pub mod pool;
 pub mod scan;
 pub mod servers;
@@ -36,6 +39,7 @@ pub mod transport;
 pub use audit::{AuditContext, AuditEntry, AuditError, AuditLog, Decision};
 pub use error::{McpError, ToolCallError};
 pub use gate::{Assessment, Gate, PinStatus, ToolDef};
+pub use policy::{Policy, Verdict};
 pub use pool::{
     McpPool, McpPoolOptions, PromptArgumentInfo, PromptInfo, PromptText, ResourceContent,
     ResourceInfo, ServerStatus, ToolInfo, ToolOutput,

@@ -174,6 +174,16 @@ impl Planner {
         &self.tools
     }
 
+    /// This planner for one session of `caller`: same model and prompt,
+    /// tools bound to the caller (their role, limits and audit identity).
+    pub fn for_caller(&self, caller: &crate::mcp::AuditContext) -> Self {
+        let mut planner = self.clone();
+        if let Some(tools) = self.tools.for_caller(caller) {
+            planner.tools = tools;
+        }
+        planner
+    }
+
     pub fn system_prompt(&self) -> &str {
         &self.system
     }

@@ -11,7 +11,7 @@ use crate::llm::{
     HostedServer, LocalLlm, LocalLlmOptions, LocalPlanner, OpenAiPlanner, PlannerModel,
     ResponsesPlanner,
 };
-use crate::mcp::{AuditContext, AuditLog, Gate, McpError, McpPool};
+use crate::mcp::{AuditContext, AuditLog, Gate, McpError, McpPool, Policy};
 use crate::spec::{McpServerSpec, ModelBackend, PipelineSpec, PlannerSpec};
 use crate::untrusted;
 
@@ -84,6 +84,8 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
             return Err(e);
         }
     };
+    // Without an audit log there are no access rules either: the spec
+    // loader refuses `[access]` rules without `[audit]`.
     let tools: Arc<dyn Toolbox> = match &spec.audit {
         None => pool.clone(),
         Some(audit) => {
@@ -96,11 +98,11 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
                     return Err(e.into());
                 }
             };
-            Arc::new(AuditedPool::new(
-                pool.clone(),
-                Arc::new(log),
-                AuditContext::default(),
-            ))
+            let policy = Policy::new(&spec.access);
+            Arc::new(
+                AuditedPool::new(pool.clone(), Arc::new(log), AuditContext::default())
+                    .with_policy(Arc::new(policy)),
+            )
         }
     };
     let planner = Planner::new(model, tools, system, options(&stage));

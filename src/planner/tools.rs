@@ -1,7 +1,10 @@
 //! What the tool loop calls tools through. The MCP pool is the real one; the
 //! trait keeps the loop testable with faults a real server cannot produce on
 //! demand, and is where the policy layer (issue 5) sits: [`AuditedPool`]
-//! records every call in the audit log before the model sees its result.
+//! asks the access [`Policy`] (roles, rate limits) about every call and
+//! records the decision in the audit log before the model sees its result.
+//! One `AuditedPool` is shared by the pipeline; each session gets a copy
+//! bound to its caller through [`Toolbox::for_caller`].
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +13,9 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::llm::ToolSpec;
-use crate::mcp::{AuditContext, AuditEntry, AuditLog, Decision, McpPool, ToolCallError};
+use crate::mcp::{
+    AuditContext, AuditEntry, AuditLog, Decision, McpPool, Policy, ToolCallError, Verdict,
+};
 
 /// A tool's answer as the model will read it.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +43,13 @@ pub trait Toolbox: Send + Sync {
 
     /// Call one tool. Never fails: a failure is an error answer for the model.
     async fn call(&self, name: &str, arguments: Value) -> ToolAnswer;
+
+    /// This toolbox as `caller` uses it (their role filters the tools,
+    /// their principal keys the rate limits, the audit log names them).
+    /// `None`: the toolbox does not care who calls.
+    fn for_caller(&self, _caller: &AuditContext) -> Option<Arc<dyn Toolbox>> {
+        None
+    }
 }
 
 /// No tools: the planner only talks.
@@ -80,14 +92,17 @@ impl Toolbox for McpPool {
     }
 }
 
-/// The MCP pool with every call written to the audit log (durably) before
-/// its result is returned; if the record cannot be written the result is
-/// withheld (fail closed).
+/// The MCP pool behind the access policy, with every decision written to
+/// the audit log (durably) before its result is returned; if the record
+/// cannot be written the result is withheld (fail closed).
+#[derive(Clone)]
 pub struct AuditedPool {
     pool: Arc<McpPool>,
     log: Arc<AuditLog>,
-    /// Who is calling. One for the whole planner until callers are
-    /// authenticated (issue 5 item 3); then it comes with each session.
+    /// Shared by every session of the pipeline: the token buckets must be.
+    policy: Arc<Policy>,
+    /// Who is calling: the pipeline's default (`anonymous`) until
+    /// [`Toolbox::for_caller`] binds a session's caller.
     context: AuditContext,
 }
 
@@ -95,8 +110,61 @@ pub struct AuditedPool {
 pub const AUDIT_FAILED: &str = "the audit log could not be written";
 
 impl AuditedPool {
+    /// Everything allowed (no `[access]` rules) until [`Self::with_policy`].
     pub fn new(pool: Arc<McpPool>, log: Arc<AuditLog>, context: AuditContext) -> Self {
-        Self { pool, log, context }
+        Self {
+            pool,
+            log,
+            policy: Arc::default(),
+            context,
+        }
+    }
+
+    pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Records a call the policy refused, and tells the model why.
+    async fn refuse(
+        &self,
+        name: &str,
+        arguments: Value,
+        decision: Decision,
+        why: String,
+    ) -> ToolAnswer {
+        let (log, context) = (self.log.clone(), self.context.clone());
+        let (server, tool) = self.pool.route(name).unwrap_or_default();
+        let tool = if tool.is_empty() {
+            name.to_string()
+        } else {
+            tool
+        };
+        tracing::info!(message = "Tool call refused.", tool = %name, principal = %context.principal, role = %context.role, decision = ?decision);
+        // On its own task, like an allowed call: a planner that stops
+        // waiting must not leave the refusal unrecorded.
+        let task = tokio::spawn(async move {
+            let entry = AuditEntry {
+                context: &context,
+                decision,
+                server: &server,
+                tool: &tool,
+                arguments: &arguments,
+                result: None,
+                tool_error: false,
+                latency: std::time::Duration::ZERO,
+                reason: Some(&why),
+            };
+            match log.append(&entry).await {
+                Ok(_) => ToolAnswer::error(why),
+                Err(e) => {
+                    tracing::error!(message = "Refusal not recorded: audit write failed.", error = %e);
+                    ToolAnswer::error(AUDIT_FAILED)
+                }
+            }
+        });
+        task.await
+            .unwrap_or_else(|_| ToolAnswer::error(AUDIT_FAILED))
     }
 
     pub fn log(&self) -> &Arc<AuditLog> {
@@ -106,8 +174,23 @@ impl AuditedPool {
 
 #[async_trait]
 impl Toolbox for AuditedPool {
+    /// Only the tools the caller's role may call: a model offered a tool
+    /// it may not use would promise what it cannot do. (A tool named
+    /// anyway is still refused by `call`.)
     async fn specs(&self) -> Vec<ToolSpec> {
-        self.pool.specs().await
+        let mut specs = self.pool.specs().await;
+        specs.retain(|s| {
+            let server = self.pool.route(&s.name).map(|(s, _)| s).unwrap_or_default();
+            self.policy.permits(&self.context.role, &server, &s.name)
+        });
+        specs
+    }
+
+    fn for_caller(&self, caller: &AuditContext) -> Option<Arc<dyn Toolbox>> {
+        Some(Arc::new(Self {
+            context: caller.clone(),
+            ..self.clone()
+        }))
     }
 
     /// The call and its record run on a task of their own: if the planner
@@ -115,6 +198,18 @@ impl Toolbox for AuditedPool {
     /// (within the pool's own deadline) and is still recorded, so no tool
     /// that ran goes unaudited.
     async fn call(&self, name: &str, arguments: Value) -> ToolAnswer {
+        let server = self.pool.route(name).map(|(s, _)| s).unwrap_or_default();
+        match self.policy.check(&self.context, &server, name) {
+            Verdict::Allow => {}
+            Verdict::Denied(why) => {
+                return self.refuse(name, arguments, Decision::Denied, why).await
+            }
+            Verdict::RateLimited(why) => {
+                return self
+                    .refuse(name, arguments, Decision::RateLimited, why)
+                    .await
+            }
+        }
         let (pool, log, context) = (self.pool.clone(), self.log.clone(), self.context.clone());
         let name = name.to_string();
         let task = tokio::spawn(async move {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::response::Response;
 use dashmap::DashMap;
 use futures::stream::SplitSink;
@@ -35,8 +35,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::auth::WS_PROTOCOL;
 use super::turns::{at_capacity, check_pipeline, no_pipeline};
 use super::{start_call, ApiError, AppState, CallKind};
+use crate::access::Caller;
 use crate::audio::{MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
 use crate::frame::PIPELINE_SAMPLE_RATE;
 use crate::live::{self, ClientMessage, InputError, Outbound, ServerEvent};
@@ -158,6 +160,7 @@ impl Drop for Registered<'_> {
 pub async fn calls(
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
+    caller: Option<Extension<Caller>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let pipeline = state.pipeline.clone().ok_or_else(no_pipeline)?;
@@ -190,18 +193,25 @@ pub async fn calls(
             "Every call slot on this server is taken; retry in a moment.",
         ));
     };
-    let call = start_call(&pipeline, CallKind::Full).await?;
+    // The call's id is its session in the audit log.
+    let id = registry.next_id();
+    let caller = Caller {
+        session: Some(id.clone()),
+        ..caller.map(|Extension(c)| c).unwrap_or_default()
+    };
+    let call = start_call(&pipeline, CallKind::Full, caller).await?;
     let output_rate = pipeline.output_rate().unwrap_or(PIPELINE_SAMPLE_RATE);
     let name = pipeline.spec().name.clone();
     let limits = &registry.limits;
     Ok(upgrade
+        // Answers a browser that sent its key as a subprotocol (auth.rs).
+        .protocols([WS_PROTOCOL])
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER.max(limits.max_message_bytes + WRITE_BUFFER))
         .max_message_size(limits.max_message_bytes)
         .max_frame_size(limits.max_message_bytes)
         .on_upgrade(move |socket| async move {
-            let id = registry.next_id();
             let span = tracing::info_span!("call", call = %id);
             let session = CallSession {
                 pipeline: name,

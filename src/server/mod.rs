@@ -15,6 +15,7 @@
 //! - [`upload`]: audio uploads (form or raw body) and their errors.
 //! - [`audio_speech`]: `POST /v1/audio/speech`, spoken by the pipeline's
 //!   voice.
+//! - [`auth`]: API keys to callers on every `/v1/*` request (401 if bad).
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
 //! - [`metrics`]: `GET /metrics` (Prometheus) and the request counter.
 //! - [`calls`]: `GET /v1/calls`, live calls over a WebSocket.
@@ -26,6 +27,7 @@
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
 
 pub mod audio_speech;
+pub mod auth;
 pub mod calls;
 pub mod chat_completions;
 pub mod chat_request;
@@ -87,6 +89,9 @@ pub struct AppState {
     pub calls: Arc<calls::CallRegistry>,
     /// What `GET /metrics` shows; handlers count into it.
     pub metrics: Arc<ServerMetrics>,
+    /// The API keys `/v1/*` requests must present; `None`: open, every
+    /// caller anonymous (no `[auth]` in the spec).
+    pub keyring: Option<Arc<crate::access::Keyring>>,
 }
 
 /// By hand: a voice is not `Debug`, so it shows as its name.
@@ -99,6 +104,7 @@ impl std::fmt::Debug for AppState {
             .field("voice", &self.voice.as_ref().map(|v| v.name()))
             .field("calls", &self.calls.active())
             .field("metrics", &self.metrics)
+            .field("keyring", &self.keyring)
             .finish()
     }
 }
@@ -118,7 +124,14 @@ impl AppState {
             voice: None,
             calls: Arc::default(),
             metrics: Arc::new(ServerMetrics::new()),
+            keyring: None,
         }
+    }
+
+    /// Require one of these keys on every `/v1/*` request.
+    pub fn with_keyring(mut self, keyring: crate::access::Keyring) -> Self {
+        self.keyring = Some(Arc::new(keyring));
+        self
     }
 
     /// Limits for live calls (slots, timeouts, message size).
@@ -160,16 +173,17 @@ pub enum CallKind {
     Listening,
 }
 
-/// Fresh stages for one call. Building them loads no weights but may
+/// Fresh stages for one call of `caller`. Building them loads no weights but may
 /// allocate model state (a Whisper context), so it runs off the async
 /// threads; a failure is logged here and the caller sees a plain 500.
 pub(crate) async fn start_call(
     pipeline: &Arc<LoadedPipeline>,
     kind: CallKind,
+    caller: crate::access::Caller,
 ) -> Result<crate::runner::Pipeline, ApiError> {
     let pipeline = pipeline.clone();
     tokio::task::spawn_blocking(move || match kind {
-        CallKind::Full => pipeline.call(),
+        CallKind::Full => pipeline.call_as(&caller),
         CallKind::Listening => pipeline.listening_call(),
     })
     .await
@@ -183,6 +197,7 @@ pub(crate) async fn start_call(
 /// The routes.
 pub fn router(state: AppState) -> axum::Router {
     let counted = state.metrics.clone();
+    let keys = state.clone();
     axum::Router::new()
         .route("/", get(page::page))
         .route("/healthz", get(healthz))
@@ -208,6 +223,11 @@ pub fn router(state: AppState) -> axum::Router {
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Before any handler reads a body or starts a pipeline.
+        .layer(axum::middleware::from_fn_with_state(
+            keys,
+            auth::authenticate,
+        ))
         // Outermost, so 413s, 404s and 405s are counted too.
         .layer(axum::middleware::from_fn_with_state(
             counted,

@@ -26,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::upload::Upload;
 use super::{start_call, ApiError, AppState, CallKind, ServerMetrics};
+use crate::access::Caller;
 use crate::audio::DecodeLimits;
 use crate::file_call::{self, TurnReport};
 use crate::spec::StageSpec;
@@ -98,7 +99,7 @@ pub async fn transcriptions(
             code: Some("server_at_capacity"),
         });
     };
-    let call = start_call(&pipeline, CallKind::Listening).await?;
+    let call = start_call(&pipeline, CallKind::Listening, Caller::default()).await?;
 
     if stream {
         let (events, rx) = mpsc::channel(16);

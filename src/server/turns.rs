@@ -44,6 +44,7 @@ pub async fn turns(
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("audio/wav") || accept.contains("audio/x-wav"));
+    let caller = super::auth::caller_of(request.extensions());
     let upload = Upload::read(request).await?;
     check_pipeline(&pipeline, upload.option(&query, "pipeline"))?;
     let with_audio = match upload.option(&query, "audio").unwrap_or("base64") {
@@ -68,7 +69,7 @@ pub async fn turns(
         return Ok(too_many_turns());
     };
     let started = Instant::now();
-    let call = start_call(&pipeline, CallKind::Full).await?;
+    let call = start_call(&pipeline, CallKind::Full, caller).await?;
     let reports = file_call::play(call, audio).await.map_err(|e| {
         tracing::error!(message = "Turn failed.", error = %e);
         ApiError {

@@ -1,0 +1,305 @@
+//! Callers and the access policy (issue 5 items 3 and 4), with real parts:
+//! parlor's HTTP server on a real socket with a keyring, and parlor's
+//! orders MCP server behind the policy layer with a real audit log.
+//!
+//! Driving the planner's LLM to call one given tool is unreliable, so the
+//! role and rate-limit tests call the tool layer (`Toolbox`) directly, as
+//! the planner does, bound to a caller with `for_caller` as each session is.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parlor::access::{AccessSpec, Caller, Keyring};
+use parlor::mcp::{AuditContext, AuditLog, McpPool, Policy};
+use parlor::planner::{AuditedPool, Toolbox};
+use parlor::spec::PipelineSpec;
+use serde_json::{json, Value};
+
+const KEYS: &str = "alice-key-1:alice:admin,bob-key-2:bob:caller,carol-key-3:carol:caller";
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn caller(principal: &str, role: &str) -> Caller {
+    Caller {
+        principal: principal.into(),
+        role: role.into(),
+        session: Some(format!("call_{principal}")),
+    }
+}
+
+/// The orders server behind the policy of `access` (TOML of the
+/// `[access]` table), auditing to `dir/audit/tools.jsonl`.
+async fn policed_orders(
+    dir: &Path,
+    access: &str,
+) -> (AuditedPool, Arc<McpPool>, std::path::PathBuf) {
+    let specs =
+        std::collections::BTreeMap::from([("orders".to_string(), support::orders_server(dir))]);
+    let pool = Arc::new(McpPool::connect(&specs, &["orders".into()]).await.unwrap());
+    let path = dir.join("audit/tools.jsonl");
+    let log = Arc::new(AuditLog::open(&path).unwrap());
+    let access: AccessSpec = toml::from_str(access).unwrap();
+    let tools = AuditedPool::new(pool.clone(), log, AuditContext::default())
+        .with_policy(Arc::new(Policy::new(&access)));
+    (tools, pool, path)
+}
+
+async fn names(tools: &dyn Toolbox) -> Vec<String> {
+    tools.specs().await.into_iter().map(|s| s.name).collect()
+}
+
+#[tokio::test]
+async fn admin_only_tool_is_denied_to_callers_and_allowed_for_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shared, pool, path) = policed_orders(
+        dir.path(),
+        r#"
+        [[tool]]
+        tool = "orders__cancel_order"
+        admin_only = true
+        "#,
+    )
+    .await;
+    let bob = shared.for_caller(&caller("bob", "caller")).unwrap();
+    let alice = shared.for_caller(&caller("alice", "admin")).unwrap();
+
+    // Offered only to those who may call it.
+    assert!(!names(&*bob).await.contains(&"orders__cancel_order".into()));
+    assert!(names(&*bob).await.contains(&"orders__get_order".into()));
+    assert!(names(&*alice)
+        .await
+        .contains(&"orders__cancel_order".into()));
+
+    // Named anyway: refused, as a tool error the model can relay.
+    let args = json!({"order_id": 1042, "reason": "changed my mind"});
+    let denied = bob.call("orders__cancel_order", args.clone()).await;
+    assert!(denied.is_error);
+    assert!(
+        denied.text.contains("Permission denied") && denied.text.contains("\"caller\""),
+        "{}",
+        denied.text
+    );
+    let r = records(&path);
+    assert_eq!(r.len(), 1, "the refusal is recorded before it is returned");
+    assert_eq!(r[0]["decision"], "denied");
+    assert_eq!(r[0]["principal"], "bob");
+    assert_eq!(r[0]["role"], "caller");
+    assert_eq!(r[0]["session"], "call_bob");
+    assert_eq!(
+        (r[0]["server"].as_str(), r[0]["tool"].as_str()),
+        (Some("orders"), Some("cancel_order"))
+    );
+    assert!(r[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Permission denied"));
+    assert!(r[0]["result_bytes"].is_null(), "the tool never ran");
+
+    // The admin's call reaches the server (whatever the order's state, the
+    // server answered: allowed).
+    let allowed = alice.call("orders__cancel_order", args).await;
+    let r = records(&path);
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[1]["decision"], "allowed", "{}", allowed.text);
+    assert_eq!(r[1]["principal"], "alice");
+    assert_eq!(r[1]["role"], "admin");
+    assert!(!allowed.text.contains("Permission denied"));
+    assert!(parlor::mcp::audit::verify(&path).is_ok());
+    drop((shared, bob, alice));
+    if let Ok(pool) = Arc::try_unwrap(pool) {
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn over_limit_calls_are_polite_audited_and_prompt_per_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shared, pool, path) = policed_orders(
+        dir.path(),
+        r#"
+        [[limit]]
+        tool = "orders__get_order"
+        calls = 3
+        per_secs = 60
+        "#,
+    )
+    .await;
+    let bob = shared.for_caller(&caller("bob", "caller")).unwrap();
+    let carol = shared.for_caller(&caller("carol", "caller")).unwrap();
+    let args = json!({"order_id": 1042});
+    for _ in 0..3 {
+        let a = bob.call("orders__get_order", args.clone()).await;
+        assert!(!a.is_error, "{}", a.text);
+    }
+    // One more: a polite error, promptly (the bound only guards a hang).
+    let over = tokio::time::timeout(
+        Duration::from_secs(5),
+        bob.call("orders__get_order", args.clone()),
+    )
+    .await
+    .expect("an over-limit call returns, it does not wait for a token");
+    assert!(over.is_error);
+    assert!(
+        over.text.contains("Rate limit reached") && over.text.contains("try again in about"),
+        "{}",
+        over.text
+    );
+    let r = records(&path);
+    assert_eq!(r.len(), 4);
+    assert_eq!(r[3]["decision"], "rate_limited");
+    assert_eq!(r[3]["principal"], "bob");
+    assert!(r[3]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("at most 3 times every 60 s"));
+
+    // Bob's exhaustion is his own.
+    let other = carol.call("orders__get_order", args.clone()).await;
+    assert!(!other.is_error, "{}", other.text);
+    assert_eq!(records(&path)[4]["decision"], "allowed");
+    assert!(parlor::mcp::audit::verify(&path).is_ok());
+    drop((shared, bob, carol));
+    if let Ok(pool) = Arc::try_unwrap(pool) {
+        pool.shutdown().await;
+    }
+}
+
+#[test]
+fn access_rules_without_an_audit_log_or_with_unknown_names_are_refused() {
+    // The shipped local pipeline (orders and knowledge servers, no audit
+    // log) with rules added.
+    let spec = format!(
+        "{}\n{}",
+        parlor::spec::LOCAL_PIPELINE,
+        r#"
+        [auth]
+        keys_env = "PARLOR_TEST_KEYS"
+        [[access.tool]]
+        tool = "billing__refund"
+        admin_only = true
+        [[access.limit]]
+        server = "orders"
+        calls = 5
+        per_secs = 0
+        "#
+    );
+    let err = PipelineSpec::parse(&spec, Path::new("x.toml"), support::root())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("access rules need an audit log"), "{err}");
+    assert!(
+        err.contains("\"billing__refund\" is not a tool of a declared MCP server"),
+        "{err}"
+    );
+    assert!(err.contains("per_secs"), "{err}");
+}
+
+/// A chat server requiring keys, on a real socket.
+fn keyed_server() -> String {
+    use parlor::llm::{LocalLlm, LocalLlmOptions};
+    use parlor::server::{AppState, ServedModel};
+    let path = support::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let llm = LocalLlm::load(
+        &path,
+        LocalLlmOptions {
+            max_tokens: 8,
+            ..LocalLlmOptions::default()
+        },
+    )
+    .unwrap();
+    let state = AppState::new(ServedModel::new(llm, &path))
+        .with_keyring(Keyring::parse(KEYS, "PARLOR_TEST_KEYS").unwrap());
+    support::serve_state(state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routes_and_the_websocket_need_a_key() {
+    let base = keyed_server();
+    let http = reqwest::Client::new();
+    let chat = json!({"model": "qwen2.5-coder-0.5b-instruct-q4_k_m", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4});
+
+    let check_401 = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 401);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(!body.to_string().contains("key-"), "no key echoed: {body}");
+    };
+    // Chat route: no key, a wrong key.
+    check_401(
+        http.post(format!("{base}/v1/chat/completions"))
+            .json(&chat)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    check_401(
+        http.post(format!("{base}/v1/chat/completions"))
+            .bearer_auth("bob-key-WRONG")
+            .json(&chat)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Upload route: refused before the body is read.
+    check_401(
+        http.post(format!("{base}/v1/turns"))
+            .header("content-type", "audio/wav")
+            .body(vec![0u8; 1024])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // A good key goes through.
+    let ok = http
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth("bob-key-2")
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "{}", ok.text().await.unwrap());
+    // Probes stay open.
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The WebSocket upgrade: no key is a 401 ...
+    let ws = base.replacen("http://", "ws://", 1) + "/v1/calls";
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
+    match tokio_tungstenite::connect_async(ws.as_str()).await {
+        Err(Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected a 401, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    // ... and a key as a subprotocol passes authentication (this server
+    // runs no pipeline, so the handler's own 404 is what comes back).
+    let mut request = ws.as_str().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "parlor, parlor.key.alice-key-1".parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(Error::Http(resp)) => assert_eq!(resp.status(), 404),
+        other => panic!(
+            "expected the handler's 404, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
+}
