@@ -1,0 +1,323 @@
+"""Pipecat's voice-to-voice latency on the same questions and models as
+benches/live_calls.rs (issue 6), for its side-by-side column.
+
+The pipeline is Pipecat 1.14's usual cascade:
+  live source -> Silero VAD -> Whisper (faster-whisper) -> user aggregator
+  -> OpenAI LLM (parlor's /v1/chat/completions) -> Piper -> sink
+The source plays each 16 kHz WAV question as 20 ms InputAudioRawFrames in
+real time, then keeps sending silence (a live microphone never stops) until
+the answer is spoken, then the next question. Per turn:
+  - caller_ms: from the question's last voiced sample (as pushed; the same
+    definition as live_calls.rs's caller-felt wait) to the first TTS audio
+    frame out of Piper;
+  - vad_ms: from the VAD's stop decision (VADUserStoppedSpeakingFrame) to
+    that frame.
+Prints one JSON object per turn and a summary line ({"summary": ...}).
+
+Usage (from the project root, parlor serve running a chat pipeline):
+  ~/.cache/parlor/peers-venv/bin/python benches/peers/pipecat_v2v.py \
+      --url http://127.0.0.1:8080 q1.wav q2.wav ...
+Needs `bash benches/peers/setup.sh` and `bash models/setup.sh`. Loads every
+model from local files; nothing is downloaded.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+# Never reach for a model hub: every weight below is a local path.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import numpy as np
+from loguru import logger
+
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
+from pipecat.frames.frames import (
+    EndFrame,
+    InputAudioRawFrame,
+    LLMFullResponseEndFrame,
+    TranscriptionFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+    TTSTextFrame,
+    VADUserStoppedSpeakingFrame,
+)
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.services.piper.tts import PiperTTSService
+from pipecat.services.whisper.stt import WhisperSTTService
+from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
+    SpeechTimeoutUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.workers.runner import WorkerRunner
+
+RATE = 16_000
+FRAME = 320  # 20 ms at 16 kHz, what live_calls.rs sends
+VOICED = 0.01 * 32768  # live_calls.rs's trailing_silence threshold (-40 dBFS)
+
+
+class LocalWhisper(WhisperSTTService):
+    """WhisperSTTService with faster-whisper's thread count (Pipecat does
+    not pass one; its default is 4) and a local CTranslate2 directory."""
+
+    def __init__(self, *, threads: int, **kwargs):
+        self._threads = threads
+        super().__init__(**kwargs)
+
+    def _load(self):
+        from faster_whisper import WhisperModel
+
+        self._model = WhisperModel(
+            self._settings.model, device="cpu", compute_type="int8", cpu_threads=self._threads
+        )
+
+
+class Turn:
+    def __init__(self, question: str):
+        self.question = question
+        self.speech_end = None  # last voiced sample pushed (perf_counter)
+        self.vad_stop = None  # VADUserStoppedSpeakingFrame seen
+        self.first_audio = None  # first TTS audio frame out of Piper
+        self.heard = ""  # Whisper's transcript
+        self.reply = []  # TTS text
+        self.llm_done = False
+        self.tts_open = 0
+        self.done = asyncio.Event()
+
+
+class Probe(FrameProcessor):
+    """Passes everything on; notes the VAD stop and the transcript of the
+    current turn. Sits right after the VAD (and after the STT)."""
+
+    def __init__(self, bench, **kwargs):
+        super().__init__(**kwargs)
+        self.bench = bench
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        turn = self.bench.turn
+        if turn is not None:
+            if isinstance(frame, VADUserStoppedSpeakingFrame) and turn.vad_stop is None:
+                turn.vad_stop = time.perf_counter()
+            elif isinstance(frame, TranscriptionFrame):
+                turn.heard += frame.text
+        await self.push_frame(frame, direction)
+
+
+class Sink(FrameProcessor):
+    """The output: timestamps the first TTS audio of a turn and decides when
+    the answer is over (the LLM finished and every TTS context stopped)."""
+
+    def __init__(self, bench, **kwargs):
+        super().__init__(**kwargs)
+        self.bench = bench
+
+    async def process_frame(self, frame, direction):
+        await super().process_frame(frame, direction)
+        turn = self.bench.turn
+        if turn is not None and direction == FrameDirection.DOWNSTREAM:
+            if isinstance(frame, TTSAudioRawFrame) and turn.first_audio is None:
+                turn.first_audio = time.perf_counter()
+            elif isinstance(frame, TTSTextFrame):
+                turn.reply.append(frame.text)
+            elif isinstance(frame, TTSStartedFrame):
+                turn.tts_open += 1
+            elif isinstance(frame, TTSStoppedFrame):
+                turn.tts_open -= 1
+            elif isinstance(frame, LLMFullResponseEndFrame):
+                turn.llm_done = True
+            if turn.llm_done and turn.tts_open <= 0 and turn.first_audio is not None:
+                turn.done.set()
+        await self.push_frame(frame, direction)
+
+
+class Bench:
+    def __init__(self):
+        self.turn = None
+
+
+def read_wav(path: str) -> np.ndarray:
+    with wave.open(path, "rb") as w:
+        assert w.getframerate() == RATE and w.getnchannels() == 1 and w.getsampwidth() == 2, path
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+
+
+def served_model(url: str) -> str:
+    """The id parlor serves its chat model under (`/v1/models`)."""
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as r:
+        return json.load(r)["data"][0]["id"]
+
+
+async def run(args) -> list:
+    bench = Bench()
+    vad = VADProcessor(vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=args.stop_secs)))
+    stt = LocalWhisper(
+        threads=args.threads, settings=WhisperSTTService.Settings(model=args.whisper)
+    )
+    llm = OpenAILLMService(
+        base_url=f"{args.url}/v1",
+        api_key="x",
+        settings=OpenAILLMService.Settings(model=served_model(args.url), temperature=0.0),
+    )
+    voice = Path(args.voice)
+    tts = PiperTTSService(
+        settings=PiperTTSService.Settings(voice=voice.stem), download_dir=voice.parent
+    )
+    context = LLMContext([{"role": "system", "content": Path(args.instructions).read_text().strip()}])
+    # The turn ends when the VAD says so and Whisper has the transcript: no
+    # extra wait (Pipecat's default stop strategy is the Smart Turn model,
+    # which the parlor side has no counterpart for).
+    pair = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            user_turn_strategies=UserTurnStrategies(
+                stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)]
+            )
+        ),
+    )
+    pipeline = Pipeline(
+        [vad, Probe(bench), stt, Probe(bench), pair.user(), llm, tts, Sink(bench), pair.assistant()]
+    )
+    worker = PipelineWorker(
+        pipeline,
+        enable_rtvi=False,
+        cancel_on_idle_timeout=False,
+        idle_timeout_secs=None,
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def _started(_worker, _frame):
+        started.set()
+
+    questions = [(Path(p).stem, read_wav(p)) for p in args.wavs]
+    silence = bytes(FRAME * 2)
+    results = []
+
+    async def drive():
+        await asyncio.wait_for(started.wait(), timeout=120)
+        # One clock for the whole call: frame k goes out at t0 + k * 20 ms,
+        # as a live microphone would deliver it.
+        t0 = time.perf_counter()
+        k = 0
+
+        async def send(chunk: bytes):
+            nonlocal k
+            k += 1
+            delay = t0 + k * FRAME / RATE - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await worker.queue_frame(
+                InputAudioRawFrame(audio=chunk, sample_rate=RATE, num_channels=1)
+            )
+            return time.perf_counter()
+
+        for _ in range(25):  # half a second of room tone before the first question
+            await send(silence)
+        for run in range(args.runs):
+            for name, samples in questions:
+                turn = Turn(name)
+                bench.turn = turn
+                loud = np.nonzero(np.abs(samples.astype(np.int32)) > VOICED)[0]
+                voiced_end = int(loud[-1]) + 1 if len(loud) else 0
+                padded = np.concatenate(
+                    [samples, np.zeros((-len(samples)) % FRAME, dtype=np.int16)]
+                )
+                for start in range(0, len(padded), FRAME):
+                    sent = await send(padded[start : start + FRAME].tobytes())
+                    end = start + FRAME
+                    if start < voiced_end <= end:
+                        # The last voiced sample was spoken (end - voiced_end)
+                        # samples before this frame was complete.
+                        turn.speech_end = sent - (end - voiced_end) / RATE
+                # Silence until the answer is spoken (or a timeout).
+                deadline = time.perf_counter() + args.turn_timeout
+                while not turn.done.is_set() and time.perf_counter() < deadline:
+                    await send(silence)
+                for _ in range(int(args.gap * RATE / FRAME)):
+                    await send(silence)
+                bench.turn = None
+                result = {
+                    "peer": "pipecat",
+                    "run": run,
+                    "question": name,
+                    "heard": turn.heard.strip(),
+                    "reply": " ".join(t.strip() for t in turn.reply),
+                    "caller_ms": None,
+                    "vad_ms": None,
+                }
+                if turn.first_audio is not None and turn.speech_end is not None:
+                    result["caller_ms"] = round((turn.first_audio - turn.speech_end) * 1e3, 1)
+                if turn.first_audio is not None and turn.vad_stop is not None:
+                    result["vad_ms"] = round((turn.first_audio - turn.vad_stop) * 1e3, 1)
+                print(json.dumps(result), flush=True)
+                results.append(result)
+        await worker.queue_frame(EndFrame())
+
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await asyncio.gather(runner.run(), drive())
+    return results
+
+
+def percentile(values, p):
+    """Nearest rank, as benches/support/mod.rs's `percentile`."""
+    if not values:
+        return None
+    s = sorted(values)
+    rank = max(1, min(len(s), -(-p * len(s) // 100)))
+    return s[int(rank) - 1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("wavs", nargs="+", help="16 kHz mono 16-bit WAV questions, in order")
+    ap.add_argument("--url", required=True, help="parlor serve's base URL (http://host:port)")
+    ap.add_argument("--whisper", default=os.path.expanduser("~/.cache/parlor/extract/whisper-tiny.en-ct2"))
+    ap.add_argument("--voice", default="models/en_US-joe-medium.onnx")
+    ap.add_argument("--instructions", default="benches/pipelines/chat.md")
+    ap.add_argument("--stop-secs", type=float, default=0.2, help="Silero VAD stop_secs")
+    ap.add_argument("--threads", type=int, default=2, help="faster-whisper CPU threads")
+    ap.add_argument("--runs", type=int, default=1, help="rounds over the questions")
+    ap.add_argument("--gap", type=float, default=0.5, help="silence after an answer (s)")
+    ap.add_argument("--turn-timeout", type=float, default=30.0)
+    ap.add_argument("--verbose", action="store_true", help="keep Pipecat's DEBUG log")
+    args = ap.parse_args()
+    if not args.verbose:
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+    results = asyncio.run(run(args))
+    caller = [r["caller_ms"] for r in results if r["caller_ms"] is not None]
+    vad = [r["vad_ms"] for r in results if r["vad_ms"] is not None]
+    print(json.dumps({"summary": {
+        "peer": "pipecat",
+        "turns": len(results),
+        "answered": len(caller),
+        "caller_p50_ms": percentile(caller, 50),
+        "caller_p95_ms": percentile(caller, 95),
+        "vad_p50_ms": percentile(vad, 50),
+        "vad_p95_ms": percentile(vad, 95),
+        "stop_secs": args.stop_secs,
+    }}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
