@@ -134,12 +134,7 @@ impl AuditedPool {
         why: String,
     ) -> ToolAnswer {
         let (log, context) = (self.log.clone(), self.context.clone());
-        let (server, tool) = self.pool.route(name).unwrap_or_default();
-        let tool = if tool.is_empty() {
-            name.to_string()
-        } else {
-            tool
-        };
+        let (server, tool) = audited_route(&self.pool, name);
         tracing::info!(message = "Tool call refused.", tool = %name, principal = %context.principal, role = %context.role, decision = ?decision);
         // On its own task, like an allowed call: a planner that stops
         // waiting must not leave the refusal unrecorded.
@@ -155,13 +150,7 @@ impl AuditedPool {
                 latency: std::time::Duration::ZERO,
                 reason: Some(&why),
             };
-            match log.append(&entry).await {
-                Ok(_) => ToolAnswer::error(why),
-                Err(e) => {
-                    tracing::error!(message = "Refusal not recorded: audit write failed.", error = %e);
-                    ToolAnswer::error(AUDIT_FAILED)
-                }
-            }
+            recorded(&log, &entry, ToolAnswer::error(why.clone())).await
         });
         task.await
             .unwrap_or_else(|_| ToolAnswer::error(AUDIT_FAILED))
@@ -216,8 +205,7 @@ impl Toolbox for AuditedPool {
             let started = Instant::now();
             let result = pool.call_tool(&name, arguments.clone()).await;
             let latency = started.elapsed();
-            let (server, tool) = pool.route(&name).unwrap_or_default();
-            let tool = if tool.is_empty() { name.clone() } else { tool };
+            let (server, tool) = audited_route(&pool, &name);
             let (answer, decision, reason) = match &result {
                 Ok(out) => (
                     ToolAnswer {
@@ -250,15 +238,30 @@ impl Toolbox for AuditedPool {
                 latency,
                 reason: reason.as_deref(),
             };
-            match log.append(&entry).await {
-                Ok(_) => answer,
-                Err(e) => {
-                    tracing::error!(message = "Tool result withheld: audit write failed.", tool = %name, error = %e);
-                    ToolAnswer::error(AUDIT_FAILED)
-                }
-            }
+            recorded(&log, &entry, answer).await
         });
         task.await
             .unwrap_or_else(|_| ToolAnswer::error(AUDIT_FAILED))
+    }
+}
+
+/// The server and tool an audit record names for `name`: its route, or the
+/// name itself (on no server) when the pool does not know it.
+fn audited_route(pool: &McpPool, name: &str) -> (String, String) {
+    match pool.route(name) {
+        Some(route) => route,
+        None => (String::new(), name.to_string()),
+    }
+}
+
+/// `answer` once `entry` is durably recorded; if it cannot be, the answer
+/// is withheld (fail closed).
+async fn recorded(log: &AuditLog, entry: &AuditEntry<'_>, answer: ToolAnswer) -> ToolAnswer {
+    match log.append(entry).await {
+        Ok(_) => answer,
+        Err(e) => {
+            tracing::error!(message = "Tool decision not recorded: audit write failed; answer withheld.", tool = %entry.tool, decision = ?entry.decision, error = %e);
+            ToolAnswer::error(AUDIT_FAILED)
+        }
     }
 }
