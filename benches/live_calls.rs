@@ -22,12 +22,23 @@
 //! asks small talk instead of shop questions (for a spec without tools,
 //! such as `benches/pipelines/chat-fast.toml`).
 //!
+//! `PARLOR_BENCH_PEERS=pipecat` adds Pipecat 1.14 side by side (issue 6):
+//! after parlor's turns, the same questions go as WAV files to
+//! benches/peers/pipecat_v2v.py, a Pipecat pipeline of the same models
+//! (Silero VAD, stop `PARLOR_BENCH_PIPECAT_STOP` s, default 0.2; Whisper
+//! tiny.en; the planner model through this server's
+//! `/v1/chat/completions`; Piper), played at the same live pace; a table
+//! gives both p50/p95 and the ratio. Needs `bash benches/peers/setup.sh`.
+//!
 //! Needs `bash models/setup.sh` and espeak-ng. Run: `cargo bench --bench
 //! live_calls`.
 
 #[path = "support/mod.rs"]
 mod support;
 
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use parlor::frame::AudioChunk;
@@ -170,4 +181,107 @@ async fn main() {
         at.sort_by(f64::total_cmp);
         println!("| {name} | {:.0} |", percentile(&at, 50.0));
     }
+
+    if std::env::var("PARLOR_BENCH_PEERS").is_ok_and(|p| p.split(',').any(|p| p == "pipecat")) {
+        pipecat_column(&served, &spoken, runs, &felt, &v2v);
+    }
+}
+
+/// Pipecat's turns on the same questions (benches/peers/pipecat_v2v.py),
+/// with this server's chat route as its LLM, then one table of both.
+/// Run after parlor's turns so the two never share the CPU.
+fn pipecat_column(
+    served: &Served,
+    spoken: &[(&&str, AudioChunk)],
+    runs: usize,
+    felt: &[f64],
+    v2v: &[f64],
+) {
+    let cache = std::env::var_os("PARLOR_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/parlor"),
+        PathBuf::from,
+    );
+    let python = cache.join("peers-venv/bin/python");
+    if !python.exists() {
+        println!(
+            "\npipecat: no peer venv at {}; make it with `bash benches/peers/setup.sh` (skipped)",
+            python.display()
+        );
+        return;
+    }
+    // The exact samples parlor heard, as 16 kHz 16-bit WAVs.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let wavs: Vec<PathBuf> = spoken
+        .iter()
+        .enumerate()
+        .map(|(i, (_, audio))| {
+            let path = dir.path().join(format!("q{i}.wav"));
+            parlor::audio::write_wav(&path, audio).expect("write a question");
+            path
+        })
+        .collect();
+    let stop = std::env::var("PARLOR_BENCH_PIPECAT_STOP").unwrap_or_else(|_| "0.2".into());
+    println!("\npipecat 1.14, same questions, Silero stop {stop} s:");
+    let mut child = Command::new(&python)
+        .arg("benches/peers/pipecat_v2v.py")
+        .args(["--url", &format!("http://{}", served.addr)])
+        .args(["--runs", &runs.to_string(), "--stop-secs", &stop])
+        .args(&wavs)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the pipecat peer");
+    let (mut caller, mut vad) = (Vec::new(), Vec::new());
+    // Blocking reads: nothing else runs on this runtime meanwhile.
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.map_while(Result::ok) {
+        let Ok(turn) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if turn.get("summary").is_some() {
+            continue;
+        }
+        let question = turn["question"]
+            .as_str()
+            .and_then(|q| q.strip_prefix('q')?.parse::<usize>().ok())
+            .and_then(|i| spoken.get(i))
+            .map_or("?", |(q, _)| **q);
+        let ms = |key: &str| turn[key].as_f64();
+        println!(
+            "pipecat run {}: {question:?}: {} ms after the VAD's decision, {} ms after the caller stopped -> {}",
+            turn["run"],
+            ms("vad_ms").map_or("?".into(), |v| format!("{v:.0}")),
+            ms("caller_ms").map_or("?".into(), |v| format!("{v:.0}")),
+            turn["reply"]
+        );
+        caller.extend(ms("caller_ms"));
+        vad.extend(ms("vad_ms"));
+    }
+    let status = child.wait().expect("the pipecat peer ran");
+    if !status.success() || caller.is_empty() {
+        println!("pipecat: no answered turns ({status})");
+        return;
+    }
+    caller.sort_by(f64::total_cmp);
+    vad.sort_by(f64::total_cmp);
+    println!(
+        "\n| voice to voice (ms) | parlor p50 | parlor p95 | pipecat p50 | pipecat p95 | pipecat / parlor p50 |\n|---|---|---|---|---|---|"
+    );
+    for (what, ours, theirs) in [
+        ("end of speech -> first audio", felt, &caller[..]),
+        ("VAD decision -> first audio", v2v, &vad[..]),
+    ] {
+        let (p50, p95) = (percentile(ours, 50.0), percentile(ours, 95.0));
+        let (q50, q95) = (percentile(theirs, 50.0), percentile(theirs, 95.0));
+        println!(
+            "| {what} | {p50:.0} | {p95:.0} | {q50:.0} | {q95:.0} | {:.2}x |",
+            q50 / p50
+        );
+    }
+    println!(
+        "({} parlor turns, {} pipecat turns; parlor's first audio is received on the WebSocket, Pipecat's leaves its Piper service in-process)",
+        felt.len(),
+        caller.len()
+    );
 }
