@@ -73,13 +73,44 @@ pub struct CallerRx {
 /// answers the upgrade with an error (429 at capacity...), or
 /// [`ClientError::Connect`].
 pub async fn connect(url: &str) -> Result<(CallerTx, CallerRx), ClientError> {
+    let key = std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty());
+    connect_with_key(url, key.as_deref()).await
+}
+
+/// The environment variable [`connect`] takes an API key from, for a
+/// server with `[auth]`.
+pub const API_KEY_ENV: &str = "PARLOR_API_KEY";
+
+/// [`connect`], sending `key` (if any) as `Authorization: Bearer`.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_with_key(
+    url: &str,
+    key: Option<&str>,
+) -> Result<(CallerTx, CallerRx), ClientError> {
+    use tungstenite::client::IntoClientRequest;
     let url = if url.contains("sample_rate=") {
         url.to_string()
     } else {
         let sep = if url.contains('?') { '&' } else { '?' };
         format!("{url}{sep}sample_rate={PIPELINE_SAMPLE_RATE}")
     };
-    let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+    let connect_error = |message: String| ClientError::Connect {
+        url: url.clone(),
+        message,
+    };
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| connect_error(e.to_string()))?;
+    if let Some(key) = key {
+        let value = format!("Bearer {key}")
+            .parse()
+            .map_err(|_| connect_error("the API key is not a valid header value".into()))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (socket, _) = tokio_tungstenite::connect_async(request)
         .await
         .map_err(|e| match e {
             tungstenite::Error::Http(response) => ClientError::Refused {
