@@ -120,16 +120,22 @@ async fn main() {
                 if let ServerEvent::TurnDone {
                     voice_to_voice_ms,
                     stages,
+                    transcript,
                     reply,
                     ..
                 } = e
                 {
-                    done = Some((*voice_to_voice_ms, stages.clone(), reply.clone()));
+                    done = Some((
+                        *voice_to_voice_ms,
+                        stages.clone(),
+                        transcript.clone(),
+                        reply.clone(),
+                    ));
                 }
             })
             .await
             .expect("the call runs");
-            let Some((Some(ms), timings, reply)) = done else {
+            let Some((Some(ms), timings, transcript, reply)) = done else {
                 println!("run {run}: {question:?}: no spoken reply");
                 continue;
             };
@@ -142,7 +148,7 @@ async fn main() {
                 _ => None,
             };
             println!(
-                "run {run}: {question:?}: {ms:.0} ms after the VAD's decision, {} ms after the caller stopped -> {reply:?}",
+                "run {run}: {question:?}: {ms:.0} ms after the VAD's decision, {} ms after the caller stopped; heard {transcript:?} -> {reply:?}",
                 caller_ms.map_or("?".into(), |c| format!("{c:.0}"))
             );
             v2v.push(ms);

@@ -73,6 +73,13 @@ pub struct ToolRule {
     /// These roles may never call it (wins over `roles`).
     #[serde(default)]
     pub deny_roles: Vec<String>,
+    /// It changes something for real (a write, a payment, a message): once
+    /// untrusted text (a tool result, a resource) is in the session's
+    /// context, each call needs the caller's confirmation, and is refused
+    /// where no person can confirm. Injected instructions can steer the
+    /// model, but not the caller's "yes".
+    #[serde(default)]
+    pub sensitive: bool,
 }
 
 /// A token bucket per principal: `calls` calls, refilled evenly over

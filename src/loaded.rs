@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::access::Caller;
 use crate::planner::setup::{self, ConnectedPlanner, SetupError};
+use crate::planner::{Confirmer, NoPerson};
 use crate::runner::Pipeline;
 use crate::spec::{PipelineSpec, StageSpec, SttBackend, TtsSpec, VadSpec};
 use crate::stages::planner::PlannerStage;
@@ -181,7 +182,20 @@ impl LoadedPipeline {
     /// # Errors
     /// As [`Self::call`].
     pub fn call_as(&self, caller: &Caller) -> Result<Pipeline, LoadError> {
-        self.stages(caller, |_| true)
+        self.call_with(caller, Arc::new(NoPerson))
+    }
+
+    /// [`Self::call_as`] with a person on the line who confirms sensitive
+    /// tool calls through `confirmer`.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub fn call_with(
+        &self,
+        caller: &Caller,
+        confirmer: Arc<dyn Confirmer>,
+    ) -> Result<Pipeline, LoadError> {
+        self.stages(caller, &confirmer, |_| true)
     }
 
     /// Fresh stages for transcribing only: the vad and stt of the spec.
@@ -189,12 +203,17 @@ impl LoadedPipeline {
     /// # Errors
     /// As [`Self::call`].
     pub fn listening_call(&self) -> Result<Pipeline, LoadError> {
-        self.stages(&Caller::default(), |part| {
+        self.stages(&Caller::default(), &(Arc::new(NoPerson) as _), |part| {
             matches!(part, Part::Vad { .. } | Part::Stt(_) | Part::SttRemote(_))
         })
     }
 
-    fn stages(&self, caller: &Caller, keep: impl Fn(&Part) -> bool) -> Result<Pipeline, LoadError> {
+    fn stages(
+        &self,
+        caller: &Caller,
+        confirmer: &Arc<dyn Confirmer>,
+        keep: impl Fn(&Part) -> bool,
+    ) -> Result<Pipeline, LoadError> {
         let mut pipeline = Pipeline::new(self.spec.channel_capacity);
         for (i, part) in self.parts.iter().enumerate() {
             if !keep(part) {
@@ -213,9 +232,9 @@ impl LoadedPipeline {
                 }
                 Part::Stt(engine) => Box::new(WhisperLocal::shared(engine.clone())),
                 Part::SttRemote(client) => Box::new(OpenAiStt::shared(client.clone())),
-                Part::Planner(connected) => {
-                    Box::new(PlannerStage::new(connected.planner.for_caller(caller)))
-                }
+                Part::Planner(connected) => Box::new(PlannerStage::new(
+                    connected.planner.for_session(caller, confirmer.clone()),
+                )),
                 Part::Tts { voice, rate } => Box::new(TtsStage::new(voice.clone(), *rate)),
             });
         }

@@ -104,6 +104,10 @@ enum Command {
         /// pipelines/local.toml).
         #[arg(long, requires = "serve")]
         pipeline: Option<PathBuf>,
+        /// Approve every sensitive tool call parlor asks about
+        /// (`tool.confirm`); without it each is declined at once.
+        #[arg(long)]
+        approve_tools: bool,
     },
     /// Serve OpenAI-compatible routes (`/v1/chat/completions`,
     /// `/v1/responses`, `/v1/models`) backed by the local planner model,
@@ -258,12 +262,14 @@ fn main() -> ExitCode {
                 fast,
                 serve,
                 pipeline,
+                approve_tools,
             } => {
                 let call = CallArgs {
                     file: &file,
                     out: &out,
                     json,
                     fast,
+                    approve_tools,
                 };
                 if serve {
                     run_call_served(call, pipeline.as_deref()).await
@@ -863,6 +869,7 @@ struct CallArgs<'a> {
     out: &'a Path,
     json: bool,
     fast: bool,
+    approve_tools: bool,
 }
 
 /// `parlor call --serve`: a server of our own on a free port, the call over
@@ -912,12 +919,14 @@ async fn run_call(call: CallArgs<'_>, url: &str) -> Result<(), Failure> {
         out,
         json,
         fast,
+        approve_tools,
     } = call;
 
     let audio = decode_file(file, &DecodeLimits::default())
         .map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
     let options = PlayOptions {
         realtime: !fast,
+        approve_tools: Some(approve_tools),
         ..PlayOptions::default()
     };
     let show = |event: &ServerEvent| {
@@ -951,6 +960,16 @@ async fn run_call(call: CallArgs<'_>, url: &str) -> Result<(), Failure> {
                     .unwrap_or_default()
             ),
             ServerEvent::Filler { text, .. } => println!("[filler] {text}"),
+            ServerEvent::ToolConfirm {
+                tool, arguments, ..
+            } => println!(
+                "[confirm] {tool} {arguments}: {}",
+                if approve_tools {
+                    "approved (--approve-tools)"
+                } else {
+                    "declined (pass --approve-tools to approve)"
+                }
+            ),
             ServerEvent::BargeIn {
                 played_ms, heard, ..
             } => println!("[barge-in] after {played_ms} ms; heard: {heard}"),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use parlor::access::{AccessSpec, Caller, Keyring};
 use parlor::mcp::{AuditContext, AuditLog, McpPool, Policy};
-use parlor::planner::{AuditedPool, Toolbox};
+use parlor::planner::{AuditedPool, ConfirmRequest, Confirmation, Confirmer, Toolbox};
 use parlor::spec::PipelineSpec;
 use serde_json::{json, Value};
 
@@ -301,5 +301,171 @@ async fn http_routes_and_the_websocket_need_a_key() {
             "expected the handler's 404, got {:?}",
             other.map(|(_, r)| r.status())
         ),
+    }
+}
+
+/// The person on a call, as a test plays them: answers every question
+/// with `approve`, and remembers what it was asked.
+struct Person {
+    approve: Option<bool>,
+    asked: std::sync::Mutex<Vec<ConfirmRequest>>,
+}
+
+impl Person {
+    fn answering(approve: Option<bool>) -> Arc<Self> {
+        Arc::new(Self {
+            approve,
+            asked: Default::default(),
+        })
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.tool.clone())
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Confirmer for Person {
+    async fn confirm(&self, request: ConfirmRequest) -> Confirmation {
+        self.asked.lock().unwrap().push(request);
+        match self.approve {
+            Some(true) => Confirmation::Approved,
+            Some(false) => Confirmation::Declined,
+            None => Confirmation::NoAnswer("the caller did not answer within 30 s".into()),
+        }
+    }
+}
+
+const SENSITIVE_CANCEL: &str = r#"
+[[tool]]
+tool = "orders__cancel_order"
+sensitive = true
+"#;
+
+async fn order_status(tools: &dyn Toolbox, id: u64) -> String {
+    let order = tools
+        .call("orders__get_order", json!({ "order_id": id }))
+        .await;
+    assert!(!order.is_error, "{}", order.text);
+    order.text
+}
+
+#[tokio::test]
+async fn a_sensitive_tool_needs_the_callers_yes_once_tool_output_is_in_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shared, pool, path) = policed_orders(dir.path(), SENSITIVE_CANCEL).await;
+    let cancel = |id: u64| {
+        (
+            "orders__cancel_order",
+            json!({"order_id": id, "reason": "the caller asked"}),
+        )
+    };
+
+    // Nothing untrusted in the context yet: the caller's own words led
+    // here, so no question (a person who declines says so in words).
+    let person = Person::answering(Some(false));
+    let fresh = shared
+        .for_session(&caller("bob", "caller"), person.clone())
+        .unwrap();
+    let (tool, args) = cancel(1043);
+    let done = fresh.call(tool, args).await;
+    assert!(!done.text.contains("Not done"), "{}", done.text);
+    assert!(person.asked().is_empty());
+
+    // A new session reads an order first: the result is untrusted text in
+    // its context. The same call is now asked about, and a "no" stops it.
+    let person = Person::answering(Some(false));
+    let bob = shared
+        .for_session(&caller("bob", "caller"), person.clone())
+        .unwrap();
+    let before = order_status(&*bob, 1040).await;
+    let (tool, args) = cancel(1040);
+    let declined = bob.call(tool, args.clone()).await;
+    assert!(declined.is_error);
+    assert!(
+        declined.text.contains("declined") && declined.text.contains("orders__cancel_order"),
+        "{}",
+        declined.text
+    );
+    assert_eq!(person.asked(), ["orders__cancel_order"]);
+    assert_eq!(order_status(&*bob, 1040).await, before, "nothing changed");
+    let r = records(&path);
+    let refusal = r
+        .iter()
+        .find(|e| e["decision"] == "denied")
+        .expect("the refusal is audited");
+    assert_eq!(refusal["tool"], "cancel_order");
+    assert!(refusal["result_bytes"].is_null(), "the tool never ran");
+
+    // Approved: it runs, and the record says who approved it.
+    let person = Person::answering(Some(true));
+    let alice = shared
+        .for_session(&caller("alice", "caller"), person.clone())
+        .unwrap();
+    order_status(&*alice, 1040).await;
+    let approved = alice.call(tool, args.clone()).await;
+    assert_eq!(person.asked(), ["orders__cancel_order"]);
+    assert!(!approved.text.contains("Not done"), "{}", approved.text);
+    assert_ne!(order_status(&*alice, 1040).await, before, "cancelled");
+    let last_cancel = records(&path)
+        .into_iter()
+        .rev()
+        .find(|e| e["tool"] == "cancel_order")
+        .unwrap();
+    assert_eq!(last_cancel["decision"], "allowed");
+    assert_eq!(last_cancel["reason"], parlor::planner::tools::CONFIRMED);
+
+    // No person on the line (an upload, an API caller): refused.
+    let api = shared.for_caller(&caller("carol", "caller")).unwrap();
+    order_status(&*api, 1041).await;
+    let (tool, args) = cancel(1041);
+    let refused = api.call(tool, args).await;
+    assert!(
+        refused.is_error && refused.text.contains("needs the caller's confirmation"),
+        "{}",
+        refused.text
+    );
+    assert!(parlor::mcp::audit::verify(&path).is_ok());
+    drop((shared, fresh, bob, alice, api));
+    if let Ok(pool) = Arc::try_unwrap(pool) {
+        pool.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shared, pool, path) = policed_orders(dir.path(), SENSITIVE_CANCEL).await;
+    let shared = shared.with_untrusted_prompt(true);
+    let person = Person::answering(None);
+    let bob = shared
+        .for_session(&caller("bob", "caller"), person.clone())
+        .unwrap();
+    let before = order_status(&shared, 1050).await;
+    let answer = bob
+        .call(
+            "orders__cancel_order",
+            json!({"order_id": 1050, "reason": "x"}),
+        )
+        .await;
+    assert_eq!(person.asked(), ["orders__cancel_order"], "asked at once");
+    assert!(
+        answer.is_error && answer.text.contains("did not answer"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(order_status(&shared, 1050).await, before);
+    // Tools that are not sensitive are never asked about.
+    order_status(&*bob, 1050).await;
+    assert_eq!(person.asked().len(), 1);
+    assert!(records(&path).iter().any(|e| e["decision"] == "denied"));
+    drop((shared, bob));
+    if let Ok(pool) = Arc::try_unwrap(pool) {
+        pool.shutdown().await;
     }
 }

@@ -40,7 +40,10 @@ struct Server {
 
 impl Server {
     async fn start(limits: CallLimits) -> Self {
-        let server = support::VoiceServer::start(limits).await;
+        Self::serving(support::VoiceServer::start(limits).await)
+    }
+
+    fn serving(server: support::VoiceServer) -> Self {
         Self {
             url: format!("ws://{}/v1/calls", server.addr),
             http: format!("http://{}/v1/calls", server.addr),
@@ -619,5 +622,83 @@ async fn a_caller_who_hangs_up_or_stops_reading_leaves_nothing_running() {
         .settles_to(baseline)
         .await
         .expect("ending a call that stopped reading cancels all of its work");
+    server.shutdown().await;
+}
+
+/// The default pipeline with `orders__cancel_order` marked sensitive, the
+/// shop's settings resource in the prompt (untrusted text from the first
+/// turn), an audit log, and its own copy of the orders database.
+fn sensitive_spec(dir: &std::path::Path) -> parlor::spec::PipelineSpec {
+    let root = support::root();
+    let db = dir.join("orders.db");
+    let local = std::fs::read_to_string(root.join("pipelines/local.toml")).unwrap();
+    let mcp_line = r#"mcp = ["orders", "knowledge"]"#;
+    assert!(local.contains(mcp_line) && local.contains("data/orders.db"));
+    let text = format!(
+        "{}\n[audit]\npath = {:?}\n\n[[access.tool]]\ntool = \"orders__cancel_order\"\nsensitive = true\n",
+        local
+            .replace("data/orders.db", &db.display().to_string())
+            .replace(
+                mcp_line,
+                &format!("{mcp_line}\nresources = [\"knowledge:config://settings\"]")
+            ),
+        dir.join("audit/tools.jsonl").display().to_string(),
+    );
+    parlor::spec::PipelineSpec::parse(&text, &root.join("pipelines/local.toml"), root).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensitive_tool_call_waits_for_the_callers_answer_on_the_socket() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::serving(
+        support::VoiceServer::start_with(sensitive_spec(dir.path()), CallLimits::default()).await,
+    );
+    let asking = espeak("Please cancel order 1043. I changed my mind.").await;
+    let options = PlayOptions {
+        approve_tools: Some(false),
+        ..PlayOptions::default()
+    };
+    let recording = client::play_file(&server.url, &asking, &options, |e| eprintln!("{e:?}"))
+        .await
+        .expect("the call runs");
+    let events = &recording.events;
+    let asked = events.iter().find_map(|e| match e {
+        ServerEvent::ToolConfirm {
+            tool, arguments, ..
+        } => Some((tool.clone(), arguments.clone())),
+        _ => None,
+    });
+    let Some((tool, arguments)) = asked else {
+        panic!(
+            "the planner did not try to cancel (no tool.confirm), so the question was not asked: {events:?}"
+        );
+    };
+    assert_eq!(tool, "orders__cancel_order");
+    assert_eq!(arguments["order_id"], 1043, "{arguments}");
+    // The caller said no: the call is reported as refused, the order is
+    // untouched, and the refusal is in the audit log.
+    let refused = events.iter().any(|e| {
+        matches!(e, ServerEvent::ToolCall { tool, is_error: true, .. } if tool == "cancel_order")
+    });
+    assert!(refused, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::TurnDone { reply, .. } if !reply.is_empty())),
+        "the turn still ends with an answer: {events:?}"
+    );
+    let audit = std::fs::read_to_string(dir.path().join("audit/tools.jsonl")).unwrap();
+    let cancels: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["tool"] == "cancel_order")
+        .collect();
+    assert!(!cancels.is_empty(), "{audit}");
+    assert!(
+        cancels.iter().all(|r| r["decision"] == "denied"),
+        "no cancel ran: {audit}"
+    );
+    assert!(cancels[0]["reason"].as_str().unwrap().contains("declined"));
     server.shutdown().await;
 }

@@ -156,7 +156,23 @@ impl CallerTx {
     /// # Errors
     /// When the socket is closed.
     pub async fn end(&mut self) -> Result<(), ClientError> {
-        let text = serde_json::to_string(&ClientMessage::End).expect("serialisable");
+        self.control(&ClientMessage::End).await
+    }
+
+    /// Answer a `tool.confirm` event.
+    ///
+    /// # Errors
+    /// When the socket is closed.
+    pub async fn confirm(&mut self, id: &str, approve: bool) -> Result<(), ClientError> {
+        self.control(&ClientMessage::Confirm {
+            id: id.to_string(),
+            approve,
+        })
+        .await
+    }
+
+    async fn control(&mut self, message: &ClientMessage) -> Result<(), ClientError> {
+        let text = serde_json::to_string(message).expect("serialisable");
         self.sink.send(Message::Text(text.into())).await?;
         Ok(())
     }
@@ -202,6 +218,10 @@ pub struct PlayOptions {
     /// After the file, keep the line open with silence for at most this
     /// long while parlor answers.
     pub linger: Duration,
+    /// How to answer `tool.confirm` questions about sensitive tool calls:
+    /// approve or decline each at once; `None` leaves them unanswered
+    /// (they time out, which is a no).
+    pub approve_tools: Option<bool>,
 }
 
 impl Default for PlayOptions {
@@ -209,6 +229,7 @@ impl Default for PlayOptions {
         Self {
             realtime: true,
             linger: Duration::from_secs(90),
+            approve_tools: None,
         }
     }
 }
@@ -251,6 +272,8 @@ pub async fn play_file(
     let (mut tx, mut rx) = connect(url).await?;
     let all_done = Arc::new(AtomicBool::new(false));
     let samples = audio.samples.clone();
+    // Questions go to the sender, which owns the socket's sending half.
+    let (answers, mut to_answer) = tokio::sync::mpsc::unbounded_channel::<(String, bool)>();
     let sender = {
         let all_done = all_done.clone();
         let options = options.clone();
@@ -262,6 +285,9 @@ pub async fn play_file(
                     tick.tick().await;
                 }
                 tx.audio(frame).await?;
+                while let Ok((id, approve)) = to_answer.try_recv() {
+                    tx.confirm(&id, approve).await?;
+                }
             }
             let file_sent_at = Instant::now();
             // Silence, as an open line sounds, until parlor has answered.
@@ -276,6 +302,9 @@ pub async fn play_file(
                     break;
                 }
                 tx.audio(&silence).await?;
+                while let Ok((id, approve)) = to_answer.try_recv() {
+                    tx.confirm(&id, approve).await?;
+                }
             }
             tx.end().await?;
             Ok::<_, ClientError>(file_sent_at)
@@ -293,6 +322,11 @@ pub async fn play_file(
                     } => recording.output_rate = *output_sample_rate,
                     ServerEvent::SpeechStarted { .. } => started += 1,
                     ServerEvent::TurnDone { .. } => done += 1,
+                    ServerEvent::ToolConfirm { id, .. } => {
+                        if let Some(approve) = options.approve_tools {
+                            let _ = answers.send((id.clone(), approve));
+                        }
+                    }
                     _ => {}
                 }
                 all_done.store(started == done, Ordering::Release);

@@ -70,6 +70,17 @@ pub enum ServerEvent {
         played_ms: u64,
         heard: String,
     },
+    /// A sensitive tool call waits for the caller's approval: answer with
+    /// a `tool.confirm` message carrying the same `id` within `timeout_ms`,
+    /// or it is not done.
+    #[serde(rename = "tool.confirm")]
+    ToolConfirm {
+        id: String,
+        server: String,
+        tool: String,
+        arguments: Value,
+        timeout_ms: u64,
+    },
     /// A stage could not do its part of the turn; the call goes on.
     #[serde(rename = "turn.error")]
     TurnError {
@@ -116,6 +127,9 @@ pub enum ClientMessage {
     /// their audio, then `call.ended` and closes.
     #[serde(rename = "end")]
     End,
+    /// The caller's answer to a `tool.confirm` event.
+    #[serde(rename = "tool.confirm")]
+    Confirm { id: String, approve: bool },
 }
 
 impl ClientMessage {
@@ -162,5 +176,13 @@ mod tests {
         let err = ClientMessage::parse("hello there").unwrap_err();
         assert!(err.contains("binary frames"), "{err}");
         assert!(ClientMessage::parse(r#"{"type":"dance"}"#).is_err());
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"tool.confirm","id":"c1","approve":true}"#),
+            Ok(ClientMessage::Confirm {
+                id: "c1".into(),
+                approve: true
+            })
+        );
+        assert!(ClientMessage::parse(r#"{"type":"tool.confirm","id":"c1"}"#).is_err());
     }
 }

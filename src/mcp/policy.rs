@@ -57,6 +57,7 @@ struct RoleRule {
     admin_only: bool,
     roles: Vec<String>,
     deny_roles: Vec<String>,
+    sensitive: bool,
 }
 
 impl RoleRule {
@@ -112,6 +113,7 @@ impl Policy {
                 admin_only: r.admin_only,
                 roles: r.roles.clone(),
                 deny_roles: r.deny_roles.clone(),
+                sensitive: r.sensitive,
             })
             .collect();
         let limits = spec
@@ -151,6 +153,14 @@ impl Policy {
             .iter()
             .filter(|r| r.scope.covers(server, name))
             .all(|r| r.allows(role))
+    }
+
+    /// Whether a rule marks `name` (of `server`) `sensitive`: it needs the
+    /// caller's confirmation once untrusted text is in the context.
+    pub fn is_sensitive(&self, server: &str, name: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.sensitive && r.scope.covers(server, name))
     }
 
     /// Decide one call of `name` (of `server`) by `caller`, spending a
@@ -213,7 +223,30 @@ mod tests {
             admin_only: false,
             roles: vec![],
             deny_roles: vec![],
+            sensitive: false,
         }
+    }
+
+    #[test]
+    fn sensitive_is_by_tool_or_server_and_does_not_restrict_roles() {
+        let spec = AccessSpec {
+            tool: vec![
+                ToolRule {
+                    sensitive: true,
+                    ..rule("orders__cancel_order")
+                },
+                ToolRule {
+                    sensitive: true,
+                    ..rule("payments__*")
+                },
+            ],
+            limit: vec![],
+        };
+        let p = Policy::new(&spec);
+        assert!(p.is_sensitive("orders", "orders__cancel_order"));
+        assert!(p.is_sensitive("payments", "payments__refund"));
+        assert!(!p.is_sensitive("orders", "orders__get_order"));
+        assert!(p.permits("caller", "orders", "orders__cancel_order"));
     }
 
     fn limit(tool: Option<&str>, server: Option<&str>, calls: u32) -> LimitRule {

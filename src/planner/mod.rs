@@ -14,6 +14,7 @@
 //! - [`setup`]: a [`Planner`] from a pipeline spec (model, MCP servers,
 //!   system prompt).
 
+pub mod confirm;
 pub mod history;
 pub mod setup;
 pub mod tools;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::llm::{ChatMessage, LlmError, ModelRequest, PlannerModel, ToolCall, ToolChoice};
 use crate::untrusted;
+pub use confirm::{ConfirmRequest, Confirmation, Confirmer, NoPerson};
 pub use history::History;
 pub use tools::{AuditedPool, NoTools, ToolAnswer, Toolbox};
 
@@ -179,6 +181,20 @@ impl Planner {
     pub fn for_caller(&self, caller: &crate::mcp::AuditContext) -> Self {
         let mut planner = self.clone();
         if let Some(tools) = self.tools.for_caller(caller) {
+            planner.tools = tools;
+        }
+        planner
+    }
+
+    /// [`Self::for_caller`] with a person who can confirm sensitive tool
+    /// calls (a live call).
+    pub fn for_session(
+        &self,
+        caller: &crate::mcp::AuditContext,
+        confirmer: Arc<dyn Confirmer>,
+    ) -> Self {
+        let mut planner = self.clone();
+        if let Some(tools) = self.tools.for_session(caller, confirmer) {
             planner.tools = tools;
         }
         planner

@@ -101,7 +101,8 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
             let policy = Policy::new(&spec.access);
             Arc::new(
                 AuditedPool::new(pool.clone(), Arc::new(log), AuditContext::default())
-                    .with_policy(Arc::new(policy)),
+                    .with_policy(Arc::new(policy))
+                    .with_untrusted_prompt(!stage.resources.is_empty()),
             )
         }
     };

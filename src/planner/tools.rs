@@ -6,12 +6,14 @@
 //! One `AuditedPool` is shared by the pipeline; each session gets a copy
 //! bound to its caller through [`Toolbox::for_caller`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
+use super::confirm::{self, ConfirmRequest, Confirmation, Confirmer, NoPerson};
 use crate::llm::ToolSpec;
 use crate::mcp::{
     AuditContext, AuditEntry, AuditLog, Decision, McpPool, Policy, ToolCallError, Verdict,
@@ -49,6 +51,16 @@ pub trait Toolbox: Send + Sync {
     /// `None`: the toolbox does not care who calls.
     fn for_caller(&self, _caller: &AuditContext) -> Option<Arc<dyn Toolbox>> {
         None
+    }
+
+    /// [`Self::for_caller`] for a session with a person who can confirm
+    /// sensitive calls through `confirmer` (a live call).
+    fn for_session(
+        &self,
+        caller: &AuditContext,
+        _confirmer: Arc<dyn Confirmer>,
+    ) -> Option<Arc<dyn Toolbox>> {
+        self.for_caller(caller)
     }
 }
 
@@ -104,6 +116,16 @@ pub struct AuditedPool {
     /// Who is calling: the pipeline's default (`anonymous`) until
     /// [`Toolbox::for_caller`] binds a session's caller.
     context: AuditContext,
+    /// Who approves sensitive calls: nobody until [`Toolbox::for_session`]
+    /// binds a live call's caller.
+    confirmer: Arc<dyn Confirmer>,
+    /// The prompt holds untrusted text from the start (the spec puts MCP
+    /// resources in it).
+    untrusted_prompt: bool,
+    /// A tool's result has entered this session's context (results stay
+    /// in the history, so this is per session, not per turn). Fresh for
+    /// every session.
+    untrusted_seen: Arc<AtomicBool>,
 }
 
 /// What the model is told when the audit record could not be written.
@@ -117,12 +139,26 @@ impl AuditedPool {
             log,
             policy: Arc::default(),
             context,
+            confirmer: Arc::new(NoPerson),
+            untrusted_prompt: false,
+            untrusted_seen: Arc::default(),
         }
     }
 
     pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
         self.policy = policy;
         self
+    }
+
+    /// The system prompt carries untrusted text (MCP resources): sensitive
+    /// calls need confirmation from the first turn.
+    pub fn with_untrusted_prompt(mut self, untrusted: bool) -> Self {
+        self.untrusted_prompt = untrusted;
+        self
+    }
+
+    fn untrusted_in_context(&self) -> bool {
+        self.untrusted_prompt || self.untrusted_seen.load(Ordering::Acquire)
     }
 
     /// Records a call the policy refused, and tells the model why.
@@ -176,8 +212,18 @@ impl Toolbox for AuditedPool {
     }
 
     fn for_caller(&self, caller: &AuditContext) -> Option<Arc<dyn Toolbox>> {
+        self.for_session(caller, Arc::new(NoPerson))
+    }
+
+    fn for_session(
+        &self,
+        caller: &AuditContext,
+        confirmer: Arc<dyn Confirmer>,
+    ) -> Option<Arc<dyn Toolbox>> {
         Some(Arc::new(Self {
             context: caller.clone(),
+            confirmer,
+            untrusted_seen: Arc::default(),
             ..self.clone()
         }))
     }
@@ -199,6 +245,23 @@ impl Toolbox for AuditedPool {
                     .await
             }
         }
+        // After the policy (a refused call asks nobody), before the call.
+        let confirmed = if self.policy.is_sensitive(&server, name) && self.untrusted_in_context() {
+            let request = ConfirmRequest {
+                server: server.clone(),
+                tool: name.to_string(),
+                arguments: arguments.clone(),
+            };
+            match self.confirmer.confirm(request).await {
+                Confirmation::Approved => true,
+                other => {
+                    let why = confirm::refusal(name, &other);
+                    return self.refuse(name, arguments, Decision::Denied, why).await;
+                }
+            }
+        } else {
+            false
+        };
         let (pool, log, context) = (self.pool.clone(), self.log.clone(), self.context.clone());
         let name = name.to_string();
         let task = tokio::spawn(async move {
@@ -213,7 +276,7 @@ impl Toolbox for AuditedPool {
                         is_error: out.is_error,
                     },
                     Decision::Allowed,
-                    None,
+                    confirmed.then(|| CONFIRMED.to_string()),
                 ),
                 // The gate refused it: nothing was sent to the server.
                 Err(e @ ToolCallError::Quarantined { .. }) => (
@@ -240,10 +303,18 @@ impl Toolbox for AuditedPool {
             };
             recorded(&log, &entry, answer).await
         });
-        task.await
-            .unwrap_or_else(|_| ToolAnswer::error(AUDIT_FAILED))
+        let answer = task
+            .await
+            .unwrap_or_else(|_| ToolAnswer::error(AUDIT_FAILED));
+        // Whatever came back (a result, the server's error text) is now in
+        // the context, and may carry instructions.
+        self.untrusted_seen.store(true, Ordering::Release);
+        answer
     }
 }
+
+/// The audit reason of a sensitive call the caller approved.
+pub const CONFIRMED: &str = "confirmed by the caller";
 
 /// The server and tool an audit record names for `name`: its route, or the
 /// name itself (on no server) when the pool does not know it.

@@ -31,17 +31,17 @@ use axum::response::Response;
 use dashmap::DashMap;
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::auth::WS_PROTOCOL;
 use super::turns::{at_capacity, check_pipeline, no_pipeline};
-use super::{start_call, ApiError, AppState, CallKind};
+use super::{start_live_call, ApiError, AppState};
 use crate::access::Caller;
 use crate::audio::{MAX_SAMPLE_RATE, MIN_SAMPLE_RATE};
 use crate::frame::PIPELINE_SAMPLE_RATE;
-use crate::live::{self, ClientMessage, InputError, Outbound, ServerEvent};
+use crate::live::{self, ClientMessage, InputError, LiveConfirmer, Outbound, ServerEvent};
 use crate::runner::Pipeline;
 
 /// What one call may use.
@@ -65,6 +65,9 @@ pub struct CallLimits {
     /// ...and ends the call when no pong has come back for this long (the
     /// caller is not reading).
     pub pong_timeout: Duration,
+    /// A sensitive tool call waits this long for the caller's approval
+    /// (`tool.confirm`) before it is refused.
+    pub confirm_timeout: Duration,
 }
 
 impl Default for CallLimits {
@@ -78,6 +81,7 @@ impl Default for CallLimits {
             lead: live::DEFAULT_LEAD,
             ping_interval: Duration::from_secs(5),
             pong_timeout: Duration::from_secs(20),
+            confirm_timeout: live::DEFAULT_CONFIRM_TIMEOUT,
         }
     }
 }
@@ -199,7 +203,8 @@ pub async fn calls(
         session: Some(id.clone()),
         ..caller.map(|Extension(c)| c).unwrap_or_default()
     };
-    let call = start_call(&pipeline, CallKind::Full, caller).await?;
+    let (confirmer, questions) = LiveConfirmer::new(registry.limits.confirm_timeout);
+    let call = start_live_call(&pipeline, caller, confirmer.clone()).await?;
     let output_rate = pipeline.output_rate().unwrap_or(PIPELINE_SAMPLE_RATE);
     let name = pipeline.spec().name.clone();
     let limits = &registry.limits;
@@ -218,9 +223,22 @@ pub async fn calls(
                 started: Instant::now(),
                 input_sample_rate: input_rate,
             };
-            run_call(socket, &state, call, &id, session, output_rate, slot)
-                .instrument(span)
-                .await
+            let confirmations = Confirmations {
+                confirmer,
+                questions,
+            };
+            run_call(
+                socket,
+                &state,
+                call,
+                &id,
+                session,
+                output_rate,
+                confirmations,
+                slot,
+            )
+            .instrument(span)
+            .await
         }))
 }
 
@@ -278,6 +296,14 @@ impl Ending {
     }
 }
 
+/// A call's sensitive-tool questions ([`LiveConfirmer`]) and the events
+/// that ask them.
+struct Confirmations {
+    confirmer: Arc<LiveConfirmer>,
+    questions: mpsc::Receiver<ServerEvent>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_call(
     socket: WebSocket,
     state: &AppState,
@@ -285,8 +311,13 @@ async fn run_call(
     id: &str,
     session: CallSession,
     output_rate: u32,
+    confirmations: Confirmations,
     _slot: OwnedSemaphorePermit,
 ) {
+    let Confirmations {
+        confirmer,
+        mut questions,
+    } = confirmations;
     let registry = &*state.calls;
     let limits = registry.limits.clone();
     let input_rate = session.input_sample_rate;
@@ -356,6 +387,12 @@ async fn run_call(
                 },
                 Message::Text(text) => match ClientMessage::parse(&text) {
                     Ok(ClientMessage::End) => return Ending::CallerEnded,
+                    Ok(ClientMessage::Confirm { id, approve }) => {
+                        if let Err(error) = confirmer.answer(&id, approve) {
+                            let _ = notices
+                                .try_send(ServerEvent::error("bad_message", error.to_string()));
+                        }
+                    }
                     Err(message) => {
                         let _ = notices.try_send(ServerEvent::error("bad_message", message));
                     }
@@ -396,6 +433,7 @@ async fn run_call(
                     }
                     None => break,
                 },
+                Some(question) = questions.recv() => event_message(&question),
                 _ = ping.tick() => {
                     let answered = Duration::from_millis(last_pong_ref.load(Ordering::Relaxed));
                     let silent_for = call_started.elapsed().saturating_sub(answered);

@@ -181,17 +181,41 @@ pub(crate) async fn start_call(
     kind: CallKind,
     caller: crate::access::Caller,
 ) -> Result<crate::runner::Pipeline, ApiError> {
-    let pipeline = pipeline.clone();
-    tokio::task::spawn_blocking(move || match kind {
-        CallKind::Full => pipeline.call_as(&caller),
-        CallKind::Listening => pipeline.listening_call(),
+    built(pipeline, kind, move |p| match kind {
+        CallKind::Full => p.call_as(&caller),
+        CallKind::Listening => p.listening_call(),
     })
     .await
-    .map_err(|_| ApiError::server_error())?
-    .map_err(|e| {
-        tracing::error!(message = "Cannot start a call.", kind = ?kind, error = %e);
-        ApiError::server_error()
+}
+
+/// [`start_call`] for a live call, whose caller confirms sensitive tool
+/// calls through `confirmer`.
+pub(crate) async fn start_live_call(
+    pipeline: &Arc<LoadedPipeline>,
+    caller: crate::access::Caller,
+    confirmer: Arc<dyn crate::planner::Confirmer>,
+) -> Result<crate::runner::Pipeline, ApiError> {
+    built(pipeline, CallKind::Full, move |p| {
+        p.call_with(&caller, confirmer)
     })
+    .await
+}
+
+async fn built(
+    pipeline: &Arc<LoadedPipeline>,
+    kind: CallKind,
+    build: impl FnOnce(&LoadedPipeline) -> Result<crate::runner::Pipeline, crate::loaded::LoadError>
+        + Send
+        + 'static,
+) -> Result<crate::runner::Pipeline, ApiError> {
+    let pipeline = pipeline.clone();
+    tokio::task::spawn_blocking(move || build(&pipeline))
+        .await
+        .map_err(|_| ApiError::server_error())?
+        .map_err(|e| {
+            tracing::error!(message = "Cannot start a call.", kind = ?kind, error = %e);
+            ApiError::server_error()
+        })
 }
 
 /// The routes.

@@ -216,10 +216,18 @@ pub struct VoiceServer {
 
 impl VoiceServer {
     pub async fn start(limits: parlor::server::calls::CallLimits) -> Self {
+        let spec = parlor::spec::PipelineSpec::local_default(root()).expect("the default spec");
+        Self::start_with(spec, limits).await
+    }
+
+    /// [`Self::start`] on another spec (paths resolved from the root).
+    pub async fn start_with(
+        spec: parlor::spec::PipelineSpec,
+        limits: parlor::server::calls::CallLimits,
+    ) -> Self {
         use parlor::llm::{LocalLlm, LocalLlmOptions};
         use parlor::server::{serve, AppState, ServedModel};
 
-        let spec = parlor::spec::PipelineSpec::local_default(root()).expect("the default spec");
         let pipeline = std::sync::Arc::new(
             parlor::loaded::LoadedPipeline::load(&spec, root())
                 .await
