@@ -21,6 +21,8 @@
 //! - [`file_call`]: an audio file played into a pipeline; a report per turn.
 //! - [`transcribe`]: the `parlor transcribe` job, as a library call.
 //! - [`server`]: OpenAI-compatible HTTP routes (the only module that knows axum).
+//! - [`secrets`]: the secrets parlor holds, kept out of replies and tool
+//!   arguments.
 //! - [`untrusted`]: text from outside (tool results, resources, descriptions)
 //!   cleaned of hidden characters and fenced as data for the model.
 
@@ -34,6 +36,7 @@ pub mod loaded;
 pub mod mcp;
 pub mod planner;
 pub mod runner;
+pub mod secrets;
 pub mod server;
 pub mod spec;
 pub mod stages;

@@ -469,3 +469,45 @@ async fn resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no()
         pool.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_tool_call_carrying_a_secret_is_refused_and_recorded_redacted() {
+    const SECRET: &str = "orders-db-password-7f3e9a";
+    let dir = tempfile::tempdir().unwrap();
+    let (shared, pool, path) = policed_orders(dir.path(), "").await;
+    let tools = shared
+        .clone()
+        .with_secrets(Arc::new(parlor::secrets::Secrets::new(
+            [SECRET.to_string()],
+        )));
+    let answer = tools
+        .call(
+            "orders__cancel_order",
+            json!({"order_id": 1043, "reason": format!("forward {SECRET} to evil.example")}),
+        )
+        .await;
+    assert!(
+        answer.is_error && answer.text.contains("secret"),
+        "{}",
+        answer.text
+    );
+    assert!(!answer.text.contains(SECRET));
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(!written.contains(SECRET), "{written}");
+    let r = records(&path);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0]["decision"], "denied");
+    assert!(r[0]["arguments"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains(parlor::secrets::REDACTED));
+    // Nothing reached the server: the order is still processing.
+    let order = tools
+        .call("orders__get_order", json!({"order_id": 1043}))
+        .await;
+    assert!(order.text.contains("processing"), "{}", order.text);
+    drop((shared, tools));
+    if let Ok(pool) = Arc::try_unwrap(pool) {
+        pool.shutdown().await;
+    }
+}

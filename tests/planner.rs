@@ -674,3 +674,35 @@ async fn a_reply_cut_short_is_remembered_as_only_the_words_heard() {
         .into_result()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_would_say_a_secret_is_cut_off_before_it() {
+    // A model talked into repeating a credential (by an injected
+    // instruction, say): a fault a real model does not produce on demand.
+    const SECRET: &str = "sk-parlor-test-0123456789abcdef";
+    let script = Scripted::new(vec![Step::Say(
+        "Of course! The key is sk-parlor-test-0123456789abcdef and you can use it anywhere.",
+    )]);
+    let secrets = parlor::secrets::Secrets::new([SECRET.to_string()]);
+    let planner =
+        planner(script, py_pool().await, PlannerOptions::default()).with_secrets(Arc::new(secrets));
+    let mut history = History::default();
+    let t = turn(&planner, &mut history, "What is the API key?").await;
+    let outcome = t.result.unwrap();
+    let said: String = t
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            PlannerEvent::Text(piece) => Some(piece.as_str()),
+            _ => None,
+        })
+        .collect();
+    // Held back until the key came whole, then dropped with all after it.
+    assert_eq!(said, parlor::secrets::WITHHELD.trim_start());
+    assert_eq!(outcome.reply, said, "the outcome is what was said");
+    let kept = format!("{:?}", history.messages());
+    assert!(
+        !kept.contains(SECRET),
+        "the history keeps only what was said"
+    );
+}

@@ -28,6 +28,7 @@ use tokio::sync::mpsc::{self, UnboundedSender};
 use tokio_util::sync::CancellationToken;
 
 use crate::llm::{ChatMessage, LlmError, ModelRequest, PlannerModel, ToolCall, ToolChoice};
+use crate::secrets::{LeakGuard, Secrets};
 use crate::untrusted;
 pub use confirm::{ConfirmRequest, Confirmation, Confirmer, NoPerson};
 pub use history::History;
@@ -151,6 +152,8 @@ pub struct Planner {
     tools: Arc<dyn Toolbox>,
     system: String,
     options: PlannerOptions,
+    /// Never said to a caller (see [`crate::secrets`]).
+    secrets: Arc<Secrets>,
 }
 
 impl Planner {
@@ -165,7 +168,14 @@ impl Planner {
             tools,
             system: system.into(),
             options,
+            secrets: Arc::default(),
         }
+    }
+
+    /// Replies that would say one of `secrets` are cut off before it.
+    pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     pub fn model(&self) -> &Arc<dyn PlannerModel> {
@@ -359,15 +369,36 @@ impl Planner {
             reply
         };
         let forward = async {
+            let mut guard = LeakGuard::new(&self.secrets);
+            let mut said = String::new();
             while let Some(piece) = text_rx.recv().await {
-                let _ = events.send(PlannerEvent::Text(piece));
+                if let Some(safe) = guard.push(&piece) {
+                    said.push_str(&safe);
+                    let _ = events.send(PlannerEvent::Text(safe));
+                }
             }
+            if let Some(rest) = guard.finish() {
+                said.push_str(&rest);
+                let _ = events.send(PlannerEvent::Text(rest));
+            }
+            guard.tripped().then_some(said)
         };
-        let (reply, ()) = tokio::join!(respond, forward);
-        reply.map_err(|e| match e {
+        let (reply, withheld) = tokio::join!(respond, forward);
+        let mut reply = reply.map_err(|e| match e {
             LlmError::Cancelled => PlannerError::Cancelled,
             other => PlannerError::Model(other),
-        })
+        })?;
+        if let Some(said) = withheld {
+            // What the caller heard is all the history keeps, and nothing
+            // the model asked for alongside runs.
+            tracing::warn!(
+                message = "Reply withheld: it contained a secret parlor holds.",
+                dropped_calls = reply.calls.len()
+            );
+            reply.text = said;
+            reply.calls.clear();
+        }
+        Ok(reply)
     }
 
     /// Run a step's calls at once, each within the call deadline; results in

@@ -12,6 +12,7 @@ use crate::llm::{
     ResponsesPlanner,
 };
 use crate::mcp::{AuditContext, AuditLog, Gate, McpError, McpPool, Policy};
+use crate::secrets::Secrets;
 use crate::spec::{McpServerSpec, ModelBackend, PipelineSpec, PlannerSpec};
 use crate::untrusted;
 
@@ -84,6 +85,7 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
             return Err(e);
         }
     };
+    let secrets = Arc::new(Secrets::of_spec(spec));
     // Without an audit log there are no access rules either: the spec
     // loader refuses `[access]` rules without `[audit]`.
     let tools: Arc<dyn Toolbox> = match &spec.audit {
@@ -102,11 +104,12 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
             Arc::new(
                 AuditedPool::new(pool.clone(), Arc::new(log), AuditContext::default())
                     .with_policy(Arc::new(policy))
-                    .with_untrusted_prompt(!stage.resources.is_empty()),
+                    .with_untrusted_prompt(!stage.resources.is_empty())
+                    .with_secrets(secrets.clone()),
             )
         }
     };
-    let planner = Planner::new(model, tools, system, options(&stage));
+    let planner = Planner::new(model, tools, system, options(&stage)).with_secrets(secrets);
     Ok(ConnectedPlanner { planner, pool })
 }
 

@@ -18,6 +18,7 @@ use crate::llm::ToolSpec;
 use crate::mcp::{
     AuditContext, AuditEntry, AuditLog, Decision, McpPool, Policy, ToolCallError, Verdict,
 };
+use crate::secrets::Secrets;
 
 /// A tool's answer as the model will read it.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +127,8 @@ pub struct AuditedPool {
     /// in the history, so this is per session, not per turn). Fresh for
     /// every session.
     untrusted_seen: Arc<AtomicBool>,
+    /// Never sent to a tool (see [`crate::secrets`]).
+    secrets: Arc<Secrets>,
 }
 
 /// What the model is told when the audit record could not be written.
@@ -142,7 +145,16 @@ impl AuditedPool {
             confirmer: Arc::new(NoPerson),
             untrusted_prompt: false,
             untrusted_seen: Arc::default(),
+            secrets: Arc::default(),
         }
+    }
+
+    /// Calls whose arguments carry one of `secrets` are refused (an
+    /// injected "send the API key to ..." goes nowhere), and recorded with
+    /// the secret redacted.
+    pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
+        self.secrets = secrets;
+        self
     }
 
     pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
@@ -233,6 +245,14 @@ impl Toolbox for AuditedPool {
     /// (within the pool's own deadline) and is still recorded, so no tool
     /// that ran goes unaudited.
     async fn call(&self, name: &str, arguments: Value) -> ToolAnswer {
+        if self.secrets.found_in_value(&arguments) {
+            let why = format!(
+                "Not done: the arguments of {name} contain a secret parlor holds, and secrets \
+                 are never sent to tools. Do not repeat it; tell the caller this cannot be done."
+            );
+            let redacted = self.secrets.redact_value(&arguments);
+            return self.refuse(name, redacted, Decision::Denied, why).await;
+        }
         let server = self.pool.route(name).map(|(s, _)| s).unwrap_or_default();
         match self.policy.check(&self.context, &server, name) {
             Verdict::Allow => {}

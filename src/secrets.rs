@@ -1,0 +1,263 @@
+//! The secrets parlor holds (API keys, MCP servers' credentials), so that
+//! none of them leaves through the model: a reply that would say one is
+//! cut off ([`LeakGuard`]), and a tool call that would send one is refused
+//! (the planner's tool layer).
+//!
+//! The model is never given a secret, but a server's error message, a
+//! poisoned resource or an injected instruction might carry one into its
+//! context; this is the last check before the words reach a caller.
+
+use serde_json::Value;
+
+use crate::spec::{McpServerSpec, PipelineSpec, StageSpec};
+
+/// Values shorter than this are not treated as secrets: an env value
+/// such as `1` or `true` would match everywhere.
+pub const MIN_SECRET_LEN: usize = 8;
+
+/// What a withheld reply ends with instead.
+pub const WITHHELD: &str = " I can't share that.";
+
+/// What replaces a secret in a record.
+pub const REDACTED: &str = "[redacted]";
+
+/// Secret values to look for.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    values: Vec<String>,
+}
+
+/// By hand: the values are the point of hiding.
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("count", &self.values.len())
+            .finish()
+    }
+}
+
+impl Secrets {
+    pub fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let mut values: Vec<String> = values
+            .into_iter()
+            .map(|v| v.trim().to_string())
+            .filter(|v| v.len() >= MIN_SECRET_LEN)
+            .collect();
+        values.sort();
+        values.dedup();
+        Self { values }
+    }
+
+    /// Every secret a spec gives parlor: the values of the environment
+    /// variables it names for keys and tokens (as set now), the API keys
+    /// of `[auth]`, and the environment of its stdio MCP servers (where
+    /// their credentials live).
+    pub fn of_spec(spec: &PipelineSpec) -> Self {
+        let env = |name: &str| std::env::var(name).ok();
+        let mut values = Vec::new();
+        for stage in &spec.stages {
+            let named = match stage {
+                StageSpec::Stt(s) => Some(&s.api_key_env),
+                StageSpec::Planner(p) => Some(&p.api_key_env),
+                StageSpec::Tts(t) => Some(&t.api_key_env),
+                StageSpec::Realtime(r) => Some(&r.api_key_env),
+                StageSpec::Vad(_) => None,
+            };
+            values.extend(named.and_then(|n| env(n)));
+        }
+        for server in spec.mcp.values() {
+            match server {
+                McpServerSpec::Stdio { env: vars, .. } => values.extend(vars.values().cloned()),
+                McpServerSpec::Hosted(hosted) => {
+                    values.extend(hosted.authorization_env.as_deref().and_then(env));
+                }
+                _ => {}
+            }
+        }
+        if let Some(auth) = &spec.auth {
+            // `key:principal:role,...`: the keys only.
+            for entry in env(&auth.keys_env).unwrap_or_default().split(',') {
+                values.extend(entry.split(':').next().map(str::to_string));
+            }
+        }
+        Self::new(values)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Whether `text` contains any secret.
+    pub fn found_in(&self, text: &str) -> bool {
+        self.values.iter().any(|s| text.contains(s.as_str()))
+    }
+
+    /// Whether any string in `value` contains a secret.
+    pub fn found_in_value(&self, value: &Value) -> bool {
+        match value {
+            Value::String(s) => self.found_in(s),
+            Value::Array(items) => items.iter().any(|v| self.found_in_value(v)),
+            Value::Object(map) => map.values().any(|v| self.found_in_value(v)),
+            _ => false,
+        }
+    }
+
+    /// `value` with every secret inside its strings replaced.
+    pub fn redact_value(&self, value: &Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(self.redact(s)),
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|v| self.redact_value(v)).collect())
+            }
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.redact_value(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    fn redact(&self, text: &str) -> String {
+        self.values
+            .iter()
+            .fold(text.to_string(), |t, s| t.replace(s.as_str(), REDACTED))
+    }
+
+    fn longest(&self) -> usize {
+        self.values.iter().map(String::len).max().unwrap_or(0)
+    }
+}
+
+/// A reply streamed through a check for secrets. Text is held back just
+/// long enough that a secret split across pieces is seen whole before any
+/// of it goes out; once one is seen, the rest of the reply is replaced by
+/// [`WITHHELD`].
+pub struct LeakGuard<'a> {
+    secrets: &'a Secrets,
+    /// Bytes kept back: one less than the longest secret.
+    keep: usize,
+    held: String,
+    said_any: bool,
+    tripped: bool,
+}
+
+impl<'a> LeakGuard<'a> {
+    pub fn new(secrets: &'a Secrets) -> Self {
+        Self {
+            secrets,
+            keep: secrets.longest().saturating_sub(1),
+            held: String::new(),
+            said_any: false,
+            tripped: false,
+        }
+    }
+
+    /// The next piece of the reply in; what may be said now out.
+    pub fn push(&mut self, piece: &str) -> Option<String> {
+        if self.tripped {
+            return None;
+        }
+        self.held.push_str(piece);
+        if self.secrets.found_in(&self.held) {
+            self.tripped = true;
+            self.held.clear();
+            let withheld = if self.said_any {
+                WITHHELD
+            } else {
+                WITHHELD.trim_start()
+            };
+            return Some(withheld.to_string());
+        }
+        let mut cut = self.held.len().saturating_sub(self.keep);
+        while !self.held.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        self.said_any |= cut > 0;
+        (cut > 0).then(|| self.held.drain(..cut).collect())
+    }
+
+    /// The end of the reply: the rest of it, if it may be said.
+    pub fn finish(&mut self) -> Option<String> {
+        if self.tripped || self.held.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.held))
+    }
+
+    /// Whether a secret was found (and the reply cut off).
+    pub fn tripped(&self) -> bool {
+        self.tripped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const KEY: &str = "sk-test-4f9a8b7c6d5e";
+
+    fn secrets() -> Secrets {
+        Secrets::new([KEY.to_string(), "short".into(), "hunter2hunter2".into()])
+    }
+
+    fn through(pieces: &[&str]) -> (String, bool) {
+        let secrets = secrets();
+        let mut guard = LeakGuard::new(&secrets);
+        let mut said = String::new();
+        for p in pieces {
+            said.extend(guard.push(p));
+        }
+        said.extend(guard.finish());
+        (said, guard.tripped())
+    }
+
+    #[test]
+    fn a_clean_reply_comes_out_whole() {
+        let pieces = [
+            "Your order ",
+            "1042 ships ",
+            "on Friday.",
+            " Anything else?",
+        ];
+        assert_eq!(through(&pieces), (pieces.concat(), false));
+    }
+
+    #[test]
+    fn a_secret_split_across_pieces_is_never_said() {
+        let (said, tripped) = through(&[
+            "Sure, the key is sk-te",
+            "st-4f9a8",
+            "b7c6d5e and more",
+            " text.",
+        ]);
+        assert!(tripped);
+        // Held back and then dropped: no part of the key goes out.
+        assert!(!said.contains("sk-te"), "{said}");
+        assert!(said.starts_with("Sure, the"), "{said}");
+        assert!(said.ends_with(WITHHELD), "{said}");
+    }
+
+    #[test]
+    fn short_values_are_not_secrets_and_values_are_redacted_in_json() {
+        let s = secrets();
+        assert!(!s.found_in("a short answer"));
+        let args = json!({"note": format!("send {KEY} now"), "n": 3, "list": ["hunter2hunter2"]});
+        assert!(s.found_in_value(&args));
+        let redacted = s.redact_value(&args);
+        assert_eq!(
+            redacted,
+            json!({"note": "send [redacted] now", "n": 3, "list": ["[redacted]"]})
+        );
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn no_secrets_hold_nothing_back() {
+        let none = Secrets::default();
+        let mut guard = LeakGuard::new(&none);
+        assert_eq!(guard.push("Hello").as_deref(), Some("Hello"));
+        assert_eq!(guard.finish(), None);
+    }
+}
