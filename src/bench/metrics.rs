@@ -48,7 +48,8 @@ pub fn normalize(text: &str) -> Vec<String> {
             Some(last) if is_digit && single_digits => last.push_str(word),
             _ => words.push(word.to_string()),
         }
-        single_digits = is_digit || (single_digits && is_digit);
+        // A joined run ends at the first word that is not a single digit.
+        single_digits = is_digit;
     }
     words
 }
