@@ -8,6 +8,7 @@
 //! - [`spec`]: pipeline specs, parsed and validated up front.
 //! - [`access`]: callers (API keys to principal and role) and the
 //!   `[auth]`/`[access]` tables the policy layer enforces.
+//! - [`bench`]: `parlor bench`: the spoken task dataset, its metrics, the run and the report.
 //! - [`frame`]: what flows between stages, and per-turn metrics.
 //! - [`stages`]: the stage contract ([`stages::Stage`]) and one folder per kind.
 //! - [`runner`]: wires stages with bounded channels; shutdown and drain.
@@ -28,6 +29,7 @@
 
 pub mod access;
 pub mod audio;
+pub mod bench;
 pub mod file_call;
 pub mod frame;
 pub mod live;

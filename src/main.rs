@@ -139,6 +139,27 @@ enum Command {
         #[arg(long, default_value_t = parlor::server::calls::CallLimits::default().max_calls)]
         max_calls: usize,
     },
+    /// Compare pipelines on the spoken task dataset: each task is played
+    /// as a live call at real-time pace into each pipeline, served
+    /// in-process; writes report.md (also printed), report.json and SVG
+    /// plots into `--out`.
+    Bench {
+        /// Pipeline specs to compare.
+        #[arg(long, required = true, num_args = 1..)]
+        pipelines: Vec<PathBuf>,
+        /// The dataset directory (with tasks.json).
+        #[arg(long, default_value = "benches/tasks")]
+        tasks: PathBuf,
+        /// Run only the first N tasks.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Rounds over the tasks.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        repeat: u16,
+        /// Where the report goes.
+        #[arg(long, default_value = "bench-out")]
+        out: PathBuf,
+    },
     /// The MCP servers of a pipeline.
     Mcp {
         #[command(subcommand)]
@@ -277,6 +298,13 @@ fn main() -> ExitCode {
                     run_call(call, &url).await
                 }
             }
+            Command::Bench {
+                pipelines,
+                tasks,
+                limit,
+                repeat,
+                out,
+            } => run_bench(&pipelines, &tasks, limit, usize::from(repeat), &out).await,
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
@@ -908,6 +936,83 @@ async fn run_call_served(call: CallArgs<'_>, pipeline: Option<&Path>) -> Result<
         pipeline.shutdown().await;
     }
     called
+}
+
+/// `parlor bench`: each pipeline served in-process in turn (never two at
+/// once, so they do not share the CPU), every task a live call to it.
+async fn run_bench(
+    pipelines: &[PathBuf],
+    tasks: &Path,
+    limit: Option<usize>,
+    repeat: usize,
+    out: &Path,
+) -> Result<(), Failure> {
+    use parlor::bench::report::{PipelineReport, Report};
+    use parlor::bench::{run::Hearer, tasks::Dataset};
+    use parlor::server::calls::CallLimits;
+    use parlor::server::{serve, DEFAULT_MAX_TURNS};
+
+    let data = Dataset::load(tasks, true).map_err(Failure::usage)?;
+    let limit = limit.unwrap_or(data.tasks.len()).min(data.tasks.len());
+    // Whisper hears the replies back, as the voice tests do.
+    let mut hearer = Hearer::load(Path::new("models/ggml-tiny.en.bin")).map_err(Failure::input)?;
+    let progress = indicatif::ProgressBar::new((pipelines.len() * limit * repeat) as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let mut reports = Vec::new();
+    for path in pipelines {
+        let name = load_spec(Some(path))?.name;
+        progress.set_prefix(name.clone());
+        let (state, loaded) = build_server(
+            Some(path),
+            None,
+            Vec::new(),
+            Some(DEFAULT_MAX_TURNS),
+            CallLimits::default().max_calls,
+        )
+        .await?;
+        if loaded.is_none() {
+            return Err(Failure::usage(format!(
+                "{}: the pipeline has no vad stage, so it cannot take calls",
+                path.display()
+            )));
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(Failure::input)?;
+        let url = format!(
+            "ws://{}/v1/calls",
+            listener.local_addr().map_err(Failure::input)?
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let server = tokio::spawn(serve(listener, state, stop.clone().cancelled_owned()));
+        let results =
+            parlor::bench::run_pipeline(&url, &data, limit, repeat, &mut hearer, &progress).await;
+        stop.cancel();
+        let _ = server.await;
+        if let Some(pipeline) = loaded.and_then(|p| Arc::try_unwrap(p).ok()) {
+            pipeline.shutdown().await;
+        }
+        reports.push(PipelineReport::new(
+            name,
+            path.display().to_string(),
+            results,
+        ));
+    }
+    progress.finish_and_clear();
+    let report = Report {
+        tasks: limit,
+        repeat,
+        pipelines: reports,
+    };
+    parlor::bench::write_report(out, &report).map_err(Failure::input)?;
+    println!("{}", report.markdown());
+    println!("report, JSON and plots in {}", out.display());
+    Ok(())
 }
 
 async fn run_call(call: CallArgs<'_>, url: &str) -> Result<(), Failure> {

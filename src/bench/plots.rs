@@ -1,0 +1,159 @@
+//! The bench's SVG plots (plotters' SVG backend: no fonts or system
+//! libraries): the voice-to-voice latency CDF per pipeline, and each
+//! pipeline's p50 latency split into the stages it passes through.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::report::PipelineReport;
+
+/// The CDF plot's file name in `--out`.
+pub const LATENCY_CDF: &str = "latency_cdf.svg";
+/// The stage bars' file name in `--out`.
+pub const STAGE_BARS: &str = "stage_bars.svg";
+
+fn err(e: impl std::fmt::Debug) -> String {
+    format!("cannot draw a plot: {e:?}")
+}
+
+/// One step line per pipeline: the fraction of turns answered within x ms.
+///
+/// # Errors
+/// A message when the file cannot be written.
+pub fn latency_cdf(path: &Path, pipelines: &[PipelineReport]) -> Result<(), String> {
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let max_ms = pipelines
+        .iter()
+        .filter_map(|p| p.voice_to_voice_all_ms.last().copied())
+        .fold(100.0, f64::max)
+        * 1.05;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Voice-to-voice latency (CDF)", ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..max_ms, 0f64..1.0)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("end of speech to first reply audio (ms)")
+        .y_desc("fraction of turns")
+        .draw()
+        .map_err(err)?;
+    for (i, p) in pipelines.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let n = p.voice_to_voice_all_ms.len() as f64;
+        let mut points = vec![(0.0, 0.0)];
+        for (k, &v) in p.voice_to_voice_all_ms.iter().enumerate() {
+            points.push((v, k as f64 / n));
+            points.push((v, (k + 1) as f64 / n));
+        }
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(err)?
+            .label(p.pipeline.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+/// One bar per pipeline: its stages' p50 first outputs after the end of
+/// speech, stacked as the increments between one stage and the next, so
+/// each segment is the time that stage added.
+///
+/// # Errors
+/// A message when the file cannot be written.
+pub fn stage_bars(path: &Path, pipelines: &[PipelineReport]) -> Result<(), String> {
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    // Stages in the order their first outputs come (pipeline order).
+    let ordered: Vec<Vec<(String, f64)>> = pipelines
+        .iter()
+        .map(|p| {
+            let mut stages: Vec<(String, f64)> = p
+                .stage_first_output_p50_ms
+                .iter()
+                .map(|(s, ms)| (s.clone(), *ms))
+                .collect();
+            stages.sort_by(|a, b| a.1.total_cmp(&b.1));
+            stages
+        })
+        .collect();
+    let top = ordered
+        .iter()
+        .filter_map(|s| s.last().map(|l| l.1))
+        .fold(100.0, f64::max)
+        * 1.1;
+    let names: Vec<String> = pipelines.iter().map(|p| p.pipeline.clone()).collect();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Where the p50 latency goes, stage by stage",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5f64..(names.len() as f64 - 0.5), 0f64..top)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(names.len().max(1))
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("first output after end of speech, p50 (ms)")
+        .draw()
+        .map_err(err)?;
+    let mut stage_names: Vec<String> = Vec::new();
+    for stages in &ordered {
+        for (s, _) in stages {
+            if !stage_names.contains(s) {
+                stage_names.push(s.clone());
+            }
+        }
+    }
+    for (si, stage) in stage_names.iter().enumerate() {
+        let color = Palette99::pick(si).to_rgba();
+        let mut bars = Vec::new();
+        for (pi, stages) in ordered.iter().enumerate() {
+            if let Some(k) = stages.iter().position(|(s, _)| s == stage) {
+                let low = if k == 0 { 0.0 } else { stages[k - 1].1 };
+                let x = pi as f64;
+                bars.push(Rectangle::new(
+                    [(x - 0.3, low), (x + 0.3, stages[k].1)],
+                    color.filled(),
+                ));
+            }
+        }
+        chart
+            .draw_series(bars)
+            .map_err(err)?
+            .label(stage.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}

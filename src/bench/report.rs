@@ -1,0 +1,221 @@
+//! The bench's results per pipeline: a summary of every turn, written as a
+//! markdown table (`report.md`) and JSON (`report.json`, summaries and
+//! every turn).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::metrics::{percentile, ToolScore, WordErrors};
+use super::run::TurnResult;
+
+/// Latency percentiles in ms (nearest rank, see [`percentile`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+impl Percentiles {
+    pub fn of(values: &[f64]) -> Self {
+        Self {
+            p50: percentile(values, 50.0),
+            p90: percentile(values, 90.0),
+            p99: percentile(values, 99.0),
+        }
+    }
+}
+
+/// One pipeline's turns, summed up.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineReport {
+    /// The spec's `name`.
+    pub pipeline: String,
+    /// The spec file given to `--pipelines`.
+    pub spec: String,
+    pub turns: usize,
+    /// Turns whose call failed or whose stages reported an error.
+    pub errors: usize,
+    /// Turns answered aloud with every fact present.
+    pub successes: usize,
+    pub voice_to_voice_ms: Percentiles,
+    /// Every turn's voice-to-voice latency, sorted (for the CDF).
+    pub voice_to_voice_all_ms: Vec<f64>,
+    /// p50 of each stage's first output after the end of speech.
+    pub stage_first_output_p50_ms: BTreeMap<String, f64>,
+    /// Corpus WER: all edits over all reference words.
+    pub wer: f64,
+    pub word_errors: WordErrors,
+    pub tool_precision: Option<f64>,
+    pub tool_recall: Option<f64>,
+    pub tools: ToolScore,
+    pub cpu_s_per_turn: f64,
+    pub peak_rss_mib: f64,
+    pub results: Vec<TurnResult>,
+}
+
+impl PipelineReport {
+    pub fn new(pipeline: String, spec: String, results: Vec<TurnResult>) -> Self {
+        let mut v2v: Vec<f64> = results.iter().filter_map(|r| r.voice_to_voice_ms).collect();
+        v2v.sort_by(f64::total_cmp);
+        let mut stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut word_errors = WordErrors::default();
+        let mut tools = ToolScore::default();
+        for r in &results {
+            for (stage, ms) in &r.stage_first_output_ms {
+                stages.entry(stage.clone()).or_default().push(*ms);
+            }
+            word_errors.add(r.word_errors);
+            tools.add(r.tools);
+        }
+        let turns = results.len();
+        Self {
+            pipeline,
+            spec,
+            turns,
+            errors: results.iter().filter(|r| r.error.is_some()).count(),
+            successes: results.iter().filter(|r| r.success).count(),
+            voice_to_voice_ms: Percentiles::of(&v2v),
+            voice_to_voice_all_ms: v2v,
+            stage_first_output_p50_ms: stages
+                .into_iter()
+                .filter_map(|(s, v)| Some((s, percentile(&v, 50.0)?)))
+                .collect(),
+            wer: word_errors.rate(),
+            word_errors,
+            tool_precision: tools.precision(),
+            tool_recall: tools.recall(),
+            tools,
+            cpu_s_per_turn: results.iter().map(|r| r.cpu_s).sum::<f64>() / turns.max(1) as f64,
+            peak_rss_mib: results.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max),
+            results,
+        }
+    }
+}
+
+/// The whole run, as written to report.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub tasks: usize,
+    pub repeat: usize,
+    pub pipelines: Vec<PipelineReport>,
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.0}"))
+}
+
+fn ratio(v: Option<f64>) -> String {
+    v.map_or("–".into(), |v| format!("{v:.2}"))
+}
+
+impl Report {
+    /// One table, a row per pipeline, then each pipeline's stages.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# parlor bench\n\n{} tasks × {} round(s), live calls at real-time pace. Latencies in ms (nearest-rank percentiles); voice to voice is the end of the caller's speech (the VAD's decision) to the first reply audio sent.\n",
+            self.tasks, self.repeat
+        );
+        let _ = writeln!(
+            out,
+            "| pipeline | turns | success | v2v p50 | v2v p90 | v2v p99 | WER | tool precision | tool recall | CPU s/turn | peak RSS MiB | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for p in &self.pipelines {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {}/{} | {} | {} | {} | {:.3} | {} | {} | {:.2} | {:.0} | {} |",
+                p.pipeline,
+                p.turns,
+                p.successes,
+                p.turns,
+                ms(p.voice_to_voice_ms.p50),
+                ms(p.voice_to_voice_ms.p90),
+                ms(p.voice_to_voice_ms.p99),
+                p.wer,
+                ratio(p.tool_precision),
+                ratio(p.tool_recall),
+                p.cpu_s_per_turn,
+                p.peak_rss_mib,
+                p.errors
+            );
+        }
+        for p in &self.pipelines {
+            let _ = writeln!(
+                out,
+                "\n## {} ({})\n\n| stage | first output after end of speech, p50 (ms) |\n|---|---|",
+                p.pipeline, p.spec
+            );
+            for (stage, ms) in &p.stage_first_output_p50_ms {
+                let _ = writeln!(out, "| {stage} | {ms:.0} |");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(task: &str, v2v: Option<f64>, success: bool) -> TurnResult {
+        TurnResult {
+            task: task.into(),
+            round: 0,
+            speech: "piper@1".into(),
+            noise_snr_db: None,
+            transcript: String::new(),
+            word_errors: WordErrors {
+                edits: 1,
+                reference_words: 4,
+            },
+            calls: Vec::new(),
+            tools: ToolScore {
+                matched: 1,
+                made: 2,
+                expected: 1,
+            },
+            reply: String::new(),
+            heard: String::new(),
+            facts: Vec::new(),
+            success,
+            voice_to_voice_ms: v2v,
+            stage_first_output_ms: [("stt".to_string(), 100.0)].into(),
+            cpu_s: 1.0,
+            peak_rss_mib: 10.0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_pipeline_summary_adds_up_its_turns() {
+        let p = PipelineReport::new(
+            "local".into(),
+            "pipelines/local.toml".into(),
+            vec![
+                turn("a", Some(900.0), true),
+                turn("b", Some(300.0), false),
+                turn("c", None, false),
+            ],
+        );
+        assert_eq!((p.turns, p.successes, p.errors), (3, 1, 0));
+        assert_eq!(p.voice_to_voice_all_ms, [300.0, 900.0]);
+        assert_eq!(p.voice_to_voice_ms.p50, Some(300.0));
+        assert_eq!(p.wer, 0.25);
+        assert_eq!((p.tool_precision, p.tool_recall), (Some(0.5), Some(1.0)));
+        let md = Report {
+            tasks: 3,
+            repeat: 1,
+            pipelines: vec![p],
+        }
+        .markdown();
+        assert!(
+            md.contains("| local | 3 | 1/3 | 300 | 900 | 900 | 0.250 | 0.50 | 1.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("| stt | 100 |"), "{md}");
+    }
+}
