@@ -76,6 +76,10 @@ pub struct Session {
     /// The last turn whose speech ended and whose reply has not finished.
     open_turn: Option<u64>,
     reply: Option<Reply>,
+    /// Turns whose user item is in the conversation.
+    committed: VecDeque<u64>,
+    /// Caller audio received so far, in ms (the session's audio clock).
+    appended_ms: u64,
     /// Turns whose response is over; their late frames are dropped.
     closed: VecDeque<u64>,
     spoken: VecDeque<Spoken>,
@@ -121,6 +125,8 @@ impl Session {
             last_item: None,
             open_turn: None,
             reply: None,
+            committed: VecDeque::new(),
+            appended_ms: 0,
             closed: VecDeque::new(),
             spoken: VecDeque::new(),
         };
@@ -163,7 +169,10 @@ impl Session {
             },
             ClientEvent::InputAudioBufferAppend { audio, .. } => {
                 match base64::engine::general_purpose::STANDARD.decode(audio.as_bytes()) {
-                    Ok(bytes) => reply.audio = Some(bytes),
+                    Ok(bytes) => {
+                        self.appended_ms += bytes.len() as u64 / 2 * 1000 / PCM_RATE as u64;
+                        reply.audio = Some(bytes);
+                    }
                     Err(e) => reply.messages.push(self.error(invalid(
                         &format!("`audio` must be base64 of 16-bit PCM at 24 kHz: {e}."),
                         Some("audio"),
@@ -368,36 +377,18 @@ impl Session {
                 }));
             }
             CallEvent::SpeechEnded { turn, speech_ms } => {
-                let Some(item_id) = self.user_item(turn) else {
-                    return out;
-                };
-                self.open_turn = Some(turn);
-                let started = self.speech_start(turn);
-                out.push(self.message(ServerEvent::SpeechStopped {
-                    audio_end_ms: started + speech_ms,
-                    item_id: item_id.clone(),
-                }));
-                let previous_item_id = self.last_item.replace(item_id.clone());
-                out.push(self.message(ServerEvent::Committed {
-                    item_id: item_id.clone(),
-                    previous_item_id: previous_item_id.clone(),
-                }));
-                let item = Item::message(
-                    &item_id,
-                    Role::User,
-                    ItemStatus::Completed,
-                    vec![Content::audio("input_audio", None)],
-                );
-                out.push(self.message(ServerEvent::ItemAdded {
-                    item,
-                    previous_item_id,
-                }));
+                let end = self.speech_start(turn) + speech_ms;
+                out.extend(self.commit(turn, end));
             }
             CallEvent::Transcript {
                 turn,
                 text,
                 is_final: true,
             } => {
+                // The STT consumes the VAD's end of speech, so a pipeline
+                // with one reports the end with the final transcript: the
+                // audio received by then is the best end time known here.
+                out.extend(self.commit(turn, self.appended_ms));
                 let Some(item_id) = self.user_item(turn) else {
                     return out;
                 };
@@ -667,6 +658,42 @@ impl Session {
         out
     }
 
+    /// The caller's turn is over: its user item enters the conversation
+    /// (once, however the end was learnt).
+    fn commit(&mut self, turn: u64, audio_end_ms: u64) -> Vec<ServerMessage> {
+        let Some(item_id) = self.user_item(turn) else {
+            return Vec::new();
+        };
+        if self.committed.contains(&turn) {
+            return Vec::new();
+        }
+        if self.committed.len() >= REMEMBERED {
+            self.committed.pop_front();
+        }
+        self.committed.push_back(turn);
+        self.open_turn = Some(turn);
+        let mut out = vec![self.message(ServerEvent::SpeechStopped {
+            audio_end_ms,
+            item_id: item_id.clone(),
+        })];
+        let previous_item_id = self.last_item.replace(item_id.clone());
+        out.push(self.message(ServerEvent::Committed {
+            item_id: item_id.clone(),
+            previous_item_id: previous_item_id.clone(),
+        }));
+        let item = Item::message(
+            &item_id,
+            Role::User,
+            ItemStatus::Completed,
+            vec![Content::audio("input_audio", None)],
+        );
+        out.push(self.message(ServerEvent::ItemAdded {
+            item,
+            previous_item_id,
+        }));
+        out
+    }
+
     fn user_item(&self, turn: u64) -> Option<String> {
         self.user_items
             .iter()
@@ -818,6 +845,28 @@ mod tests {
         assert_eq!(
             last["response"]["output"][0]["content"][0]["transcript"],
             "It shipped."
+        );
+    }
+
+    #[test]
+    fn a_final_transcript_commits_a_turn_whose_end_was_not_reported() {
+        let (mut s, turns) = session();
+        let turn = turns.begin().0;
+        event(&mut s, CallEvent::SpeechStarted { turn, at_ms: 0 });
+        let transcript = CallEvent::Transcript {
+            turn,
+            text: "hi".into(),
+            is_final: true,
+        };
+        assert_eq!(
+            event(&mut s, transcript),
+            [
+                "input_audio_buffer.speech_stopped",
+                "input_audio_buffer.committed",
+                "conversation.item.added",
+                "conversation.item.input_audio_transcription.completed",
+                "conversation.item.done"
+            ]
         );
     }
 
