@@ -28,7 +28,8 @@ pub enum ClientEvent {
     SessionUpdate {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event_id: Option<String>,
-        session: SessionConfig,
+        /// Boxed: far bigger than any other event.
+        session: Box<SessionConfig>,
     },
     /// Base64 of 16-bit little-endian mono PCM at the session's input rate.
     #[serde(rename = "input_audio_buffer.append")]

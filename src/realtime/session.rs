@@ -156,7 +156,7 @@ impl Session {
         };
         let mut reply = ClientReply::default();
         match event {
-            ClientEvent::SessionUpdate { session, .. } => match self.update(session) {
+            ClientEvent::SessionUpdate { session, .. } => match self.update(*session) {
                 Ok(()) => {
                     let session = self.config.clone();
                     reply
