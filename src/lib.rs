@@ -18,6 +18,8 @@
 //! - [`llm`]: planner models: chat types, tool-choice grammar, local llama.cpp,
 //!   OpenAI-compatible servers.
 //! - [`planner`]: the tool loop (parallel calls, limits, history) and its set-up.
+//! - [`realtime`]: the OpenAI Realtime protocol, and a session of it served
+//!   by a live call (`GET /v1/realtime`).
 //! - [`loaded`]: a spec's models loaded once; fresh stages per call.
 //! - [`file_call`]: an audio file played into a pipeline; a report per turn.
 //! - [`transcribe`]: the `parlor transcribe` job, as a library call.
@@ -37,6 +39,7 @@ pub mod llm;
 pub mod loaded;
 pub mod mcp;
 pub mod planner;
+pub mod realtime;
 pub mod runner;
 pub mod secrets;
 pub mod server;

@@ -178,6 +178,13 @@ impl CallOutput {
         self.notices_tx.clone()
     }
 
+    /// The call's turns: a carrier that cancels a reply itself (the
+    /// Realtime protocol's `response.cancel`) or records what was heard of
+    /// one (`conversation.item.truncate`) does it here.
+    pub fn turns(&self) -> Arc<Turns> {
+        self.turns.clone()
+    }
+
     pub fn output_rate(&self) -> u32 {
         self.playout.rate()
     }

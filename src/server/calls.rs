@@ -88,14 +88,14 @@ impl Default for CallLimits {
 
 /// Socket buffers are sized on purpose: tungstenite's 128 KiB defaults
 /// would cost an idle call more than all of its own state.
-const READ_BUFFER: usize = 4 * 1024;
-const WRITE_BUFFER: usize = 4 * 1024;
+pub(super) const READ_BUFFER: usize = 4 * 1024;
+pub(super) const WRITE_BUFFER: usize = 4 * 1024;
 /// Above this much unsent data, sends wait (backpressure from a slow
 /// caller); the write timeout bounds the wait.
-const MAX_WRITE_BUFFER: usize = 64 * 1024;
+pub(super) const MAX_WRITE_BUFFER: usize = 64 * 1024;
 
 /// How long a closing call waits for the caller's close frame.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
+pub(super) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// One call, as the registry lists it.
 #[derive(Debug, Clone)]
@@ -110,9 +110,9 @@ pub struct CallSession {
 #[derive(Debug)]
 pub struct CallRegistry {
     pub sessions: DashMap<String, CallSession>,
-    slots: Arc<Semaphore>,
+    pub(super) slots: Arc<Semaphore>,
     pub limits: CallLimits,
-    stopping: CancellationToken,
+    pub(super) stopping: CancellationToken,
     next_id: AtomicU64,
 }
 
@@ -137,7 +137,7 @@ impl CallRegistry {
         self.stopping.cancel();
     }
 
-    fn next_id(&self) -> String {
+    pub(super) fn next_id(&self) -> String {
         format!("call_{}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 }
@@ -149,9 +149,9 @@ impl Default for CallRegistry {
 }
 
 /// Removes a call from the registry however its task ends.
-struct Registered<'a> {
-    registry: &'a CallRegistry,
-    id: String,
+pub(super) struct Registered<'a> {
+    pub(super) registry: &'a CallRegistry,
+    pub(super) id: String,
 }
 
 impl Drop for Registered<'_> {
@@ -244,7 +244,7 @@ pub async fn calls(
 
 /// Why a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
+pub(super) enum Ending {
     /// The caller said `end` and every turn has played.
     CallerEnded,
     /// The pipeline's output ended without the caller ending (a stage
@@ -262,7 +262,7 @@ enum Ending {
 impl Ending {
     /// The close code and the reason given in `call.ended`; `None` when
     /// the caller cannot hear it anyway.
-    fn close(self, limits: &CallLimits) -> Option<(u16, String)> {
+    pub(super) fn close(self, limits: &CallLimits) -> Option<(u16, String)> {
         Some(match self {
             Ending::CallerEnded => (close_code::NORMAL, "the caller ended the call".into()),
             Ending::PipelineStopped => (
@@ -512,7 +512,7 @@ fn event_message(event: &ServerEvent) -> Message {
     )
 }
 
-fn close(code: u16, reason: &str) -> Message {
+pub(super) fn close(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
         reason: reason.into(),
@@ -520,7 +520,7 @@ fn close(code: u16, reason: &str) -> Message {
 }
 
 /// Send, unless the caller has stopped reading for longer than `timeout`.
-async fn send(
+pub(super) async fn send(
     sink: &mut SplitSink<WebSocket, Message>,
     message: Message,
     timeout: Duration,
@@ -539,7 +539,7 @@ async fn send(
 }
 
 /// Whether a read failed on the message size limit.
-fn is_too_big(error: axum::Error) -> bool {
+pub(super) fn is_too_big(error: axum::Error) -> bool {
     use tokio_tungstenite::tungstenite::Error;
     matches!(
         error.into_inner().downcast_ref::<Error>(),

@@ -19,11 +19,13 @@
 //! - [`openai_error`]: every error in OpenAI's `{"error": …}` shape.
 //! - [`metrics`]: `GET /metrics` (Prometheus) and the request counter.
 //! - [`calls`]: `GET /v1/calls`, live calls over a WebSocket.
+//! - [`realtime`]: `GET /v1/realtime`, the OpenAI Realtime protocol over
+//!   the same live calls.
 //! - [`page`]: `GET /`, the press-to-talk web page.
 //!
 //! Routes: `GET /`, `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /v1/models`, `POST /v1/chat/completions`,
 //! `POST /v1/responses`, `POST /v1/turns`, `POST /v1/audio/speech`,
-//! `POST /v1/audio/transcriptions`, `GET /v1/calls`.
+//! `POST /v1/audio/transcriptions`, `GET /v1/calls`, `GET /v1/realtime`.
 //! Anything else gets a 404 or 405 in OpenAI's error shape.
 
 pub mod audio_speech;
@@ -35,6 +37,7 @@ pub mod chat_response;
 pub mod metrics;
 pub mod openai_error;
 pub mod page;
+pub mod realtime;
 pub mod responses;
 pub mod responses_request;
 pub mod served_model;
@@ -239,6 +242,7 @@ pub fn router(state: AppState) -> axum::Router {
         )
         .route("/v1/audio/speech", post(audio_speech::audio_speech))
         .route("/v1/calls", get(calls::calls))
+        .route("/v1/realtime", get(realtime::realtime))
         .route(
             "/v1/audio/transcriptions",
             post(transcriptions::transcriptions)

@@ -1,0 +1,16 @@
+//! The OpenAI Realtime protocol (GA shape).
+//!
+//! # Layout
+//! - [`events`]: client and server events as JSON, shared by any side that
+//!   speaks the protocol.
+//! - [`session`]: a session served by a live call of parlor's own
+//!   pipeline (the state behind `GET /v1/realtime`), carrier-agnostic.
+//!
+//! The WebSocket route is in `server/realtime.rs`: this module knows
+//! nothing of axum.
+
+pub mod events;
+pub mod session;
+
+pub use events::{BadEvent, ClientEvent, Parsed, ServerEvent, ServerMessage};
+pub use session::{ClientReply, Session};

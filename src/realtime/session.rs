@@ -1,0 +1,982 @@
+//! One Realtime session served by a live call: the client's events in, the
+//! call's output ([`Outbound`]) turned into the protocol's server events.
+//!
+//! parlor's own pipeline does the work (VAD turns, Whisper, the planner with
+//! its MCP tools, TTS) through `live::call`, with its pacing, barge-in and
+//! "what was heard" bookkeeping; this is only the translation. A spoken turn
+//! maps to a user item (speech_started → speech_stopped → committed →
+//! item added → transcription completed) and its reply to one response with
+//! one assistant item and one `output_audio` content part. Reply audio is
+//! resampled from the voice's rate to the protocol's 24 kHz here, once, as
+//! the caller's 24 kHz is resampled to the pipeline rate by the call's input.
+//!
+//! No carrier: `server/realtime.rs` puts this on a WebSocket.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+
+use super::events::{
+    AudioConfig, AudioFormat, AudioInput, AudioOutput, ClientEvent, Content, ErrorDetail, Item,
+    ItemStatus, PartRef, Response, ResponseStatus, Role, ServerEvent, ServerMessage, SessionConfig,
+    StatusDetails, TranscriptionUsage, TurnDetection, Usage, Voice, PCM_FORMAT, PCM_RATE,
+};
+use crate::audio::{pcm16_le_bytes, pcm16_le_samples, StreamResampler};
+use crate::frame::TurnId;
+use crate::live::{Outbound, ServerEvent as CallEvent};
+use crate::turns::Turns;
+
+/// How many finished responses a `conversation.item.truncate` can still
+/// name; older items are gone from the planner's history's reach anyway.
+const REMEMBERED: usize = 8;
+
+/// What a client event asks of the carrier besides the events to send.
+#[derive(Debug, Default)]
+pub struct ClientReply {
+    pub messages: Vec<ServerMessage>,
+    /// Caller audio to feed the call: 16-bit PCM at [`PCM_RATE`].
+    pub audio: Option<Vec<u8>>,
+}
+
+/// The response being produced: one assistant item, one audio part.
+struct Reply {
+    turn: u64,
+    at: PartRef,
+    transcript: String,
+    /// The voice's rate to 24 kHz; built with the first audio.
+    resampler: Option<StreamResampler>,
+    /// Samples at 24 kHz sent so far, and where each spoken piece began
+    /// (`None` for a filler), so a truncation can say what was heard.
+    sent: u64,
+    pieces: Vec<(u64, Option<String>)>,
+}
+
+/// A finished response a truncation may still name.
+struct Spoken {
+    item_id: String,
+    turn: u64,
+    sent: u64,
+    pieces: Vec<(u64, Option<String>)>,
+}
+
+/// One session's protocol state.
+pub struct Session {
+    turns: Arc<Turns>,
+    /// The rate of the call's reply audio (the voice's).
+    voice_rate: u32,
+    config: SessionConfig,
+    next_id: u64,
+    /// The user item of each turn in flight, and where its speech began
+    /// (ms into the session's audio).
+    user_items: VecDeque<(u64, String, u64)>,
+    /// The last item added to the conversation.
+    last_item: Option<String>,
+    /// The last turn whose speech ended and whose reply has not finished.
+    open_turn: Option<u64>,
+    reply: Option<Reply>,
+    /// Turns whose user item is in the conversation.
+    committed: VecDeque<u64>,
+    /// Caller audio received so far, in ms (the session's audio clock).
+    appended_ms: u64,
+    /// Turns whose response is over; their late frames are dropped.
+    closed: VecDeque<u64>,
+    spoken: VecDeque<Spoken>,
+}
+
+impl Session {
+    /// A session over a call whose turns are `turns` and whose reply audio
+    /// is at `voice_rate`; `model` and `voice` are what it reports.
+    pub fn new(turns: Arc<Turns>, voice_rate: u32, model: &str, voice: &str) -> Self {
+        let config = SessionConfig {
+            kind: "realtime".into(),
+            id: None,
+            object: Some("realtime.session".into()),
+            model: Some(model.into()),
+            instructions: None,
+            output_modalities: Some(vec!["audio".into()]),
+            audio: Some(AudioConfig {
+                input: Some(AudioInput {
+                    format: Some(AudioFormat::pcm()),
+                    turn_detection: Some(Some(TurnDetection::ServerVad {
+                        threshold: None,
+                        prefix_padding_ms: None,
+                        silence_duration_ms: None,
+                        create_response: Some(true),
+                        interrupt_response: Some(true),
+                    })),
+                }),
+                output: Some(AudioOutput {
+                    format: Some(AudioFormat::pcm()),
+                    voice: Some(Voice::Name(voice.into())),
+                    speed: None,
+                }),
+            }),
+            tools: Some(Vec::new()),
+            tool_choice: Some("auto".into()),
+        };
+        let mut session = Self {
+            turns,
+            voice_rate,
+            config,
+            next_id: 1,
+            user_items: VecDeque::new(),
+            last_item: None,
+            open_turn: None,
+            reply: None,
+            committed: VecDeque::new(),
+            appended_ms: 0,
+            closed: VecDeque::new(),
+            spoken: VecDeque::new(),
+        };
+        let id = session.id("sess");
+        session.config.id = Some(id);
+        session
+    }
+
+    /// The first event of a session.
+    pub fn created(&mut self) -> ServerMessage {
+        let session = self.config.clone();
+        self.message(ServerEvent::SessionCreated { session })
+    }
+
+    /// An `error` event for something the client sent.
+    pub fn error(&mut self, detail: ErrorDetail) -> ServerMessage {
+        self.message(ServerEvent::Error { error: detail })
+    }
+
+    // ------------------------------------------------------------ client
+
+    /// What one client event means.
+    pub fn on_client(&mut self, event: ClientEvent) -> ClientReply {
+        let event_id = event.event_id().map(str::to_string);
+        let invalid = |message: &str, param: Option<&str>| {
+            ErrorDetail::invalid(message, param, event_id.as_deref())
+        };
+        let mut reply = ClientReply::default();
+        match event {
+            ClientEvent::SessionUpdate { session, .. } => match self.update(*session) {
+                Ok(()) => {
+                    let session = self.config.clone();
+                    reply
+                        .messages
+                        .push(self.message(ServerEvent::SessionUpdated { session }));
+                }
+                Err((message, param)) => reply
+                    .messages
+                    .push(self.error(invalid(&message, Some(param)))),
+            },
+            ClientEvent::InputAudioBufferAppend { audio, .. } => {
+                match base64::engine::general_purpose::STANDARD.decode(audio.as_bytes()) {
+                    Ok(bytes) => {
+                        self.appended_ms += bytes.len() as u64 / 2 * 1000 / PCM_RATE as u64;
+                        reply.audio = Some(bytes);
+                    }
+                    Err(e) => reply.messages.push(self.error(invalid(
+                        &format!("`audio` must be base64 of 16-bit PCM at 24 kHz: {e}."),
+                        Some("audio"),
+                    ))),
+                }
+            }
+            ClientEvent::InputAudioBufferCommit { .. } => reply.messages.push(self.error(invalid(
+                "parlor's VAD commits the input audio at the end of each spoken turn \
+                 (server_vad); input_audio_buffer.commit is not supported.",
+                None,
+            ))),
+            ClientEvent::InputAudioBufferClear { .. } => {
+                // Audio already appended has gone through the VAD; there is
+                // no uncommitted buffer to drop.
+                reply.messages.push(self.message(ServerEvent::Cleared {}));
+            }
+            ClientEvent::ConversationItemCreate { .. } => reply.messages.push(self.error(invalid(
+                "conversation.item.create is not supported yet: the conversation is built \
+                 from the caller's speech.",
+                Some("item"),
+            ))),
+            ClientEvent::ResponseCreate { .. } => reply.messages.push(self.error(invalid(
+                "parlor starts a response at the end of each spoken turn (server_vad with \
+                 create_response); response.create is not supported yet.",
+                None,
+            ))),
+            ClientEvent::ResponseCancel { response_id, .. } => {
+                reply.messages = self.cancel(response_id.as_deref(), event_id.as_deref());
+            }
+            ClientEvent::ConversationItemTruncate {
+                item_id,
+                content_index,
+                audio_end_ms,
+                ..
+            } => {
+                let message = match self.truncate(&item_id, audio_end_ms) {
+                    Ok(()) => self.message(ServerEvent::ItemTruncated {
+                        item_id,
+                        content_index,
+                        audio_end_ms,
+                    }),
+                    Err(message) => self.error(invalid(&message, Some("item_id"))),
+                };
+                reply.messages.push(message);
+            }
+        }
+        reply
+    }
+
+    /// Apply a `session.update`, all or nothing; an error names the field.
+    fn update(&mut self, asked: SessionConfig) -> Result<(), (String, &'static str)> {
+        if asked.kind != "realtime" {
+            return Err((
+                format!(
+                    "parlor serves `realtime` sessions only; got session.type `{}`.",
+                    asked.kind
+                ),
+                "session.type",
+            ));
+        }
+        if let Some(modalities) = &asked.output_modalities {
+            if !modalities.iter().any(|m| m == "audio") {
+                return Err((
+                    "parlor answers with audio (and its transcript); output_modalities must \
+                     include \"audio\"."
+                        .into(),
+                    "session.output_modalities",
+                ));
+            }
+        }
+        if asked.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+            return Err((
+                "Function tools from the client are not supported yet; the pipeline's own \
+                 MCP tools are used."
+                    .into(),
+                "session.tools",
+            ));
+        }
+        let audio = asked.audio.unwrap_or_default();
+        let input = audio.input.unwrap_or_default();
+        let output = audio.output.unwrap_or_default();
+        for (format, param) in [
+            (&input.format, "session.audio.input.format"),
+            (&output.format, "session.audio.output.format"),
+        ] {
+            if let Some(format) = format {
+                if format.kind != PCM_FORMAT || format.rate.is_some_and(|r| r != PCM_RATE) {
+                    return Err((
+                        format!(
+                            "parlor speaks audio/pcm at 24000 Hz only; got `{}`{}.",
+                            format.kind,
+                            format
+                                .rate
+                                .map(|r| format!(" at {r} Hz"))
+                                .unwrap_or_default()
+                        ),
+                        param,
+                    ));
+                }
+            }
+        }
+        let turn_detection = match input.turn_detection {
+            Some(None) => {
+                return Err((
+                    "parlor finds turns with its own VAD; turn_detection null (the client \
+                     commits) is not supported. Use server_vad or semantic_vad."
+                        .into(),
+                    "session.audio.input.turn_detection",
+                ))
+            }
+            other => other,
+        };
+        // Instructions and voice belong to the pipeline's spec: a session
+        // reports the pipeline's, not what it asked for.
+        if asked.instructions.is_some() {
+            tracing::info!(
+                message = "session.update instructions not applied; the pipeline's planner prompt is used."
+            );
+        }
+        if let (Some(td), Some(audio)) = (turn_detection, self.config.audio.as_mut()) {
+            if let Some(input) = audio.input.as_mut() {
+                input.turn_detection = Some(td);
+            }
+        }
+        Ok(())
+    }
+
+    /// `response.cancel`: stop the response in progress (or the turn whose
+    /// reply is still being thought of).
+    fn cancel(&mut self, response_id: Option<&str>, event_id: Option<&str>) -> Vec<ServerMessage> {
+        let active = self.reply.as_ref().map(|r| r.turn).or(self.open_turn);
+        let matches = response_id
+            .is_none_or(|id| self.reply.as_ref().is_some_and(|r| r.at.response_id == id));
+        let Some(turn) = active.filter(|_| matches) else {
+            let mut detail = ErrorDetail::invalid(
+                "There is no response in progress to cancel.",
+                response_id.map(|_| "response_id"),
+                event_id,
+            );
+            detail.code = Some("response_cancel_not_active".into());
+            return vec![self.error(detail)];
+        };
+        self.turns.cancel(TurnId(turn));
+        let mut messages = Vec::new();
+        if self.reply.is_none() {
+            messages.extend(self.begin(turn));
+        }
+        messages.extend(self.finish(ResponseStatus::Cancelled, Some("client_cancelled")));
+        messages
+    }
+
+    /// `conversation.item.truncate`: the client played `audio_end_ms` of an
+    /// assistant item; the planner keeps only the words heard by then.
+    fn truncate(&mut self, item_id: &str, audio_end_ms: u64) -> Result<(), String> {
+        let spoken = self
+            .spoken
+            .iter()
+            .find(|s| s.item_id == item_id)
+            .ok_or_else(|| {
+                format!("No assistant audio item `{item_id}` to truncate (the last {REMEMBERED} responses can be).")
+            })?;
+        let end = audio_end_ms * PCM_RATE as u64 / 1000;
+        if end > spoken.sent {
+            return Err(format!(
+                "audio_end_ms {audio_end_ms} is past the end of item `{item_id}` ({} ms).",
+                spoken.sent * 1000 / PCM_RATE as u64
+            ));
+        }
+        let heard = heard(&spoken.pieces, spoken.sent, end);
+        let turn = TurnId(spoken.turn);
+        // A barge-in may have recorded its own estimate; the client's
+        // playback position is the better one.
+        let _ = self.turns.take_heard(turn);
+        tracing::info!(message = "Reply truncated.", turn = %turn, audio_end_ms, heard = %heard);
+        self.turns.record_heard(turn, heard);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- call
+
+    /// What one item of the call's output means for the client.
+    pub fn on_outbound(&mut self, out: Outbound) -> Vec<ServerMessage> {
+        match out {
+            Outbound::Event(event) => self.on_call_event(event),
+            Outbound::TurnDone { event, .. } => self.on_call_event(event),
+            Outbound::Audio(bytes) => self.audio(&bytes),
+        }
+    }
+
+    fn on_call_event(&mut self, event: CallEvent) -> Vec<ServerMessage> {
+        let mut out = Vec::new();
+        match event {
+            CallEvent::SpeechStarted { turn, at_ms } => {
+                let item_id = self.id("item");
+                if self.user_items.len() >= REMEMBERED {
+                    self.user_items.pop_front();
+                }
+                self.user_items.push_back((turn, item_id.clone(), at_ms));
+                out.push(self.message(ServerEvent::SpeechStarted {
+                    audio_start_ms: at_ms,
+                    item_id,
+                }));
+            }
+            CallEvent::SpeechEnded { turn, speech_ms } => {
+                let end = self.speech_start(turn) + speech_ms;
+                out.extend(self.commit(turn, end));
+            }
+            CallEvent::Transcript {
+                turn,
+                text,
+                is_final: true,
+            } => {
+                // The STT consumes the VAD's end of speech, so a pipeline
+                // with one reports the end with the final transcript: the
+                // audio received by then is the best end time known here.
+                out.extend(self.commit(turn, self.appended_ms));
+                let Some(item_id) = self.user_item(turn) else {
+                    return out;
+                };
+                let transcript = text.trim().to_string();
+                out.push(self.message(ServerEvent::TranscriptionCompleted {
+                    item_id: item_id.clone(),
+                    content_index: 0,
+                    transcript: transcript.clone(),
+                    usage: TranscriptionUsage::duration(0.0),
+                }));
+                let item = Item::message(
+                    &item_id,
+                    Role::User,
+                    ItemStatus::Completed,
+                    vec![Content::audio("input_audio", Some(transcript))],
+                );
+                out.push(self.message(ServerEvent::ItemDone {
+                    item,
+                    previous_item_id: None,
+                }));
+            }
+            CallEvent::ReplyDelta { turn, text } => {
+                out.extend(self.reply_for(turn));
+                if let Some(reply) = self.reply.as_mut().filter(|r| r.turn == turn) {
+                    reply.transcript.push_str(&text);
+                    let at = reply.at.clone();
+                    out.push(
+                        self.message(ServerEvent::OutputAudioTranscriptDelta { at, delta: text }),
+                    );
+                }
+            }
+            CallEvent::ReplyAudio { turn, text } => {
+                out.extend(self.reply_for(turn));
+                if let Some(reply) = self.reply.as_mut().filter(|r| r.turn == turn) {
+                    reply.pieces.push((reply.sent, Some(text)));
+                }
+            }
+            CallEvent::Filler { turn, .. } => {
+                out.extend(self.reply_for(turn));
+                if let Some(reply) = self.reply.as_mut().filter(|r| r.turn == turn) {
+                    reply.pieces.push((reply.sent, None));
+                }
+            }
+            CallEvent::ToolCall {
+                turn, server, tool, ..
+            } => {
+                // The pipeline's own MCP tools run server-side; the client
+                // only hears the answer.
+                tracing::debug!(message = "Tool call.", turn, server = %server, tool = %tool);
+            }
+            CallEvent::BargeIn { turn, .. } => {
+                if self.reply.as_ref().is_some_and(|r| r.turn == turn) {
+                    out.extend(self.finish(ResponseStatus::Cancelled, Some("turn_detected")));
+                }
+            }
+            CallEvent::TurnError { stage, message, .. } => {
+                out.push(self.error(ErrorDetail::server(format!("{stage}: {message}"))));
+            }
+            CallEvent::TurnDone {
+                turn, interrupted, ..
+            } => {
+                if self.reply.as_ref().is_some_and(|r| r.turn == turn) {
+                    let (status, reason) = if interrupted || !self.turns.is_live(TurnId(turn)) {
+                        (ResponseStatus::Cancelled, Some("turn_detected"))
+                    } else {
+                        (ResponseStatus::Completed, None)
+                    };
+                    out.extend(self.finish(status, reason));
+                }
+                if self.open_turn == Some(turn) {
+                    self.open_turn = None;
+                }
+                self.user_items.retain(|(t, _, _)| *t != turn);
+            }
+            CallEvent::Error { code, message } => {
+                let mut detail = ErrorDetail::invalid(message, None, None);
+                detail.code = Some(code);
+                out.push(self.error(detail));
+            }
+            CallEvent::Transcript { .. }
+            | CallEvent::CallStarted { .. }
+            | CallEvent::CallEnded { .. } => {}
+        }
+        out
+    }
+
+    /// Reply audio from the call (16-bit PCM at the voice's rate).
+    fn audio(&mut self, bytes: &[u8]) -> Vec<ServerMessage> {
+        let Some(reply) = self.reply.as_mut() else {
+            return Vec::new();
+        };
+        let mut samples = Vec::new();
+        if pcm16_le_samples(bytes, &mut samples).is_err() {
+            return Vec::new();
+        }
+        let voice_rate = self.voice_rate;
+        let resampler = match &mut reply.resampler {
+            Some(r) => r,
+            None => {
+                match StreamResampler::with_chunk(voice_rate, PCM_RATE, Duration::from_millis(20)) {
+                    Ok(r) => reply.resampler.insert(r),
+                    Err(error) => {
+                        tracing::error!(message = "Cannot resample reply audio.", %error);
+                        return Vec::new();
+                    }
+                }
+            }
+        };
+        let mut resampled = Vec::new();
+        if let Err(error) = resampler.process(&samples, &mut resampled) {
+            tracing::error!(message = "Cannot resample reply audio.", %error);
+            return Vec::new();
+        }
+        self.audio_delta(&resampled).into_iter().collect()
+    }
+
+    fn audio_delta(&mut self, samples: &[f32]) -> Option<ServerMessage> {
+        let reply = self.reply.as_mut()?;
+        if samples.is_empty() {
+            return None;
+        }
+        reply.sent += samples.len() as u64;
+        let at = reply.at.clone();
+        let delta = base64::engine::general_purpose::STANDARD.encode(pcm16_le_bytes(samples));
+        Some(self.message(ServerEvent::OutputAudioDelta { at, delta }))
+    }
+
+    /// The response of `turn`, begun if it is not yet; a late frame of a
+    /// finished response begins nothing.
+    fn reply_for(&mut self, turn: u64) -> Vec<ServerMessage> {
+        if self.closed.contains(&turn) || !self.turns.is_live(TurnId(turn)) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        match &self.reply {
+            Some(reply) if reply.turn == turn => return out,
+            Some(_) => {
+                // A newer turn's reply: the older one was cut short.
+                out.extend(self.finish(ResponseStatus::Cancelled, Some("turn_detected")));
+            }
+            None => {}
+        }
+        out.extend(self.begin(turn));
+        out
+    }
+
+    /// `response.created` through `response.content_part.added`.
+    fn begin(&mut self, turn: u64) -> Vec<ServerMessage> {
+        let response_id = self.id("resp");
+        let item_id = self.id("item");
+        let at = PartRef {
+            response_id: response_id.clone(),
+            item_id: item_id.clone(),
+            output_index: 0,
+            content_index: 0,
+        };
+        let item = Item::message(
+            &item_id,
+            Role::Assistant,
+            ItemStatus::InProgress,
+            Vec::new(),
+        );
+        let previous_item_id = self.last_item.replace(item_id.clone());
+        let out = vec![
+            self.message(ServerEvent::ResponseCreated {
+                response: Response::in_progress(&response_id),
+            }),
+            self.message(ServerEvent::OutputItemAdded {
+                response_id,
+                output_index: 0,
+                item: item.clone(),
+            }),
+            self.message(ServerEvent::ItemAdded {
+                item,
+                previous_item_id,
+            }),
+            self.message(ServerEvent::ContentPartAdded {
+                at: at.clone(),
+                part: Content::audio("audio", Some(String::new())),
+            }),
+        ];
+        self.reply = Some(Reply {
+            turn,
+            at,
+            transcript: String::new(),
+            resampler: None,
+            sent: 0,
+            pieces: Vec::new(),
+        });
+        out
+    }
+
+    /// The last audio, then every `.done` event and `response.done`.
+    fn finish(&mut self, status: ResponseStatus, reason: Option<&str>) -> Vec<ServerMessage> {
+        let mut out = Vec::new();
+        if status == ResponseStatus::Completed {
+            let mut tail = Vec::new();
+            if let Some(resampler) = self.reply.as_mut().and_then(|r| r.resampler.as_mut()) {
+                let _ = resampler.finish(&mut tail);
+            }
+            out.extend(self.audio_delta(&tail));
+        }
+        let Some(reply) = self.reply.take() else {
+            return out;
+        };
+        if self.closed.len() >= REMEMBERED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(reply.turn);
+        if self.open_turn == Some(reply.turn) {
+            self.open_turn = None;
+        }
+        let item_status = match status {
+            ResponseStatus::Completed => ItemStatus::Completed,
+            _ => ItemStatus::Incomplete,
+        };
+        let part = Content::audio("audio", Some(reply.transcript.clone()));
+        let item = Item::message(
+            &reply.at.item_id,
+            Role::Assistant,
+            item_status,
+            vec![Content::audio(
+                "output_audio",
+                Some(reply.transcript.clone()),
+            )],
+        );
+        let at = reply.at.clone();
+        out.push(self.message(ServerEvent::OutputAudioDone { at: at.clone() }));
+        out.push(self.message(ServerEvent::OutputAudioTranscriptDone {
+            at: at.clone(),
+            transcript: reply.transcript.clone(),
+        }));
+        out.push(self.message(ServerEvent::ContentPartDone {
+            at: at.clone(),
+            part,
+        }));
+        out.push(self.message(ServerEvent::OutputItemDone {
+            response_id: at.response_id.clone(),
+            output_index: 0,
+            item: item.clone(),
+        }));
+        out.push(self.message(ServerEvent::ItemDone {
+            item: item.clone(),
+            previous_item_id: None,
+        }));
+        let response = Response {
+            status,
+            status_details: Some(StatusDetails {
+                kind: status,
+                reason: reason.map(str::to_string),
+                error: None,
+            }),
+            output: vec![item],
+            usage: Some(Usage::default()),
+            ..Response::in_progress(&at.response_id)
+        };
+        out.push(self.message(ServerEvent::ResponseDone { response }));
+        if self.spoken.len() >= REMEMBERED {
+            self.spoken.pop_front();
+        }
+        self.spoken.push_back(Spoken {
+            item_id: at.item_id,
+            turn: reply.turn,
+            sent: reply.sent,
+            pieces: reply.pieces,
+        });
+        out
+    }
+
+    /// The caller's turn is over: its user item enters the conversation
+    /// (once, however the end was learnt).
+    fn commit(&mut self, turn: u64, audio_end_ms: u64) -> Vec<ServerMessage> {
+        let Some(item_id) = self.user_item(turn) else {
+            return Vec::new();
+        };
+        if self.committed.contains(&turn) {
+            return Vec::new();
+        }
+        if self.committed.len() >= REMEMBERED {
+            self.committed.pop_front();
+        }
+        self.committed.push_back(turn);
+        self.open_turn = Some(turn);
+        let mut out = vec![self.message(ServerEvent::SpeechStopped {
+            audio_end_ms,
+            item_id: item_id.clone(),
+        })];
+        let previous_item_id = self.last_item.replace(item_id.clone());
+        out.push(self.message(ServerEvent::Committed {
+            item_id: item_id.clone(),
+            previous_item_id: previous_item_id.clone(),
+        }));
+        let item = Item::message(
+            &item_id,
+            Role::User,
+            ItemStatus::Completed,
+            vec![Content::audio("input_audio", None)],
+        );
+        out.push(self.message(ServerEvent::ItemAdded {
+            item,
+            previous_item_id,
+        }));
+        out
+    }
+
+    fn user_item(&self, turn: u64) -> Option<String> {
+        self.user_items
+            .iter()
+            .find(|(t, _, _)| *t == turn)
+            .map(|(_, id, _)| id.clone())
+    }
+
+    fn speech_start(&self, turn: u64) -> u64 {
+        self.user_items
+            .iter()
+            .find(|(t, _, _)| *t == turn)
+            .map_or(0, |(_, _, at)| *at)
+    }
+
+    fn id(&mut self, prefix: &str) -> String {
+        let id = format!("{prefix}_{}", self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    fn message(&mut self, event: ServerEvent) -> ServerMessage {
+        ServerMessage {
+            event_id: self.id("event"),
+            event,
+        }
+    }
+}
+
+/// The reply text heard by sample `end` of `sent`: whole pieces before it,
+/// and the played share of the words of the piece it falls in.
+fn heard(pieces: &[(u64, Option<String>)], sent: u64, end: u64) -> String {
+    let mut words: Vec<&str> = Vec::new();
+    for (i, (start, text)) in pieces.iter().enumerate() {
+        if *start >= end {
+            break;
+        }
+        let Some(text) = text else { continue };
+        let stop = pieces.get(i + 1).map(|(s, _)| *s).unwrap_or(sent);
+        let piece: Vec<&str> = text.split_whitespace().collect();
+        let share = if stop <= *start {
+            1.0
+        } else {
+            ((end - start) as f64 / (stop - start) as f64).min(1.0)
+        };
+        let n = (piece.len() as f64 * share).round() as usize;
+        words.extend(&piece[..n.min(piece.len())]);
+    }
+    words.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    fn session() -> (Session, Arc<Turns>) {
+        let turns = Arc::new(Turns::new(true, CancellationToken::new()));
+        (Session::new(turns.clone(), 24_000, "local", "joe"), turns)
+    }
+
+    fn kinds(messages: &[ServerMessage]) -> Vec<String> {
+        messages
+            .iter()
+            .map(|m| {
+                serde_json::to_value(m).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn event(session: &mut Session, event: CallEvent) -> Vec<String> {
+        kinds(&session.on_outbound(Outbound::Event(event)))
+    }
+
+    #[test]
+    fn a_turn_becomes_a_user_item_and_a_response_in_order() {
+        let (mut s, turns) = session();
+        let turn = turns.begin().0;
+        assert_eq!(
+            event(&mut s, CallEvent::SpeechStarted { turn, at_ms: 100 }),
+            ["input_audio_buffer.speech_started"]
+        );
+        assert_eq!(
+            event(
+                &mut s,
+                CallEvent::SpeechEnded {
+                    turn,
+                    speech_ms: 900
+                }
+            ),
+            [
+                "input_audio_buffer.speech_stopped",
+                "input_audio_buffer.committed",
+                "conversation.item.added"
+            ]
+        );
+        let transcript = CallEvent::Transcript {
+            turn,
+            text: " Where is my order?".into(),
+            is_final: true,
+        };
+        assert_eq!(
+            event(&mut s, transcript),
+            [
+                "conversation.item.input_audio_transcription.completed",
+                "conversation.item.done"
+            ]
+        );
+        let delta = CallEvent::ReplyDelta {
+            turn,
+            text: "It shipped.".into(),
+        };
+        assert_eq!(
+            event(&mut s, delta),
+            [
+                "response.created",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.content_part.added",
+                "response.output_audio_transcript.delta"
+            ]
+        );
+        event(
+            &mut s,
+            CallEvent::ReplyAudio {
+                turn,
+                text: "It shipped.".into(),
+            },
+        );
+        let audio = s.on_outbound(Outbound::Audio(pcm16_le_bytes(&[0.1; 480])));
+        assert_eq!(kinds(&audio), ["response.output_audio.delta"]);
+        let done = CallEvent::TurnDone {
+            turn,
+            transcript: String::new(),
+            reply: String::new(),
+            interrupted: false,
+            voice_to_voice_ms: None,
+            stages: serde_json::Value::Null,
+        };
+        let done = s.on_outbound(Outbound::Event(done));
+        assert_eq!(
+            kinds(&done).last().map(String::as_str),
+            Some("response.done")
+        );
+        let last = serde_json::to_value(done.last().unwrap()).unwrap();
+        assert_eq!(last["response"]["status"], "completed");
+        assert_eq!(
+            last["response"]["output"][0]["content"][0]["transcript"],
+            "It shipped."
+        );
+    }
+
+    #[test]
+    fn a_final_transcript_commits_a_turn_whose_end_was_not_reported() {
+        let (mut s, turns) = session();
+        let turn = turns.begin().0;
+        event(&mut s, CallEvent::SpeechStarted { turn, at_ms: 0 });
+        let transcript = CallEvent::Transcript {
+            turn,
+            text: "hi".into(),
+            is_final: true,
+        };
+        assert_eq!(
+            event(&mut s, transcript),
+            [
+                "input_audio_buffer.speech_stopped",
+                "input_audio_buffer.committed",
+                "conversation.item.added",
+                "conversation.item.input_audio_transcription.completed",
+                "conversation.item.done"
+            ]
+        );
+    }
+
+    #[test]
+    fn cancel_ends_the_response_and_cancels_the_turn() {
+        let (mut s, turns) = session();
+        let turn = turns.begin().0;
+        event(&mut s, CallEvent::SpeechStarted { turn, at_ms: 0 });
+        event(
+            &mut s,
+            CallEvent::SpeechEnded {
+                turn,
+                speech_ms: 500,
+            },
+        );
+        event(
+            &mut s,
+            CallEvent::ReplyDelta {
+                turn,
+                text: "Hello".into(),
+            },
+        );
+        let reply = s.on_client(ClientEvent::ResponseCancel {
+            event_id: None,
+            response_id: None,
+        });
+        let last = serde_json::to_value(reply.messages.last().unwrap()).unwrap();
+        assert_eq!(last["type"], "response.done");
+        assert_eq!(last["response"]["status"], "cancelled");
+        assert_eq!(
+            last["response"]["status_details"]["reason"],
+            "client_cancelled"
+        );
+        assert!(!turns.is_live(TurnId(turn)));
+        // Late frames of the cancelled turn begin nothing.
+        assert!(event(
+            &mut s,
+            CallEvent::ReplyDelta {
+                turn,
+                text: "x".into()
+            }
+        )
+        .is_empty());
+        // Nothing left to cancel.
+        let again = s.on_client(ClientEvent::ResponseCancel {
+            event_id: Some("c2".into()),
+            response_id: None,
+        });
+        let error = serde_json::to_value(&again.messages[0]).unwrap();
+        assert_eq!(error["error"]["code"], "response_cancel_not_active");
+        assert_eq!(error["error"]["event_id"], "c2");
+    }
+
+    #[test]
+    fn truncate_records_the_words_heard() {
+        assert_eq!(
+            heard(
+                &[
+                    (0, Some("one two".into())),
+                    (100, Some("three four".into()))
+                ],
+                200,
+                150
+            ),
+            "one two three"
+        );
+        assert_eq!(heard(&[(0, None), (50, Some("a b".into()))], 100, 40), "");
+    }
+
+    #[test]
+    fn session_update_refuses_what_parlor_cannot_do_and_names_the_field() {
+        let (mut s, _) = session();
+        let ask = |json: serde_json::Value| {
+            let ClientEvent::SessionUpdate { session, .. } = serde_json::from_value(
+                serde_json::json!({"type": "session.update", "session": json}),
+            )
+            .unwrap() else {
+                unreachable!()
+            };
+            ClientEvent::SessionUpdate {
+                event_id: Some("u1".into()),
+                session,
+            }
+        };
+        let param = |reply: ClientReply| {
+            let v = serde_json::to_value(&reply.messages[0]).unwrap();
+            (
+                v["type"].as_str().unwrap().to_string(),
+                v["error"]["param"].clone(),
+            )
+        };
+        let ok = s.on_client(ask(
+            serde_json::json!({"type": "realtime", "instructions": "hi",
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
+                                "turn_detection": {"type": "semantic_vad"}}}}),
+        ));
+        assert_eq!(param(ok).0, "session.updated");
+        let bad = s.on_client(ask(serde_json::json!({"type": "realtime",
+            "audio": {"input": {"format": {"type": "audio/pcmu"}}}})));
+        assert_eq!(
+            param(bad),
+            ("error".into(), "session.audio.input.format".into())
+        );
+        let bad = s.on_client(ask(serde_json::json!({"type": "realtime",
+            "audio": {"input": {"turn_detection": null}}})));
+        assert_eq!(
+            param(bad),
+            ("error".into(), "session.audio.input.turn_detection".into())
+        );
+        let bad = s.on_client(ask(serde_json::json!({"type": "transcription"})));
+        assert_eq!(param(bad), ("error".into(), "session.type".into()));
+    }
+}
