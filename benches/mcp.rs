@@ -161,6 +161,7 @@ async fn raw_and_pool_round_trips(spec: McpServerSpec, call: &Call, n: usize) ->
         "raw",
         &spec,
         transport::client_config(),
+        None,
         Duration::from_secs(10),
     )
     .await
@@ -296,7 +297,10 @@ fn http_group(
     let mut child = spawn_quiet(command, args, port);
     wait_listening(port);
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let spec = McpServerSpec::StreamableHttp { url: url.clone() };
+    let spec = McpServerSpec::StreamableHttp {
+        url: url.clone(),
+        oauth: None,
+    };
     let (raw, pool) = rt.block_on(raw_and_pool_round_trips(spec, call, n));
     let mut py_args = call.python_args(n);
     py_args.extend(["streamable-http".into(), url]);

@@ -49,9 +49,9 @@ impl Secrets {
     }
 
     /// Every secret a spec gives parlor: the values of the environment
-    /// variables it names for keys and tokens (as set now), the API keys
-    /// of `[auth]`, and the environment of its stdio MCP servers (where
-    /// their credentials live).
+    /// variables it names for keys and tokens (as set now, OAuth client
+    /// secrets included), the API keys of `[auth]`, and the environment of
+    /// its stdio MCP servers (where their credentials live).
     pub fn of_spec(spec: &PipelineSpec) -> Self {
         let env = |name: &str| std::env::var(name).ok();
         let mut values = Vec::new();
@@ -71,6 +71,12 @@ impl Secrets {
                 McpServerSpec::Hosted(hosted) => {
                     values.extend(hosted.authorization_env.as_deref().and_then(env));
                 }
+                McpServerSpec::Sse {
+                    oauth: Some(oauth), ..
+                }
+                | McpServerSpec::StreamableHttp {
+                    oauth: Some(oauth), ..
+                } => values.extend(env(&oauth.client_secret_env)),
                 _ => {}
             }
         }

@@ -365,14 +365,40 @@ pub enum McpServerSpec {
     /// Legacy HTTP+SSE.
     Sse {
         url: String,
+        /// OAuth 2.1 bearer tokens for this server (`[mcp.NAME.oauth]`).
+        #[serde(default)]
+        oauth: Option<OAuthSpec>,
     },
     StreamableHttp {
         url: String,
+        /// OAuth 2.1 bearer tokens for this server (`[mcp.NAME.oauth]`).
+        #[serde(default)]
+        oauth: Option<OAuthSpec>,
     },
     /// Handed to the model provider, which calls the server itself (the
     /// Responses API's `mcp` tool): parlor never connects to it. Needs the
     /// `openai` planner backend.
     Hosted(HostedMcpSpec),
+}
+
+/// How parlor gets bearer tokens for a remote MCP server: the OAuth 2.1
+/// client-credentials grant (a service account; no person present).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSpec {
+    /// The client id registered with the authorization server.
+    pub client_id: String,
+    /// The environment variable holding the client secret: secrets are
+    /// never written into a spec (which is committed and logged).
+    pub client_secret_env: String,
+    /// Scopes to ask for, e.g. `["knowledge:read"]`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The authorization server's issuer URL. Without it, it is discovered:
+    /// the server's 401 names its protected-resource metadata (RFC 9728),
+    /// which names the authorization server.
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 /// A server the model provider calls on the planner's behalf.

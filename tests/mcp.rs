@@ -237,6 +237,7 @@ async fn python_peer_over_legacy_sse() {
         "py",
         McpServerSpec::Sse {
             url: format!("http://127.0.0.1:{port}/sse"),
+            oauth: None,
         },
     )])
     .await;
@@ -251,6 +252,7 @@ async fn python_peer_over_streamable_http() {
         "py",
         McpServerSpec::StreamableHttp {
             url: format!("http://127.0.0.1:{port}/mcp"),
+            oauth: None,
         },
     )])
     .await;
@@ -300,6 +302,7 @@ async fn everything_over_legacy_sse() {
         "ev",
         McpServerSpec::Sse {
             url: format!("http://127.0.0.1:{port}/sse"),
+            oauth: None,
         },
     )])
     .await;
@@ -314,6 +317,7 @@ async fn everything_over_streamable_http() {
         "ev",
         McpServerSpec::StreamableHttp {
             url: format!("http://127.0.0.1:{port}/mcp"),
+            oauth: None,
         },
     )])
     .await;
@@ -334,6 +338,7 @@ async fn many_servers_at_once_names_never_collide() {
             "ev",
             McpServerSpec::StreamableHttp {
                 url: format!("http://127.0.0.1:{port}/mcp"),
+                oauth: None,
             },
         ),
     ])
@@ -441,6 +446,7 @@ async fn http_server_dies_mid_session_next_call_reconnects() {
     server_dies_mid_session_next_call_reconnects("streamable-http", |port| {
         McpServerSpec::StreamableHttp {
             url: format!("http://127.0.0.1:{port}/mcp"),
+            oauth: None,
         }
     })
     .await;
@@ -450,6 +456,7 @@ async fn http_server_dies_mid_session_next_call_reconnects() {
 async fn sse_server_dies_mid_session_next_call_reconnects() {
     server_dies_mid_session_next_call_reconnects("sse", |port| McpServerSpec::Sse {
         url: format!("http://127.0.0.1:{port}/sse"),
+        oauth: None,
     })
     .await;
 }
@@ -566,6 +573,7 @@ async fn wrong_command_or_url_fails_at_start_naming_the_server() {
         "kb",
         McpServerSpec::StreamableHttp {
             url: format!("http://127.0.0.1:{closed}/mcp"),
+            oauth: None,
         },
     )])
     .await;
@@ -575,6 +583,7 @@ async fn wrong_command_or_url_fails_at_start_naming_the_server() {
         "legacy",
         McpServerSpec::Sse {
             url: format!("http://127.0.0.1:{closed}/sse"),
+            oauth: None,
         },
     )])
     .await;
@@ -584,6 +593,7 @@ async fn wrong_command_or_url_fails_at_start_naming_the_server() {
         "bad",
         McpServerSpec::Sse {
             url: "not a url".into(),
+            oauth: None,
         },
     )])
     .await;
@@ -607,6 +617,7 @@ async fn wrong_command_or_url_fails_at_start_naming_the_server() {
             "one",
             McpServerSpec::Sse {
                 url: format!("http://127.0.0.1:{closed}/sse"),
+                oauth: None,
             },
         ),
         (

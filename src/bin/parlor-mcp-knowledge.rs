@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use parlor::mcp::servers::knowledge::{self, KnowledgeBase, KnowledgeServer};
+use parlor::mcp::servers::protect::{ProtectConfig, Protector};
 
 /// The shop's help documents, searchable, as an MCP server over HTTP.
 #[derive(Debug, Parser)]
@@ -23,6 +24,15 @@ struct Args {
     /// Speak MCP on stdin/stdout instead of listening (for `transport = "stdio"`).
     #[arg(long)]
     stdio: bool,
+    /// Require OAuth bearer tokens from this authorization server (its issuer URL).
+    #[arg(long, env = "KNOWLEDGE_AUTH_ISSUER", requires = "auth_audience")]
+    auth_issuer: Option<String>,
+    /// This server's URL as tokens name it (`aud`), e.g. http://127.0.0.1:8931.
+    #[arg(long, env = "KNOWLEDGE_AUTH_AUDIENCE", requires = "auth_issuer")]
+    auth_audience: Option<String>,
+    /// The scope every request needs.
+    #[arg(long, env = "KNOWLEDGE_AUTH_SCOPE", default_value = "knowledge:read")]
+    auth_scope: String,
 }
 
 #[tokio::main]
@@ -58,7 +68,25 @@ async fn main() -> anyhow::Result<()> {
         })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mcp = %format!("http://{addr}/mcp"), sse = %format!("http://{addr}/sse"), message = "Knowledge server listening.");
-    knowledge::serve(listener, server, parlor::mcp::servers::shutdown_signal()).await?;
+    let protector = match (args.auth_issuer, args.auth_audience) {
+        (Some(issuer), Some(audience)) => {
+            let p = Protector::new(ProtectConfig {
+                issuer,
+                audience,
+                scope: args.auth_scope,
+            })?;
+            tracing::info!(resource_metadata = %p.metadata_url(), message = "OAuth bearer tokens required.");
+            Some(p)
+        }
+        _ => None,
+    };
+    knowledge::serve_protected(
+        listener,
+        server,
+        protector,
+        parlor::mcp::servers::shutdown_signal(),
+    )
+    .await?;
     tracing::info!(message = "Knowledge server stopped.");
     Ok(())
 }

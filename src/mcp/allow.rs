@@ -120,7 +120,7 @@ pub fn check_server(name: &str, server: &McpServerSpec, trust: &TrustSpec) -> Op
                 }
             })
         }
-        McpServerSpec::Sse { url } | McpServerSpec::StreamableHttp { url } => {
+        McpServerSpec::Sse { url, .. } | McpServerSpec::StreamableHttp { url, .. } => {
             check_url(&place, url, trust)
         }
         McpServerSpec::Hosted(hosted) => check_url(&place, &hosted.url, trust),

@@ -8,6 +8,9 @@
 //! - [`transport`]: an `[mcp.NAME]` spec to a connected rmcp session (stdio
 //!   child with a cleared environment, legacy SSE, Streamable HTTP).
 //! - [`sse`]: the legacy HTTP+SSE client transport rmcp 3.x no longer ships.
+//! - [`oauth`]: OAuth 2.1 client credentials for a remote server
+//!   (`[mcp.NAME.oauth]`): discovery, tokens renewed before expiry;
+//!   [`bearer`] puts them on rmcp's Streamable HTTP requests.
 //! - [`servers`]: parlor's own MCP servers (orders over stdio, knowledge over
 //!   HTTP), run as the `parlor-mcp-*` binaries.
 //! - [`audit`]: [`AuditLog`], every tool decision as a hash-chained JSON
@@ -26,8 +29,10 @@
 
 pub mod allow;
 pub mod audit;
+pub mod bearer;
 pub mod error;
 pub mod gate;
+pub mod oauth;
 pub mod pins;
 pub mod policy;
 pub mod pool;

@@ -731,11 +731,19 @@ struct Server {
     state: tokio::sync::Mutex<ConnState>,
     /// Snapshot for [`Server::status`] without awaiting the lock.
     status: Mutex<(bool, Option<String>, Option<String>)>,
+    /// OAuth tokens for a remote server with `[mcp.NAME.oauth]`, kept
+    /// across reconnects; the error if its secret is missing.
+    tokens: Result<Option<Arc<super::oauth::TokenSource>>, String>,
 }
 
 impl Server {
     fn new(name: String, spec: McpServerSpec, options: McpPoolOptions) -> Self {
+        let tokens = transport::token_source(&name, &spec).map_err(|e| match e {
+            McpError::Connect { reason, .. } => reason,
+            other => other.to_string(),
+        });
         Self {
+            tokens,
             name,
             spec,
             options,
@@ -790,14 +798,24 @@ impl Server {
             shared: self.shared.clone(),
             config: transport::client_config(),
         };
-        match transport::connect(
-            &self.name,
-            &self.spec,
-            handler,
-            self.options.connect_timeout,
-        )
-        .await
-        {
+        let tokens = self.tokens.clone().map_err(|reason| McpError::Connect {
+            server: self.name.clone(),
+            reason,
+        });
+        let connected = match tokens {
+            Ok(tokens) => {
+                transport::connect(
+                    &self.name,
+                    &self.spec,
+                    handler,
+                    tokens,
+                    self.options.connect_timeout,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match connected {
             Ok(session) => {
                 let info = session.peer_info();
                 *self.status.lock().expect("lock") = (

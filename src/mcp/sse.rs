@@ -9,8 +9,12 @@
 //! One task reads the stream and forwards messages through a bounded channel;
 //! when the stream ends (server gone) the channel closes and rmcp sees the
 //! transport as closed. POSTs run concurrently, each with a deadline.
+//!
+//! With a [`TokenSource`], the GET and every POST carry its bearer token; a
+//! 401 is retried once with a new token.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,6 +25,8 @@ use rmcp::RoleClient;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use super::oauth::{OAuthError, TokenSource};
 
 /// Messages buffered from the stream before the reader waits for rmcp.
 const INBOX_CAPACITY: usize = 64;
@@ -55,6 +61,12 @@ pub enum SseError {
         status: u16,
         body: String,
     },
+    #[error("OAuth: {0}")]
+    OAuth(#[from] OAuthError),
+    #[error("{url}: the server rejected a freshly issued access token (HTTP 401)")]
+    TokenRejected { url: String },
+    #[error("{url}: the server requires scope \"{scope}\", which the access token does not have (403 insufficient_scope; add it to `scopes` in [mcp.NAME.oauth] and to the client's registration)")]
+    InsufficientScope { url: String, scope: String },
     #[error("encode message: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -66,6 +78,53 @@ pub struct SseClientTransport {
     inbox: mpsc::Receiver<ServerJsonRpcMessage>,
     reader: JoinHandle<()>,
     post_timeout: Duration,
+    tokens: Option<Arc<TokenSource>>,
+}
+
+/// Sends the request `build` makes, with a bearer token from `tokens` if
+/// any; on a 401, once more with a new token. A 401 after that and a 403
+/// `insufficient_scope` become [`SseError`]s that say so.
+async fn send_authorized(
+    tokens: Option<&TokenSource>,
+    url: &str,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<Result<reqwest::Response, reqwest::Error>, SseError> {
+    let Some(tokens) = tokens else {
+        return Ok(build().send().await);
+    };
+    let token = tokens.token().await?;
+    let mut response = build()
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&token))
+        .send()
+        .await;
+    if matches!(&response, Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED) {
+        tracing::info!(message = "Access token rejected (401); getting a new one.", %url);
+        let fresh = tokens.after_rejection(&token).await?;
+        response = build()
+            .bearer_auth(secrecy::ExposeSecret::expose_secret(&fresh))
+            .send()
+            .await;
+    }
+    if let Ok(r) = &response {
+        if r.status() == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(SseError::TokenRejected { url: url.into() });
+        }
+        if r.status() == reqwest::StatusCode::FORBIDDEN {
+            let scope = r
+                .headers()
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| super::oauth::challenge_param(v, "scope"));
+            if let Some(scope) = scope {
+                return Err(SseError::InsufficientScope {
+                    url: url.into(),
+                    scope,
+                });
+            }
+        }
+    }
+    Ok(response)
 }
 
 impl SseClientTransport {
@@ -75,7 +134,11 @@ impl SseClientTransport {
     /// # Errors
     /// A bad URL, a refused connection, a non-2xx answer, a body that is not
     /// an event stream, or no `endpoint` event in time.
-    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, SseError> {
+    pub async fn connect(
+        url: &str,
+        tokens: Option<Arc<TokenSource>>,
+        timeout: Duration,
+    ) -> Result<Self, SseError> {
         let base = Url::parse(url).map_err(|e| SseError::BadUrl {
             url: url.into(),
             reason: e.to_string(),
@@ -87,12 +150,11 @@ impl SseClientTransport {
                 url: url.into(),
                 source,
             })?;
-        let get = http
-            .get(base.clone())
-            .header("accept", "text/event-stream")
-            .send();
+        let get = send_authorized(tokens.as_deref(), url, || {
+            http.get(base.clone()).header("accept", "text/event-stream")
+        });
         let response = match tokio::time::timeout(timeout, get).await {
-            Ok(r) => r.map_err(|source| SseError::Get {
+            Ok(r) => r?.map_err(|source| SseError::Get {
                 url: url.into(),
                 source,
             })?,
@@ -154,6 +216,7 @@ impl SseClientTransport {
             inbox,
             reader,
             post_timeout: timeout,
+            tokens,
         })
     }
 
@@ -301,19 +364,20 @@ impl Transport<RoleClient> for SseClientTransport {
         let http = self.http.clone();
         let url = self.endpoint.clone();
         let timeout = self.post_timeout;
+        let tokens = self.tokens.clone();
         async move {
             let body = serde_json::to_vec(&item)?;
-            let response = http
-                .post(url.clone())
-                .header("content-type", "application/json")
-                .timeout(timeout)
-                .body(body)
-                .send()
-                .await
-                .map_err(|source| SseError::Post {
-                    url: url.to_string(),
-                    source,
-                })?;
+            let response = send_authorized(tokens.as_deref(), url.as_str(), || {
+                http.post(url.clone())
+                    .header("content-type", "application/json")
+                    .timeout(timeout)
+                    .body(body.clone())
+            })
+            .await?
+            .map_err(|source| SseError::Post {
+                url: url.to_string(),
+                source,
+            })?;
             let status = response.status();
             if !status.is_success() {
                 let body = response.text().await.unwrap_or_default();

@@ -7,20 +7,27 @@
 //! - `sse`: the legacy HTTP+SSE transport in [`super::sse`].
 //! - `streamable-http`: rmcp's Streamable HTTP client.
 //!
+//! A remote server with `[mcp.NAME.oauth]` gets its [`TokenSource`]'s
+//! bearer token on every request ([`super::bearer`] for Streamable HTTP).
+//!
 //! The handshake sends `initialize` with the newest protocol version that
 //! still has one ([`ProtocolVersion::LATEST_WITH_INITIALIZE`]); servers answer
 //! with the newest they speak, down to 2024-11-05, and rmcp uses that.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rmcp::model::{ClientConfig, ProtocolVersion};
 use rmcp::service::RunningService;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use super::bearer::BearerClient;
 use super::error::McpError;
+use super::oauth::TokenSource;
 use super::sse::SseClientTransport;
 use crate::spec::McpServerSpec;
 
@@ -51,13 +58,41 @@ pub fn target(spec: &McpServerSpec) -> String {
             .chain(args.iter().map(String::as_str))
             .collect::<Vec<_>>()
             .join(" "),
-        McpServerSpec::Sse { url } | McpServerSpec::StreamableHttp { url } => url.clone(),
+        McpServerSpec::Sse { url, .. } | McpServerSpec::StreamableHttp { url, .. } => url.clone(),
         McpServerSpec::Hosted(hosted) => hosted.url.clone(),
     }
 }
 
+/// The token source of a remote server with `[mcp.NAME.oauth]`: built once
+/// per server, so reconnects reuse its token.
+///
+/// # Errors
+/// [`McpError::Connect`] when the client secret's variable is unset.
+pub fn token_source(
+    name: &str,
+    spec: &McpServerSpec,
+) -> Result<Option<Arc<TokenSource>>, McpError> {
+    let (McpServerSpec::Sse {
+        url,
+        oauth: Some(oauth),
+    }
+    | McpServerSpec::StreamableHttp {
+        url,
+        oauth: Some(oauth),
+    }) = spec
+    else {
+        return Ok(None);
+    };
+    TokenSource::new(url, oauth)
+        .map(|t| Some(Arc::new(t)))
+        .map_err(|e| McpError::Connect {
+            server: name.to_string(),
+            reason: e.to_string(),
+        })
+}
+
 /// Connects to server `name` and completes the MCP handshake within
-/// `timeout`.
+/// `timeout`. `tokens` (from [`token_source`]) authorizes a remote server.
 ///
 /// # Errors
 /// [`McpError::Connect`] when the transport cannot be set up (bad command or
@@ -68,6 +103,7 @@ pub async fn connect<H: ClientHandler>(
     name: &str,
     spec: &McpServerSpec,
     handler: H,
+    tokens: Option<Arc<TokenSource>>,
     timeout: Duration,
 ) -> Result<RunningService<RoleClient, H>, McpError> {
     let connect_err = |reason: String| McpError::Connect {
@@ -76,7 +112,7 @@ pub async fn connect<H: ClientHandler>(
     };
     let handshake = |e: rmcp::service::ClientInitializeError| McpError::Handshake {
         server: name.to_string(),
-        reason: e.to_string(),
+        reason: init_reason(&e),
     };
     let deadline = |_| McpError::Timeout {
         server: name.to_string(),
@@ -109,8 +145,8 @@ pub async fn connect<H: ClientHandler>(
                 .map_err(deadline)?
                 .map_err(handshake)
         }
-        McpServerSpec::Sse { url } => {
-            let transport = SseClientTransport::connect(url, timeout)
+        McpServerSpec::Sse { url, .. } => {
+            let transport = SseClientTransport::connect(url, tokens, timeout)
                 .await
                 .map_err(|e| connect_err(e.to_string()))?;
             tokio::time::timeout(timeout, handler.serve(transport))
@@ -118,19 +154,47 @@ pub async fn connect<H: ClientHandler>(
                 .map_err(deadline)?
                 .map_err(handshake)
         }
-        McpServerSpec::StreamableHttp { url } => {
+        McpServerSpec::StreamableHttp { url, .. } => {
             reqwest::Url::parse(url).map_err(|e| connect_err(format!("bad URL {url:?}: {e}")))?;
-            let transport = StreamableHttpClientTransport::from_uri(url.as_str());
-            tokio::time::timeout(timeout, handler.serve(transport))
-                .await
+            let served = match tokens {
+                None => {
+                    let transport = StreamableHttpClientTransport::from_uri(url.as_str());
+                    tokio::time::timeout(timeout, handler.serve(transport)).await
+                }
+                Some(tokens) => {
+                    let client = BearerClient::new(reqwest::Client::new(), tokens);
+                    let transport = StreamableHttpClientTransport::with_client(
+                        client,
+                        StreamableHttpClientTransportConfig::with_uri(url.as_str()),
+                    );
+                    tokio::time::timeout(timeout, handler.serve(transport)).await
+                }
+            };
+            served
                 .map_err(deadline)?
-                .map_err(|e| connect_err(format!("{url}: {e}")))
+                .map_err(|e| connect_err(format!("{url}: {}", init_reason(&e))))
         }
         McpServerSpec::Hosted(_) => Err(McpError::NotConnectable {
             server: name.to_string(),
             transport: "hosted".into(),
         }),
     }
+}
+
+/// The handshake error with its causes: rmcp's outer message ("send
+/// initialize request") hides why, e.g. the OAuth failure or missing scope.
+fn init_reason(e: &rmcp::service::ClientInitializeError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// A bare command name (no `/`) that is not on `PATH` but sits beside the

@@ -468,7 +468,11 @@ impl Session {
                 detail.code = Some(code);
                 out.push(self.error(detail));
             }
+            // The route's calls have no person to confirm sensitive tools
+            // (the Realtime protocol has no such question yet): they are
+            // refused, and this never comes.
             CallEvent::Transcript { .. }
+            | CallEvent::ToolConfirm { .. }
             | CallEvent::CallStarted { .. }
             | CallEvent::CallEnded { .. } => {}
         }

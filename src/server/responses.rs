@@ -162,7 +162,10 @@ async fn connect(
         .map(|m| {
             (
                 m.label.clone(),
-                McpServerSpec::StreamableHttp { url: m.url.clone() },
+                McpServerSpec::StreamableHttp {
+                    url: m.url.clone(),
+                    oauth: None,
+                },
             )
         })
         .collect();

@@ -582,8 +582,25 @@ pub async fn serve(
     server: KnowledgeServer,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_protected(listener, server, None, shutdown).await
+}
+
+/// [`serve`], with every route behind `protector`'s token check if given.
+///
+/// # Errors
+/// When accepting connections fails.
+pub async fn serve_protected(
+    listener: tokio::net::TcpListener,
+    server: KnowledgeServer,
+    protector: Option<super::protect::Protector>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let ct = CancellationToken::new();
     let app = router(server, ct.clone());
+    let app = match protector {
+        Some(p) => p.layer(app),
+        None => app,
+    };
     let signalled = ct.clone();
     let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;

@@ -10,9 +10,15 @@
 //! - [`knowledge`]: retrieval over the bundled documents in
 //!   `pipelines/data/knowledge/` with a tantivy index, over Streamable HTTP
 //!   (`/mcp`) and legacy SSE (`/sse` + `/message`), or over stdio.
+//! - [`auth`]: an OAuth 2.1 authorization server (client credentials, JWT
+//!   access tokens), run as `parlor-mcp-auth`.
+//! - [`protect`]: a server's routes behind bearer-token checks (opt-in for
+//!   the knowledge server: `--auth-issuer`, `--auth-audience`).
 
+pub mod auth;
 pub mod knowledge;
 pub mod orders;
+pub mod protect;
 
 use rmcp::model::{CallToolResult, ContentBlock};
 
