@@ -219,6 +219,23 @@ enum McpCommand {
         #[arg(long)]
         accept_findings: bool,
     },
+    /// Sign in to a remote server whose `[mcp.NAME.oauth]` has
+    /// `grant = "authorization_code"`: prints the address to open in a
+    /// browser, waits for the sign-in to come back to a loopback port, and
+    /// keeps the refresh token in the server's own credential file
+    /// (`$PARLOR_CREDENTIALS/NAME.json`, default
+    /// `~/.config/parlor/credentials`, owner-only). Later runs renew their
+    /// tokens from it without a person.
+    Login {
+        /// The server's name in the spec (`[mcp.NAME]`).
+        server: String,
+        /// Pipeline spec (default: the embedded pipelines/local.toml).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Seconds to wait for the browser.
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
     /// Report each server's tools: pin status (pinned, new, changed,
     /// quarantined), whether the planner would be offered the tool, and
     /// the poisoning scan's findings. Changes nothing.
@@ -318,6 +335,14 @@ fn main() -> ExitCode {
             Command::Mcp {
                 command: McpCommand::Scan { pipeline, json },
             } => run_mcp_scan(pipeline.as_deref(), json).await,
+            Command::Mcp {
+                command:
+                    McpCommand::Login {
+                        server,
+                        pipeline,
+                        wait,
+                    },
+            } => run_mcp_login(&server, pipeline.as_deref(), wait).await,
             Command::Audit {
                 command: AuditCommand::Verify { file, json },
             } => run_audit_verify(&file, json),
@@ -737,6 +762,39 @@ async fn run_mcp_trust(path: Option<&Path>, accept_findings: bool) -> Result<(),
             "{refused} tool(s) refused; they stay quarantined (see `parlor mcp scan`)"
         )));
     }
+    Ok(())
+}
+
+async fn run_mcp_login(name: &str, path: Option<&Path>, wait: u64) -> Result<(), Failure> {
+    let spec = load_spec(path)?;
+    let server = spec.mcp.get(name).ok_or_else(|| {
+        let names: Vec<_> = spec.mcp.keys().map(String::as_str).collect();
+        Failure::usage(format!(
+            "no MCP server \"{name}\" in {} (it has: {})",
+            spec.name,
+            names.join(", ")
+        ))
+    })?;
+    let tokens = parlor::mcp::transport::token_source(name, server)
+        .map_err(Failure::input)?
+        .ok_or_else(|| {
+            Failure::usage(format!(
+                "MCP server \"{name}\" has no [mcp.{name}.oauth]: there is nothing to sign in to"
+            ))
+        })?;
+    parlor::mcp::oauth_login::login(
+        &tokens,
+        |url| {
+            eprintln!("To sign parlor in to \"{name}\", open this address in a browser:\n\n  {url}\n\nWaiting for the sign-in (up to {wait} s)...");
+        },
+        std::time::Duration::from_secs(wait),
+    )
+    .await
+    .map_err(Failure::input)?;
+    let saved = parlor::mcp::credentials::CredentialStore::for_server(name)
+        .map(|s| s.path().display().to_string())
+        .unwrap_or_default();
+    eprintln!("Signed in to \"{name}\"; its refresh token is kept in {saved}.");
     Ok(())
 }
 

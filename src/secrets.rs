@@ -76,7 +76,7 @@ impl Secrets {
                 }
                 | McpServerSpec::StreamableHttp {
                     oauth: Some(oauth), ..
-                } => values.extend(env(&oauth.client_secret_env)),
+                } => values.extend(oauth.client_secret_env.as_deref().and_then(env)),
                 _ => {}
             }
         }

@@ -386,11 +386,18 @@ pub enum McpServerSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OAuthSpec {
+    /// How parlor gets tokens: as a service account, or for a person who
+    /// signed in once with `parlor mcp login NAME`.
+    #[serde(default)]
+    pub grant: OAuthGrant,
     /// The client id registered with the authorization server.
     pub client_id: String,
     /// The environment variable holding the client secret: secrets are
-    /// never written into a spec (which is committed and logged).
-    pub client_secret_env: String,
+    /// never written into a spec (which is committed and logged). Needed
+    /// for `client_credentials`; `authorization_code` clients are public
+    /// (PKCE stands in for the secret).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
     /// Scopes to ask for, e.g. `["knowledge:read"]`.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -399,6 +406,18 @@ pub struct OAuthSpec {
     /// which names the authorization server.
     #[serde(default)]
     pub issuer: Option<String>,
+}
+
+/// The OAuth grant of a remote MCP server's tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuthGrant {
+    /// A service account: client id and secret, no person involved.
+    #[default]
+    ClientCredentials,
+    /// A person signs in once in a browser (`parlor mcp login`, code +
+    /// PKCE); parlor keeps their refresh token in its credential store.
+    AuthorizationCode,
 }
 
 /// A server the model provider calls on the planner's behalf.
@@ -956,10 +975,41 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
         if let Some(p) = crate::mcp::allow::check_server(name, server, &spec.trust) {
             problems.push(p);
         }
+        check_oauth(name, server, problems);
     }
 
     check_order(spec, problems);
     check_access(spec, problems);
+}
+
+/// `[mcp.NAME.oauth]`: a service account needs its secret's variable; a
+/// person's sign-in must not name one (a public client cannot keep it).
+fn check_oauth(name: &str, server: &McpServerSpec, problems: &mut Vec<Problem>) {
+    let (McpServerSpec::Sse {
+        oauth: Some(oauth), ..
+    }
+    | McpServerSpec::StreamableHttp {
+        oauth: Some(oauth), ..
+    }) = server
+    else {
+        return;
+    };
+    let at = format!("mcp.{name}.oauth");
+    match (oauth.grant, &oauth.client_secret_env) {
+        (OAuthGrant::ClientCredentials, None) => problems.push(problem(
+            at,
+            "client_secret_env",
+            "the client_credentials grant needs the client secret's environment variable".into(),
+            "client_secret_env = \"KB_CLIENT_SECRET\", or grant = \"authorization_code\" for a person's sign-in",
+        )),
+        (OAuthGrant::AuthorizationCode, Some(_)) => problems.push(problem(
+            at,
+            "client_secret_env",
+            "an authorization_code client is public (PKCE): it has no secret".into(),
+            "remove client_secret_env",
+        )),
+        _ => {}
+    }
 }
 
 /// `[auth]` and `[access]`: names that exist, limits that can refill, and

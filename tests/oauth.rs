@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use parlor::mcp::servers::auth::secret_hash;
 use parlor::mcp::{McpPool, McpPoolOptions};
-use parlor::spec::{McpServerSpec, OAuthSpec};
+use parlor::spec::{McpServerSpec, OAuthGrant, OAuthSpec};
 use serde_json::{json, Value};
 
 /// Every wait in these tests: a hung server fails the test, not CI.
@@ -39,6 +39,9 @@ const OTHER: (&str, &str, &str) = (
     "OAUTH_TEST_OTHER_SECRET",
     "test-secret-other-3e9a7b5c2f",
 );
+/// A public client that signs people in, and a person (name, password).
+const CLI: &str = "parlor-cli";
+const PERSON: (&str, &str) = ("alice", "test-password-alice-4f7c1e9b");
 /// What a misconfigured deployment holds instead of the real secret.
 const WRONG_SECRET: &str = "test-secret-wrong-6d1f8a2b4c";
 const SCOPE: &str = "knowledge:read";
@@ -86,7 +89,7 @@ fn assert_no_secrets(servers: &Servers, tokens: &[String]) {
             !text.is_empty() || *name == "parlor tracing",
             "{name} is empty: was it captured?"
         );
-        for secret in [PARLOR.2, BRIEF.2, OTHER.2, WRONG_SECRET]
+        for secret in [PARLOR.2, BRIEF.2, OTHER.2, WRONG_SECRET, PERSON.1]
             .iter()
             .copied()
             .chain(tokens.iter().map(String::as_str))
@@ -197,6 +200,13 @@ impl Servers {
                 writeln!(file, "token_ttl_secs = {ttl}")?;
             }
         }
+        // A public client for people (PKCE, loopback redirect) and a person.
+        writeln!(
+            file,
+            "[[client]]\nid = {:?}\nredirect_uris = [\"http://127.0.0.1/callback\"]\nscopes = [{SCOPE:?}]\n\
+             [[user]]\nname = {:?}\npassword_sha256 = {:?}",
+            CLI, PERSON.0, secret_hash(PERSON.1)
+        )?;
         drop(file);
         let auth = Process::spawn(env!("CARGO_BIN_EXE_parlor-mcp-auth"), |_| {
             vec!["--clients".into(), clients.display().to_string()]
@@ -232,8 +242,9 @@ fn set_secrets() {
 
 fn oauth(client: (&str, &str, &str), issuer: Option<String>) -> OAuthSpec {
     OAuthSpec {
+        grant: OAuthGrant::ClientCredentials,
         client_id: client.0.into(),
-        client_secret_env: client.1.into(),
+        client_secret_env: Some(client.1.into()),
         scopes: vec![SCOPE.into()],
         issuer,
     }
@@ -499,7 +510,7 @@ async fn a_bad_secret_is_a_connect_error_that_does_not_contain_it() -> Result<()
     let err = connect(McpServerSpec::StreamableHttp {
         url: servers.kb.url("/mcp"),
         oauth: Some(OAuthSpec {
-            client_secret_env: "OAUTH_TEST_WRONG_SECRET".into(),
+            client_secret_env: Some("OAUTH_TEST_WRONG_SECRET".into()),
             ..oauth(PARLOR, None)
         }),
     })
@@ -520,7 +531,7 @@ async fn a_bad_secret_is_a_connect_error_that_does_not_contain_it() -> Result<()
     let err = connect(McpServerSpec::Sse {
         url: servers.kb.url("/sse"),
         oauth: Some(OAuthSpec {
-            client_secret_env: "OAUTH_TEST_UNSET_SECRET".into(),
+            client_secret_env: Some("OAUTH_TEST_UNSET_SECRET".into()),
             ..oauth(PARLOR, None)
         }),
     })
@@ -533,5 +544,266 @@ async fn a_bad_secret_is_a_connect_error_that_does_not_contain_it() -> Result<()
         "{err}"
     );
     assert_no_secrets(&servers, &[]);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- a person
+
+/// A spec with the knowledge server behind a person's sign-in.
+fn person_spec(dir: &std::path::Path, servers: &Servers) -> Result<std::path::PathBuf> {
+    let url = servers.kb.url("/mcp");
+    let origin = servers.kb.url("");
+    let path = dir.join("signed-in.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "name = \"signed-in\"\n[[stage]]\nkind = \"vad\"\nbackend = \"earshot\"\n\
+             [mcp.knowledge]\ntransport = \"streamable-http\"\nurl = {url:?}\n\
+             [mcp.knowledge.oauth]\ngrant = \"authorization_code\"\nclient_id = {CLI:?}\nscopes = [{SCOPE:?}]\n\
+             [trust]\nallow = [{{ url = {origin:?} }}]\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// The browser's part: open the consent page, submit the form as the
+/// person would, and follow the redirect to parlor's loopback listener.
+/// Returns the consent page and where the authorization server redirected.
+async fn browse(sign_in_url: &str, password: &str, decision: &str) -> Result<(String, Response)> {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let page = browser.get(sign_in_url).send().await?;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await?;
+    // The form's hidden fields carry the request; the person adds the rest.
+    let mut form: Vec<(String, String)> = page
+        .match_indices("<input type=\"hidden\" name=\"")
+        .map(|(i, _)| {
+            let rest = &page[i + 27..];
+            let name = &rest[..rest.find('"').unwrap()];
+            let value_at = rest.find("value=\"").unwrap() + 7;
+            let value = &rest[value_at..value_at + rest[value_at..].find('"').unwrap()];
+            (
+                name.to_string(),
+                value.replace("&amp;", "&").replace("&quot;", "\""),
+            )
+        })
+        .collect();
+    form.push(("username".into(), PERSON.0.into()));
+    form.push(("password".into(), password.into()));
+    form.push(("decision".into(), decision.into()));
+    let action = reqwest::Url::parse(sign_in_url)?.join("/authorize")?;
+    let answer = posted_form(browser.post(action), &form).send().await?;
+    Ok((page, answer))
+}
+
+type Response = reqwest::Response;
+
+/// `request` with `pairs` as an urlencoded form body (reqwest is built
+/// without its `form` feature).
+fn posted_form<K: AsRef<str>, V: AsRef<str>>(
+    request: reqwest::RequestBuilder,
+    pairs: &[(K, V)],
+) -> reqwest::RequestBuilder {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
+        .finish();
+    request
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+}
+
+/// `parlor mcp login knowledge`, its stderr read until it prints the
+/// sign-in address.
+fn start_login(
+    spec: &std::path::Path,
+    creds: &std::path::Path,
+) -> Result<(Child, String, Arc<Mutex<String>>)> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["mcp", "login", "knowledge", "--wait", "60", "--pipeline"])
+        .arg(spec)
+        .env("PARLOR_CREDENTIALS", creds)
+        .env("PARLOR_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.trim_start().starts_with("http://") {
+                let _ = tx.send(line.trim().to_string());
+            }
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let url = rx
+        .recv_timeout(DEADLINE)
+        .with_context(|| format!("no sign-in address printed:\n{}", log.lock().unwrap()))?;
+    Ok((child, url, log))
+}
+
+fn finished(child: &mut Child) -> Result<std::process::ExitStatus> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("parlor mcp login did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_person_signs_in_once_with_pkce_and_later_runs_renew_without_them() -> Result<()> {
+    let servers = Servers::start()?;
+    let dir = tempfile::tempdir()?;
+    let creds = dir.path().join("credentials");
+    let spec = person_spec(dir.path(), &servers)?;
+
+    // Before any sign-in, connecting says what to run.
+    std::env::set_var("PARLOR_CREDENTIALS", &creds);
+    let signed_in = || McpServerSpec::StreamableHttp {
+        url: servers.kb.url("/mcp"),
+        oauth: Some(OAuthSpec {
+            grant: OAuthGrant::AuthorizationCode,
+            client_secret_env: None,
+            client_id: CLI.into(),
+            ..oauth(PARLOR, None)
+        }),
+    };
+    let err = connect(signed_in())
+        .await
+        .err()
+        .context("connected unsigned")?
+        .to_string();
+    assert!(err.contains("parlor mcp login knowledge"), "{err}");
+
+    // A wrong password gets the page again, and no code.
+    let (mut login, url, log) = start_login(&spec, &creds)?;
+    assert!(
+        url.contains("code_challenge_method=S256") && url.contains("code_challenge="),
+        "{url}"
+    );
+    assert!(
+        !url.contains("code_verifier"),
+        "the verifier never leaves parlor: {url}"
+    );
+    let (page, answer) = browse(&url, "not-her-password", "allow").await?;
+    assert!(page.contains(CLI) && page.contains(SCOPE), "{page}");
+    assert_eq!(answer.status(), 401);
+    assert!(answer.text().await?.contains("Wrong name or password"));
+
+    // The right one: the authorization server sends the browser back to
+    // parlor's loopback port with a code; parlor exchanges it and saves
+    // the refresh token.
+    let (_, answer) = browse(&url, PERSON.1, "allow").await?;
+    assert_eq!(answer.status(), 303);
+    let back = answer.headers()["location"].to_str()?.to_string();
+    assert!(
+        back.starts_with("http://127.0.0.1:") && back.contains("code="),
+        "{back}"
+    );
+    let landed = reqwest::get(&back).await?;
+    assert!(landed.text().await?.contains("signed in"));
+    let status = finished(&mut login)?;
+    let login_log = log.lock().unwrap().clone();
+    assert!(status.success(), "{login_log}");
+    let file = creds.join("knowledge.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&file)?.permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let first: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+    let first_refresh = first["refresh_token"]
+        .as_str()
+        .context("refresh token")?
+        .to_owned();
+
+    // A later run, no person: the pool renews from the store and the
+    // server answers. The refresh token rotated.
+    let pool = connect(signed_in()).await?;
+    assert!(search(&pool).await?.to_lowercase().contains("return"));
+    pool.shutdown().await;
+    let second: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+    let second_refresh = second["refresh_token"]
+        .as_str()
+        .context("refresh token")?
+        .to_owned();
+    assert_ne!(first_refresh, second_refresh, "rotated on use");
+
+    // The code cannot be exchanged twice, and the spent refresh token,
+    // presented again, revokes the whole sign-in: the stored one too.
+    let code = reqwest::Url::parse(&back)?
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .context("code")?;
+    let token_url = servers.auth.url("/token");
+    let http = reqwest::Client::new();
+    let reused = posted_form(
+        http.post(&token_url),
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", CLI),
+            ("redirect_uri", "http://127.0.0.1:1/callback"),
+            ("code_verifier", &"x".repeat(43)),
+        ],
+    )
+    .send()
+    .await?;
+    assert_eq!(reused.status(), 400);
+    assert!(reused.text().await?.contains("invalid_grant"));
+    let replay = posted_form(
+        http.post(&token_url),
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", first_refresh.as_str()),
+            ("client_id", CLI),
+        ],
+    )
+    .send()
+    .await?;
+    assert_eq!(replay.status(), 400);
+    assert!(replay.text().await?.contains("already used"));
+    let err = connect(signed_in())
+        .await
+        .err()
+        .context("connected after revocation")?
+        .to_string();
+    assert!(err.contains("invalid_grant"), "{err}");
+
+    // Declining at the consent page ends the login with the reason.
+    let (mut login, url, log) = start_login(&spec, &creds)?;
+    let (_, answer) = browse(&url, PERSON.1, "deny").await?;
+    let back = answer.headers()["location"].to_str()?.to_string();
+    assert!(back.contains("error=access_denied"), "{back}");
+    reqwest::get(&back).await?;
+    assert!(!finished(&mut login)?.success());
+    let declined_log = log.lock().unwrap().clone();
+    assert!(declined_log.contains("access_denied"), "{declined_log}");
+
+    for text in [&login_log, &declined_log] {
+        assert!(
+            !text.contains(&first_refresh)
+                && !text.contains(&second_refresh)
+                && !text.contains(PERSON.1)
+        );
+    }
+    assert_no_secrets(&servers, &[first_refresh, second_refresh]);
+    std::env::remove_var("PARLOR_CREDENTIALS");
     Ok(())
 }

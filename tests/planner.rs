@@ -706,3 +706,80 @@ async fn a_reply_that_would_say_a_secret_is_cut_off_before_it() {
         "the history keeps only what was said"
     );
 }
+
+/// A caller who takes `thinking` to approve every question.
+struct SlowYes {
+    thinking: Duration,
+    patience: Duration,
+}
+
+#[async_trait]
+impl parlor::planner::Confirmer for SlowYes {
+    async fn confirm(
+        &self,
+        _request: parlor::planner::ConfirmRequest,
+    ) -> parlor::planner::Confirmation {
+        tokio::time::sleep(self.thinking).await;
+        parlor::planner::Confirmation::Approved
+    }
+
+    fn patience(&self) -> Duration {
+        self.patience
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_deciding_does_not_use_up_the_tools_deadline() {
+    // The tool's deadline is 300 ms; the caller takes a second to say yes.
+    // The sensitive call must still run: deciding is the caller's time.
+    let dir = tempfile::tempdir().unwrap();
+    let specs = BTreeMap::from([("orders".to_string(), support::orders_server(dir.path()))]);
+    let pool = Arc::new(McpPool::connect(&specs, &["orders".into()]).await.unwrap());
+    let audit = dir.path().join("tools.jsonl");
+    let access: parlor::access::AccessSpec =
+        toml::from_str("[[tool]]\ntool = \"orders__cancel_order\"\nsensitive = true\n").unwrap();
+    let shared = parlor::planner::AuditedPool::new(
+        pool.clone(),
+        Arc::new(parlor::mcp::AuditLog::open(&audit).unwrap()),
+        parlor::mcp::AuditContext::default(),
+    )
+    .with_policy(Arc::new(parlor::mcp::Policy::new(&access)));
+    let model = Scripted::new(vec![
+        Step::Calls(vec![("orders__get_order", json!({"order_id": 1043}))]),
+        Step::Calls(vec![(
+            "orders__cancel_order",
+            json!({"order_id": 1043, "reason": "the caller asked"}),
+        )]),
+        Step::Say("Order 1043 is cancelled."),
+    ]);
+    let options = PlannerOptions {
+        call_timeout: Duration::from_millis(300),
+        ..PlannerOptions::default()
+    };
+    let planner = Planner::new(model, Arc::new(shared), "You are a test.", options);
+    let person = Arc::new(SlowYes {
+        thinking: Duration::from_secs(1),
+        patience: Duration::from_secs(10),
+    });
+    let session = planner.for_session(&parlor::mcp::AuditContext::default(), person);
+    let mut history = History::default();
+    let done = turn(&session, &mut history, "Cancel order 1043, please.")
+        .await
+        .result
+        .expect("the turn ends");
+    let cancel = &done.tools[1];
+    assert_eq!(cancel.name, "orders__cancel_order");
+    assert!(!cancel.is_error, "{}", cancel.output);
+    let last = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .rfind(|r| r["tool"] == "cancel_order")
+        .expect("the cancel is audited");
+    assert_eq!(last["decision"], "allowed");
+    assert_eq!(last["reason"], parlor::planner::tools::CONFIRMED);
+    drop((session, planner));
+    if let Ok(pool) = Arc::try_unwrap(pool) {
+        pool.shutdown().await;
+    }
+}

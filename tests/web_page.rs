@@ -15,9 +15,17 @@ use std::time::Duration;
 use browser::Browser;
 use parlor::server::calls::CallLimits;
 
+/// The one key the server knows: `key:principal:role`.
+const PAGE_KEY: &str = "web-key-7c1d:web:caller";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_hears_a_question_and_plays_the_answer() {
-    let server = support::VoiceServer::start(CallLimits::default()).await;
+    // The server requires API keys: the page sends one (typed into its key
+    // field) as a WebSocket subprotocol, since browsers cannot set headers.
+    let spec = parlor::spec::PipelineSpec::local_default(support::root()).unwrap();
+    let keyring = parlor::access::Keyring::parse(PAGE_KEY, "PARLOR_TEST_KEYS").unwrap();
+    let server =
+        support::VoiceServer::start_keyed(spec, CallLimits::default(), Some(keyring)).await;
     let url = format!("http://{}/", server.addr);
 
     let page = reqwest::get(&url).await.unwrap();
@@ -45,6 +53,9 @@ async fn the_page_hears_a_question_and_plays_the_answer() {
         )
         .await;
 
+    browser
+        .eval("document.getElementById('key').value = 'web-key-7c1d'")
+        .await;
     // Hold the button while the question plays (1 + 3.7 s), then let go: the
     // page sends silence from then on, and the VAD ends the turn.
     browser.mouse("#talk", true).await;

@@ -1,12 +1,12 @@
 //! `parlor-mcp-auth`: the OAuth 2.1 authorization server for parlor's remote
-//! MCP servers (client credentials, JWT access tokens; see
+//! MCP servers (client credentials, authorization code with PKCE, refresh
+//! tokens, JWT access tokens; see
 //! `parlor::mcp::servers::auth`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Parser;
 use parlor::mcp::servers::auth::{self, AuthServer};
 
@@ -17,7 +17,8 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "AUTH_ADDR", default_value = auth::DEFAULT_ADDR)]
     addr: SocketAddr,
-    /// The registered clients: a TOML file of [[client]] tables (id, secret_sha256, scopes).
+    /// The registered clients and people: a TOML file of [[client]] tables (id,
+    /// secret_sha256 or redirect_uris, scopes) and [[user]] tables (name, password_sha256).
     #[arg(long, env = "AUTH_CLIENTS")]
     clients: PathBuf,
     /// The issuer URL clients and resource servers know this server by
@@ -31,14 +32,7 @@ async fn main() -> anyhow::Result<()> {
     parlor::mcp::servers::init_stderr_logging();
     let args = Args::parse();
     let clients = auth::load_clients(&args.clients)?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server on it? try --addr)",
-                args.addr
-            )
-        })?;
+    let listener = parlor::mcp::servers::listen(args.addr).await?;
     let addr = listener.local_addr()?;
     let issuer = args.issuer.unwrap_or_else(|| format!("http://{addr}"));
     let server = Arc::new(AuthServer::new(&issuer, clients)?);

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Parser;
 use parlor::mcp::servers::knowledge::{self, KnowledgeBase, KnowledgeServer};
 use parlor::mcp::servers::protect::{ProtectConfig, Protector};
@@ -58,14 +57,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await;
     }
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (is another server on it? try --addr)",
-                args.addr
-            )
-        })?;
+    let listener = parlor::mcp::servers::listen(args.addr).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mcp = %format!("http://{addr}/mcp"), sse = %format!("http://{addr}/sse"), message = "Knowledge server listening.");
     let protector = match (args.auth_issuer, args.auth_audience) {

@@ -115,6 +115,10 @@ impl Confirmer for LiveConfirmer {
             )),
         }
     }
+
+    fn patience(&self) -> Duration {
+        self.timeout
+    }
 }
 
 /// "30 s", or "250 ms" under a second.

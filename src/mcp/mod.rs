@@ -8,9 +8,12 @@
 //! - [`transport`]: an `[mcp.NAME]` spec to a connected rmcp session (stdio
 //!   child with a cleared environment, legacy SSE, Streamable HTTP).
 //! - [`sse`]: the legacy HTTP+SSE client transport rmcp 3.x no longer ships.
-//! - [`oauth`]: OAuth 2.1 client credentials for a remote server
-//!   (`[mcp.NAME.oauth]`): discovery, tokens renewed before expiry;
-//!   [`bearer`] puts them on rmcp's Streamable HTTP requests.
+//! - [`oauth`]: OAuth 2.1 tokens for a remote server (`[mcp.NAME.oauth]`):
+//!   discovery, client credentials or a person's rotating refresh token,
+//!   renewed before expiry; [`bearer`] puts them on rmcp's Streamable HTTP
+//!   requests; [`oauth_login`] is `parlor mcp login` (authorization code
+//!   with PKCE and a loopback redirect); [`credentials`] keeps each server's
+//!   refresh token in a file of its own.
 //! - [`servers`]: parlor's own MCP servers (orders over stdio, knowledge over
 //!   HTTP), run as the `parlor-mcp-*` binaries.
 //! - [`audit`]: [`AuditLog`], every tool decision as a hash-chained JSON
@@ -30,9 +33,11 @@
 pub mod allow;
 pub mod audit;
 pub mod bearer;
+pub mod credentials;
 pub mod error;
 pub mod gate;
 pub mod oauth;
+pub mod oauth_login;
 pub mod pins;
 pub mod policy;
 pub mod pool;

@@ -4,12 +4,19 @@
 //! (the spec's `issuer`, or discovery: the server's 401 names its RFC 9728
 //! protected-resource metadata, which names the authorization server, whose
 //! RFC 8414 metadata names the token endpoint), asks it for an access token
-//! with the client-credentials grant and the RFC 8707 `resource` parameter,
-//! and hands the token out until shortly before it expires. A token the server
-//! rejects is replaced once ([`TokenSource::after_rejection`]).
+//! with the RFC 8707 `resource` parameter, and hands the token out until
+//! shortly before it expires. A token the server rejects is replaced once
+//! ([`TokenSource::after_rejection`]).
 //!
-//! The client secret is read from the environment variable the spec names,
-//! never from the spec. Secrets and tokens are [`SecretString`]s: their
+//! Two grants (`[mcp.NAME.oauth] grant`):
+//! - `client_credentials`: a service account; the client secret is read from
+//!   the environment variable the spec names, never from the spec.
+//! - `authorization_code`: a person signed in once with `parlor mcp login`
+//!   (see [`super::oauth_login`]); their refresh token, kept in the server's
+//!   own [`CredentialStore`] file, buys each access token and is replaced by
+//!   the new one the authorization server returns (rotation).
+//!
+//! Secrets and tokens are [`SecretString`]s: their
 //! `Debug` is redacted and nothing here formats one into an error or a log.
 
 use std::time::{Duration, Instant};
@@ -20,7 +27,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::spec::OAuthSpec;
+use super::credentials::CredentialStore;
+use crate::spec::{OAuthGrant, OAuthSpec};
 
 /// A token is renewed when less than this (or half its lifetime, if
 /// shorter) is left, so it does not expire between the check and the
@@ -42,29 +50,46 @@ pub enum OAuthError {
     Refused(String),
     #[error("token request to {url} failed: {reason}")]
     Request { url: String, reason: String },
+    #[error("nobody is signed in to MCP server \"{0}\" (grant authorization_code): run `parlor mcp login {0}` with the same --pipeline")]
+    NotSignedIn(String),
+    #[error("the credential store: {0}")]
+    Store(String),
+    #[error("sign-in: {0}")]
+    SignIn(String),
+}
+
+/// How this source proves itself to the token endpoint.
+enum Proof {
+    ClientSecret(SecretString),
+    /// A person's refresh token, from and back to their store.
+    SignedIn(CredentialStore),
 }
 
 /// An access token and when to stop using it.
-struct Held {
+pub(super) struct Held {
     access: SecretString,
     renew_at: Instant,
 }
 
 /// Where to ask for tokens, found once per source.
 #[derive(Debug, Clone)]
-struct Endpoints {
-    token: Url,
+pub(super) struct Endpoints {
+    pub(super) token: Url,
+    /// Where a person signs in (authorization code grant).
+    pub(super) authorization: Option<Url>,
     /// The RFC 8707 resource indicator: the protected resource's own name
     /// for itself (from its metadata), else the server URL.
-    resource: String,
+    pub(super) resource: String,
 }
 
 /// OAuth tokens for one MCP server.
 pub struct TokenSource {
+    /// The server's name in the spec (its credential file's name).
+    name: String,
     server_url: Url,
-    spec: OAuthSpec,
-    secret: SecretString,
-    http: reqwest::Client,
+    pub(super) spec: OAuthSpec,
+    proof: Proof,
+    pub(super) http: reqwest::Client,
     endpoints: tokio::sync::Mutex<Option<Endpoints>>,
     held: tokio::sync::Mutex<Option<Held>>,
 }
@@ -72,6 +97,7 @@ pub struct TokenSource {
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSource")
+            .field("name", &self.name)
             .field("server_url", &self.server_url.as_str())
             .field("client_id", &self.spec.client_id)
             .field("secret", &"[redacted]")
@@ -80,18 +106,30 @@ impl std::fmt::Debug for TokenSource {
 }
 
 impl TokenSource {
-    /// Reads the client secret from the environment; no network yet.
+    /// The source of server `name` at `server_url`. Reads the client secret
+    /// from the environment, or finds the person's credential store; no
+    /// network yet.
     ///
     /// # Errors
-    /// [`OAuthError::NoSecret`] when the variable is unset or empty, and
+    /// [`OAuthError::NoSecret`] when the secret's variable is unset or empty,
+    /// [`OAuthError::Store`] when there is no place for credentials, and
     /// [`OAuthError::Discovery`] for a bad server URL.
-    pub fn new(server_url: &str, spec: &OAuthSpec) -> Result<Self, OAuthError> {
+    pub fn new(name: &str, server_url: &str, spec: &OAuthSpec) -> Result<Self, OAuthError> {
         let server_url = Url::parse(server_url)
             .map_err(|e| OAuthError::Discovery(format!("bad server URL {server_url:?}: {e}")))?;
-        let secret = std::env::var(&spec.client_secret_env)
-            .ok()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| OAuthError::NoSecret(spec.client_secret_env.clone()))?;
+        let proof = match spec.grant {
+            OAuthGrant::ClientCredentials => {
+                let var = spec.client_secret_env.clone().unwrap_or_default();
+                let secret = std::env::var(&var)
+                    .ok()
+                    .filter(|s| !s.is_empty())
+                    .ok_or(OAuthError::NoSecret(var))?;
+                Proof::ClientSecret(SecretString::from(secret))
+            }
+            OAuthGrant::AuthorizationCode => {
+                Proof::SignedIn(CredentialStore::for_server(name).map_err(OAuthError::Store)?)
+            }
+        };
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             // A redirect could carry the form (and the secret) elsewhere.
@@ -99,9 +137,10 @@ impl TokenSource {
             .build()
             .map_err(|e| OAuthError::Discovery(e.to_string()))?;
         Ok(Self {
+            name: name.to_string(),
             server_url,
             spec: spec.clone(),
-            secret: SecretString::from(secret),
+            proof,
             http,
             endpoints: tokio::sync::Mutex::new(None),
             held: tokio::sync::Mutex::new(None),
@@ -144,7 +183,23 @@ impl TokenSource {
         self.token().await
     }
 
-    async fn endpoints(&self) -> Result<Endpoints, OAuthError> {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(super) fn server_url(&self) -> &Url {
+        &self.server_url
+    }
+
+    /// The person's credential store (authorization code grant only).
+    pub(super) fn store(&self) -> Option<&CredentialStore> {
+        match &self.proof {
+            Proof::SignedIn(store) => Some(store),
+            Proof::ClientSecret(_) => None,
+        }
+    }
+
+    pub(super) async fn endpoints(&self) -> Result<Endpoints, OAuthError> {
         let mut cached = self.endpoints.lock().await;
         if let Some(e) = cached.as_ref() {
             return Ok(e.clone());
@@ -187,18 +242,33 @@ impl TokenSource {
                 meta.issuer
             )));
         }
+        let needed = match self.spec.grant {
+            OAuthGrant::ClientCredentials => "client_credentials",
+            OAuthGrant::AuthorizationCode => "authorization_code",
+        };
         if let Some(grants) = &meta.grant_types_supported {
-            if !grants.iter().any(|g| g == "client_credentials") {
+            if !grants.iter().any(|g| g == needed) {
                 return Err(OAuthError::Discovery(format!(
-                    "the authorization server {issuer} does not offer the client_credentials grant (it offers {})",
+                    "the authorization server {issuer} does not offer the {needed} grant (it offers {})",
                     grants.join(", ")
                 )));
             }
         }
-        let token = Url::parse(&meta.token_endpoint).map_err(|e| {
-            OAuthError::Discovery(format!("bad token_endpoint {:?}: {e}", meta.token_endpoint))
-        })?;
-        Ok(Endpoints { token, resource })
+        let endpoint = |field: &str, value: &str| {
+            Url::parse(value)
+                .map_err(|e| OAuthError::Discovery(format!("bad {field} {value:?}: {e}")))
+        };
+        let token = endpoint("token_endpoint", &meta.token_endpoint)?;
+        let authorization = meta
+            .authorization_endpoint
+            .as_deref()
+            .map(|a| endpoint("authorization_endpoint", a))
+            .transpose()?;
+        Ok(Endpoints {
+            token,
+            authorization,
+            resource,
+        })
     }
 
     /// RFC 9728: the URL in the 401's `WWW-Authenticate: Bearer
@@ -266,23 +336,48 @@ impl TokenSource {
             .map_err(|e| OAuthError::Discovery(format!("GET {url}: not the expected JSON: {e}")))
     }
 
-    /// The client-credentials grant (RFC 6749 §4.4), secret in the body.
+    /// A new access token: the client-credentials grant (RFC 6749 §4.4,
+    /// secret in the body), or the person's refresh token (§6), whose
+    /// successor is saved before the access token is used.
     async fn fetch(&self) -> Result<Held, OAuthError> {
         let endpoints = self.endpoints().await?;
         let scope = self.spec.scopes.join(" ");
+        let client_id = self.spec.client_id.as_str();
         let mut form = vec![
-            ("grant_type", "client_credentials"),
-            ("client_id", self.spec.client_id.as_str()),
-            ("client_secret", self.secret.expose_secret()),
+            ("client_id", client_id),
             ("resource", endpoints.resource.as_str()),
         ];
         if !scope.is_empty() {
             form.push(("scope", scope.as_str()));
         }
-        let url = endpoints.token.clone();
+        let refresh;
+        match &self.proof {
+            Proof::ClientSecret(secret) => {
+                form.push(("grant_type", "client_credentials"));
+                form.push(("client_secret", secret.expose_secret()));
+            }
+            Proof::SignedIn(store) => {
+                refresh = store
+                    .load(self.server_url.as_str(), client_id)
+                    .map_err(OAuthError::Store)?
+                    .ok_or_else(|| OAuthError::NotSignedIn(self.name.clone()))?;
+                form.push(("grant_type", "refresh_token"));
+                form.push(("refresh_token", refresh.expose_secret()));
+            }
+        }
         let asked = Instant::now();
+        let answer = self.request_token(&endpoints.token, &form).await?;
+        self.keep(answer, asked)
+    }
+
+    /// POSTs `form` to the token endpoint and reads a bearer token answer.
+    pub(super) async fn request_token(
+        &self,
+        url: &Url,
+        form: &[(&str, &str)],
+    ) -> Result<TokenAnswer, OAuthError> {
         let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(&form)
+            .extend_pairs(form)
             .finish();
         let response = self
             .http
@@ -315,6 +410,26 @@ impl TokenSource {
                 answer.token_type
             )));
         }
+        Ok(answer)
+    }
+
+    /// Saves the rotated refresh token (a person's grant) and holds the
+    /// access token of `answer`, asked for at `asked`.
+    pub(super) fn keep(&self, answer: TokenAnswer, asked: Instant) -> Result<Held, OAuthError> {
+        if let Proof::SignedIn(store) = &self.proof {
+            // The old refresh token is spent: without the new one saved, the
+            // next run would have to sign in again.
+            let next = answer.refresh_token.ok_or_else(|| {
+                OAuthError::Refused("the answer carries no refresh_token to keep signed in".into())
+            })?;
+            store
+                .save(
+                    self.server_url.as_str(),
+                    &self.spec.client_id,
+                    &SecretString::from(next),
+                )
+                .map_err(OAuthError::Store)?;
+        }
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(300));
         let margin = RENEW_MARGIN.min(lifetime / 2);
         tracing::info!(
@@ -328,6 +443,11 @@ impl TokenSource {
             access: SecretString::from(answer.access_token),
             renew_at: asked + lifetime - margin,
         })
+    }
+
+    /// Holds `held` as the current token (after a sign-in).
+    pub(super) async fn hold(&self, held: Held) {
+        *self.held.lock().await = Some(held);
     }
 }
 
@@ -413,18 +533,22 @@ struct AuthServerMetadata {
     issuer: String,
     token_endpoint: String,
     #[serde(default)]
+    authorization_endpoint: Option<String>,
+    #[serde(default)]
     grant_types_supported: Option<Vec<String>>,
 }
 
 /// RFC 6749 §5.1. Not `Debug`: it holds the token in the clear.
 #[derive(Deserialize)]
-struct TokenAnswer {
+pub(super) struct TokenAnswer {
     access_token: String,
     token_type: String,
     #[serde(default)]
     expires_in: Option<u64>,
     #[serde(default)]
     scope: Option<String>,
+    #[serde(default)]
+    refresh_token: Option<String>,
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ pub fn token_source(
     else {
         return Ok(None);
     };
-    TokenSource::new(url, oauth)
+    TokenSource::new(name, url, oauth)
         .map(|t| Some(Arc::new(t)))
         .map_err(|e| McpError::Connect {
             server: name.to_string(),

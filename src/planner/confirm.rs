@@ -8,6 +8,8 @@
 //! the person on the call approved that exact call. Where no person can
 //! answer (a one-shot upload, an API caller), [`NoPerson`] refuses.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -34,6 +36,14 @@ pub enum Confirmation {
 #[async_trait]
 pub trait Confirmer: Send + Sync {
     async fn confirm(&self, request: ConfirmRequest) -> Confirmation;
+
+    /// The longest [`Self::confirm`] waits for the person. A tool call's
+    /// deadline is for the tool; the planner adds this to it for a call
+    /// that may be asked about, so a person taking their time to decide
+    /// does not use up the tool's own time.
+    fn patience(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Where no person can confirm: every sensitive call is refused (once

@@ -417,8 +417,11 @@ impl Planner {
                     call.name
                 )),
                 arguments => {
+                    // The tool's deadline, plus any time it may spend
+                    // waiting for the caller to approve it.
+                    let deadline = self.options.call_timeout + self.tools.allowance(&call.name);
                     match tokio::time::timeout(
-                        self.options.call_timeout,
+                        deadline,
                         self.tools.call(&call.name, arguments.clone()),
                     )
                     .await
@@ -426,7 +429,7 @@ impl Planner {
                         Ok(answer) => answer,
                         Err(_) => ToolAnswer::error(format!(
                             "tool \"{}\": no answer within {:?}",
-                            call.name, self.options.call_timeout
+                            call.name, deadline
                         )),
                     }
                 }

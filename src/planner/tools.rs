@@ -47,6 +47,13 @@ pub trait Toolbox: Send + Sync {
     /// Call one tool. Never fails: a failure is an error answer for the model.
     async fn call(&self, name: &str, arguments: Value) -> ToolAnswer;
 
+    /// Time a call of `name` may take on top of the planner's per-call
+    /// deadline because it waits for someone other than the tool (a
+    /// person confirming a sensitive call). Zero by default.
+    fn allowance(&self, _name: &str) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// This toolbox as `caller` uses it (their role filters the tools,
     /// their principal keys the rate limits, the audit log names them).
     /// `None`: the toolbox does not care who calls.
@@ -238,6 +245,16 @@ impl Toolbox for AuditedPool {
             untrusted_seen: Arc::default(),
             ..self.clone()
         }))
+    }
+
+    /// A sensitive tool may wait for the caller's answer first.
+    fn allowance(&self, name: &str) -> std::time::Duration {
+        let server = self.pool.route(name).map(|(s, _)| s).unwrap_or_default();
+        if self.policy.is_sensitive(&server, name) {
+            self.confirmer.patience()
+        } else {
+            std::time::Duration::ZERO
+        }
     }
 
     /// The call and its record run on a task of their own: if the planner

@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::Uri;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -37,6 +36,7 @@ use super::responses_request::{McpToolRequest, PreparedResponse, ResponsesReques
 use super::served_model::{Event, Reply, ServedModel, Usage};
 use super::AppState;
 use crate::llm::{ChatMessage, LlmError, ToolCall, ToolChoice, ToolSpec};
+use crate::mcp::allow::under_prefix;
 use crate::mcp::{McpPool, ToolInfo};
 use crate::planner::Toolbox;
 use crate::spec::McpServerSpec;
@@ -116,37 +116,6 @@ fn check_allowed(mcp: &[McpToolRequest], allow: &[String]) -> Result<(), ApiErro
         }
     }
     Ok(())
-}
-
-/// Whether `url` falls under the allowed `prefix`: the same scheme, host
-/// and port, and a path at or below the prefix's path. Compared parsed, not
-/// as text, so `http://kb.example.com` does not admit
-/// `http://kb.example.com.evil.org/` nor `http://127.0.0.1:8931` admit
-/// port 89310.
-fn under_prefix(url: &str, prefix: &str) -> bool {
-    let (Ok(url), Ok(prefix)) = (url.parse::<Uri>(), prefix.parse::<Uri>()) else {
-        return false;
-    };
-    let port = |u: &Uri| {
-        u.port_u16().or(match u.scheme_str() {
-            Some("http") => Some(80),
-            Some("https") => Some(443),
-            _ => None,
-        })
-    };
-    let same_origin = url.scheme().is_some()
-        && url.host().is_some()
-        && url.scheme() == prefix.scheme()
-        && url.host().map(str::to_ascii_lowercase) == prefix.host().map(str::to_ascii_lowercase)
-        && port(&url) == port(&prefix);
-    let base = prefix.path().trim_end_matches('/');
-    let path = url.path();
-    same_origin
-        && (base.is_empty()
-            || path == base
-            || path
-                .strip_prefix(base)
-                .is_some_and(|rest| rest.starts_with('/')))
 }
 
 /// Connect to the request's MCP servers and list their tools (only the

@@ -225,6 +225,15 @@ impl VoiceServer {
         spec: parlor::spec::PipelineSpec,
         limits: parlor::server::calls::CallLimits,
     ) -> Self {
+        Self::start_keyed(spec, limits, None).await
+    }
+
+    /// [`Self::start_with`], requiring the keys of `keyring` if given.
+    pub async fn start_keyed(
+        spec: parlor::spec::PipelineSpec,
+        limits: parlor::server::calls::CallLimits,
+        keyring: Option<parlor::access::Keyring>,
+    ) -> Self {
         use parlor::llm::{LocalLlm, LocalLlmOptions};
         use parlor::server::{serve, AppState, ServedModel};
 
@@ -235,9 +244,12 @@ impl VoiceServer {
         );
         let path = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
         let llm = LocalLlm::load(&path, LocalLlmOptions::default()).unwrap();
-        let state = AppState::new(ServedModel::new(llm, &path))
+        let mut state = AppState::new(ServedModel::new(llm, &path))
             .with_pipeline(pipeline.clone(), 2)
             .with_call_limits(limits);
+        if let Some(keyring) = keyring {
+            state = state.with_keyring(keyring);
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = tokio_util::sync::CancellationToken::new();

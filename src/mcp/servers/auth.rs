@@ -2,14 +2,16 @@
 //! remote MCP servers.
 //!
 //! It issues short-lived JWT access tokens (EdDSA, a key generated at start
-//! and published at `/jwks`) to registered clients with the
-//! `client_credentials` grant. Every token names the resource it is for
+//! and published at `/jwks`) to registered clients: service accounts with
+//! the `client_credentials` grant, and people with the `authorization_code`
+//! grant and PKCE (the consent page and codes are in [`super::auth_code`]),
+//! kept signed in with rotating `refresh_token`s. Every token names the resource it is for
 //! (`aud`, from the RFC 8707 `resource` parameter, which is required) and
 //! its `scope` (a subset of what the client is registered for). RFC 8414
 //! metadata is at `/.well-known/oauth-authorization-server`.
 //!
-//! Clients come from a TOML file of `[[client]]` tables with the SHA-256 of
-//! each secret, never the secret itself:
+//! Clients and people come from a TOML file with the SHA-256 of each secret
+//! and password, never the secret itself:
 //!
 //! ```toml
 //! [[client]]
@@ -17,6 +19,15 @@
 //! secret_sha256 = "9f86d0..."      # printf %s "$SECRET" | sha256sum
 //! scopes = ["knowledge:read"]
 //! # token_ttl_secs = 300            # this client's token lifetime
+//!
+//! [[client]]                        # a public client: no secret, PKCE
+//! id = "parlor-cli"
+//! redirect_uris = ["http://127.0.0.1/callback"]   # any port on loopback
+//! scopes = ["knowledge:read"]
+//!
+//! [[user]]
+//! name = "alice"
+//! password_sha256 = "..."
 //! ```
 
 use std::collections::BTreeMap;
@@ -52,7 +63,14 @@ pub struct ClientEntry {
     pub id: String,
     /// Hex SHA-256 of the client secret. Secrets are random and long, so a
     /// plain hash is enough; it keeps the file from being a key ring.
-    pub secret_sha256: String,
+    /// None: a public client (a CLI on someone's machine cannot keep a
+    /// secret), which may only use the authorization code grant with PKCE.
+    #[serde(default)]
+    pub secret_sha256: Option<String>,
+    /// Where the authorization code may be sent. A loopback URI matches on
+    /// any port (RFC 8252 §7.3: the client picks a free one each time).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
     /// The scopes this client may be granted.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -61,31 +79,59 @@ pub struct ClientEntry {
     pub token_ttl_secs: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A person who may sign in on the consent page.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ClientsFile {
+pub struct UserEntry {
+    pub name: String,
+    /// Hex SHA-256 of the password. Fine for an example server's test
+    /// accounts; a real deployment puts a real identity provider here.
+    pub password_sha256: String,
+}
+
+/// What a clients file registers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
     #[serde(default, rename = "client")]
-    clients: Vec<ClientEntry>,
+    pub clients: Vec<ClientEntry>,
+    #[serde(default, rename = "user")]
+    pub users: Vec<UserEntry>,
 }
 
 /// A registered client, ready to check.
-struct Client {
-    secret_sha256: [u8; 32],
-    scopes: Vec<String>,
+pub(super) struct Client {
+    /// None for a public client.
+    secret_sha256: Option<[u8; 32]>,
+    pub(super) scopes: Vec<String>,
+    pub(super) redirect_uris: Vec<String>,
     ttl: Duration,
+}
+
+impl Client {
+    pub(super) fn is_public(&self) -> bool {
+        self.secret_sha256.is_none()
+    }
 }
 
 /// Reads and checks a clients file.
 ///
 /// # Errors
-/// When the file cannot be read or parsed, a hash is not 64 hex digits, or
-/// a client id repeats.
-pub fn load_clients(path: &std::path::Path) -> anyhow::Result<Vec<ClientEntry>> {
+/// When the file cannot be read or parsed.
+pub fn load_clients(path: &std::path::Path) -> anyhow::Result<Registry> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the clients file {}", path.display()))?;
-    let file: ClientsFile =
-        toml::from_str(&text).with_context(|| format!("{}: not a clients file", path.display()))?;
-    Ok(file.clients)
+    toml::from_str(&text).with_context(|| format!("{}: not a clients file", path.display()))
+}
+
+/// A hex SHA-256 from a clients file, or an error naming its entry.
+fn digest(hex_digest: &str, whose: &str, field: &str) -> anyhow::Result<[u8; 32]> {
+    hex::decode(hex_digest)
+        .ok()
+        .and_then(|h| <[u8; 32]>::try_from(h).ok())
+        .with_context(|| {
+            format!("{whose}: {field} must be 64 hex digits (printf %s \"$SECRET\" | sha256sum)")
+        })
 }
 
 /// SHA-256 of a secret in hex, as the clients file wants it.
@@ -97,6 +143,10 @@ pub fn secret_hash(secret: &str) -> String {
 pub struct AuthServer {
     issuer: String,
     clients: BTreeMap<String, Client>,
+    /// Password digests by user name.
+    users: BTreeMap<String, [u8; 32]>,
+    /// Codes and refresh tokens in flight (authorization code grant).
+    pub(super) grants: std::sync::Mutex<super::auth_code::Grants>,
     key: EncodingKey,
     kid: String,
     jwk: serde_json::Value,
@@ -117,22 +167,35 @@ impl AuthServer {
     /// with a fresh Ed25519 signing key.
     ///
     /// # Errors
-    /// A bad clients list (see [`load_clients`]) or a failed key generation.
-    pub fn new(issuer: &str, clients: Vec<ClientEntry>) -> anyhow::Result<Self> {
+    /// A hash that is not 64 hex digits, a client id or user name that
+    /// repeats, a public client without redirect URIs, or a failed key
+    /// generation.
+    pub fn new(issuer: &str, registry: Registry) -> anyhow::Result<Self> {
         let mut by_id = BTreeMap::new();
-        for c in clients {
-            let hash = hex::decode(&c.secret_sha256)
-                .ok()
-                .and_then(|h| <[u8; 32]>::try_from(h).ok())
-                .with_context(|| {
-                    format!(
-                        "client {:?}: secret_sha256 must be 64 hex digits (printf %s \"$SECRET\" | sha256sum)",
-                        c.id
-                    )
-                })?;
+        for c in registry.clients {
+            let whose = format!("client {:?}", c.id);
+            let hash = c
+                .secret_sha256
+                .as_deref()
+                .map(|h| digest(h, &whose, "secret_sha256"))
+                .transpose()?;
+            anyhow::ensure!(
+                hash.is_some() || !c.redirect_uris.is_empty(),
+                "{whose}: a client without a secret signs people in, so it needs redirect_uris"
+            );
+            for uri in &c.redirect_uris {
+                let parsed = url::Url::parse(uri)
+                    .with_context(|| format!("{whose}: redirect URI {uri:?}"))?;
+                anyhow::ensure!(
+                    parsed.fragment().is_none()
+                        && (parsed.scheme() == "https" || super::auth_code::is_loopback(&parsed)),
+                    "{whose}: redirect URI {uri:?} must be https or http on a loopback address, without a fragment"
+                );
+            }
             let client = Client {
                 secret_sha256: hash,
                 scopes: c.scopes,
+                redirect_uris: c.redirect_uris,
                 ttl: c
                     .token_ttl_secs
                     .map_or(DEFAULT_TTL, Duration::from_secs)
@@ -142,6 +205,19 @@ impl AuthServer {
                 by_id.insert(c.id.clone(), client).is_none(),
                 "client {:?} is registered twice",
                 c.id
+            );
+        }
+        let mut users = BTreeMap::new();
+        for u in registry.users {
+            let hash = digest(
+                &u.password_sha256,
+                &format!("user {:?}", u.name),
+                "password_sha256",
+            )?;
+            anyhow::ensure!(
+                users.insert(u.name.clone(), hash).is_none(),
+                "user {:?} is registered twice",
+                u.name
             );
         }
         let rng = aws_lc_rs::rand::SystemRandom::new();
@@ -159,6 +235,8 @@ impl AuthServer {
         Ok(Self {
             issuer: issuer.trim_end_matches('/').to_string(),
             clients: by_id,
+            users,
+            grants: std::sync::Mutex::default(),
             key: EncodingKey::from_ed_der(pkcs8.as_ref()),
             kid,
             jwk,
@@ -173,11 +251,13 @@ impl AuthServer {
         let i = &self.issuer;
         json!({
             "issuer": i,
+            "authorization_endpoint": format!("{i}/authorize"),
             "token_endpoint": format!("{i}/token"),
             "jwks_uri": format!("{i}/jwks"),
-            "grant_types_supported": ["client_credentials"],
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-            "response_types_supported": [],
+            "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic", "none"],
+            "response_types_supported": ["code"],
+            "code_challenge_methods_supported": ["S256"],
             "scopes_supported": self.clients.values().flat_map(|c| c.scopes.iter()).collect::<std::collections::BTreeSet<_>>(),
         })
     }
@@ -187,11 +267,26 @@ impl AuthServer {
     fn authenticate(&self, id: &str, secret: &str) -> Option<&Client> {
         let client = self.clients.get(id)?;
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        bool::from(presented.ct_eq(&client.secret_sha256)).then_some(client)
+        bool::from(presented.ct_eq(&client.secret_sha256?)).then_some(client)
     }
 
-    fn issue(
+    pub(super) fn client(&self, id: &str) -> Option<&Client> {
+        self.clients.get(id)
+    }
+
+    /// Checks a person's password in constant time; an unknown name and a
+    /// wrong password look the same.
+    pub(super) fn sign_in(&self, name: &str, password: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        let known = self.users.get(name).copied().unwrap_or([0xff; 32]);
+        bool::from(presented.ct_eq(&known)) && self.users.contains_key(name)
+    }
+
+    /// A signed access token for `subject` (the client itself, or the
+    /// person who signed in) and its lifetime.
+    pub(super) fn issue(
         &self,
+        subject: &str,
         client_id: &str,
         client: &Client,
         resource: &str,
@@ -207,7 +302,7 @@ impl AuthServer {
             .map_err(|_| TokenError::server("no randomness"))?;
         let claims = AccessClaims {
             iss: &self.issuer,
-            sub: client_id,
+            sub: subject,
             aud: resource,
             iat: now,
             exp: now + client.ttl.as_secs(),
@@ -238,21 +333,21 @@ struct AccessClaims<'a> {
 }
 
 /// An RFC 6749 §5.2 error answer.
-struct TokenError {
-    status: StatusCode,
-    error: &'static str,
-    description: String,
+pub(super) struct TokenError {
+    pub(super) status: StatusCode,
+    pub(super) error: &'static str,
+    pub(super) description: String,
 }
 
 impl TokenError {
-    fn bad(error: &'static str, description: impl Into<String>) -> Self {
+    pub(super) fn bad(error: &'static str, description: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
             error,
             description: description.into(),
         }
     }
-    fn server(description: &str) -> Self {
+    pub(super) fn server(description: &str) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             error: "server_error",
@@ -279,17 +374,23 @@ impl IntoResponse for TokenError {
     }
 }
 
-/// The `/token` form. Not `Debug`: it holds the secret.
+/// The `/token` form. Not `Debug`: it holds secrets.
 #[derive(Deserialize)]
-struct TokenForm {
+pub(super) struct TokenForm {
     grant_type: Option<String>,
-    client_id: Option<String>,
+    pub(super) client_id: Option<String>,
     client_secret: Option<String>,
-    scope: Option<String>,
+    pub(super) scope: Option<String>,
     resource: Option<String>,
+    // authorization_code
+    pub(super) code: Option<String>,
+    pub(super) redirect_uri: Option<String>,
+    pub(super) code_verifier: Option<String>,
+    // refresh_token
+    pub(super) refresh_token: Option<String>,
 }
 
-/// The routes: metadata, JWKS and the token endpoint.
+/// The routes: metadata, JWKS, the consent page and the token endpoint.
 pub fn router(server: Arc<AuthServer>) -> axum::Router {
     axum::Router::new()
         .route(
@@ -301,6 +402,10 @@ pub fn router(server: Arc<AuthServer>) -> axum::Router {
             get(|State(s): State<Arc<AuthServer>>| async move {
                 Json(json!({ "keys": [s.jwk.clone()] }))
             }),
+        )
+        .route(
+            "/authorize",
+            get(super::auth_code::consent_page).post(super::auth_code::consent_answer),
         )
         .route("/token", post(token))
         .with_state(server)
@@ -327,23 +432,27 @@ fn grant(
 ) -> Result<serde_json::Value, TokenError> {
     match form.grant_type.as_deref() {
         Some("client_credentials") => {}
+        Some("authorization_code") => {
+            let client_id = token_client(server, headers, &form)?;
+            return super::auth_code::exchange(server, &client_id, &form);
+        }
+        Some("refresh_token") => {
+            let client_id = token_client(server, headers, &form)?;
+            return super::auth_code::refresh(server, &client_id, &form);
+        }
         Some(other) => {
             return Err(TokenError::bad(
                 "unsupported_grant_type",
-                format!("grant_type {other:?} is not supported; use client_credentials"),
+                format!(
+                    "grant_type {other:?} is not supported; use client_credentials, \
+                     authorization_code or refresh_token"
+                ),
             ))
         }
         None => return Err(TokenError::bad("invalid_request", "grant_type is missing")),
     }
     let (client_id, secret) = client_credentials(headers, &form)?;
-    let client = server.authenticate(&client_id, &secret).ok_or_else(|| {
-        tracing::info!(message = "Client authentication failed.", client_id = %client_id);
-        TokenError {
-            status: StatusCode::UNAUTHORIZED,
-            error: "invalid_client",
-            description: format!("client {client_id:?}: unknown client or wrong secret"),
-        }
-    })?;
+    let client = authenticated(server, &client_id, &secret)?;
     let resource = form.resource.as_deref().ok_or_else(|| {
         TokenError::bad(
             "invalid_target",
@@ -371,7 +480,7 @@ fn grant(
             ),
         ));
     }
-    let (token, ttl) = server.issue(&client_id, client, resource, &scopes)?;
+    let (token, ttl) = server.issue(&client_id, &client_id, client, resource, &scopes)?;
     tracing::info!(message = "Access token issued.", client_id = %client_id, aud = %resource, scope = %scopes.join(" "), ttl_s = ttl.as_secs());
     Ok(json!({
         "access_token": token,
@@ -379,6 +488,44 @@ fn grant(
         "expires_in": ttl.as_secs(),
         "scope": scopes.join(" "),
     }))
+}
+
+/// The client `id` if `secret` is its secret; unknown ids, public clients
+/// and wrong secrets get the same answer.
+fn authenticated<'a>(
+    server: &'a AuthServer,
+    id: &str,
+    secret: &str,
+) -> Result<&'a Client, TokenError> {
+    server.authenticate(id, secret).ok_or_else(|| {
+        tracing::info!(message = "Client authentication failed.", client_id = %id);
+        TokenError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_client",
+            description: format!("client {id:?}: unknown client or wrong secret"),
+        }
+    })
+}
+
+/// Who asks for a token with a person's grant: a public client names
+/// itself (PKCE or the refresh token proves the rest), a confidential one
+/// must also authenticate.
+fn token_client(
+    server: &AuthServer,
+    headers: &HeaderMap,
+    form: &TokenForm,
+) -> Result<String, TokenError> {
+    let public = form
+        .client_id
+        .as_deref()
+        .filter(|id| server.client(id).is_some_and(Client::is_public));
+    match public {
+        Some(id) if form.client_secret.is_none() => Ok(id.to_string()),
+        _ => {
+            let (id, secret) = client_credentials(headers, form)?;
+            authenticated(server, &id, &secret).map(|_| id)
+        }
+    }
 }
 
 /// The client's id and secret from HTTP Basic or the form, not both.

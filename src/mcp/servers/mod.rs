@@ -11,11 +11,13 @@
 //!   `pipelines/data/knowledge/` with a tantivy index, over Streamable HTTP
 //!   (`/mcp`) and legacy SSE (`/sse` + `/message`), or over stdio.
 //! - [`auth`]: an OAuth 2.1 authorization server (client credentials, JWT
-//!   access tokens), run as `parlor-mcp-auth`.
+//!   access tokens), run as `parlor-mcp-auth`; `auth_code` adds its consent
+//!   page, authorization codes with PKCE and rotating refresh tokens.
 //! - [`protect`]: a server's routes behind bearer-token checks (opt-in for
 //!   the knowledge server: `--auth-issuer`, `--auth-audience`).
 
 pub mod auth;
+mod auth_code;
 pub mod knowledge;
 pub mod orders;
 pub mod protect;
@@ -53,6 +55,15 @@ pub async fn serve_stdio<S: rmcp::ServerHandler>(
         }
     }
     Ok(())
+}
+
+/// A listener for a server binary on `addr`, with an error that says what
+/// to try when the port is taken.
+pub async fn listen(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (is another server on it? try --addr)"))
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM: what a terminal or a supervisor sends.
