@@ -417,7 +417,13 @@ async fn hostile_results_in_full_turns_still_end_with_an_answer() {
         )
         .with_secrets(Arc::new(Secrets::new([SECRET.to_string()])));
         let (outcome, failed) = turn(&planner, question).await;
-        eprintln!("{question} -> {outcome:#?}");
+        // Names and reply only: the results carry the test secret, and
+        // tests/secrets_in_logs.sh greps the suite's output for it.
+        eprintln!(
+            "{question} -> {:?}: {:?}",
+            outcome.tools.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            outcome.reply
+        );
         if let Some(e) = failed {
             // Found by this test: 4,000 bytes of token-dense text (the
             // flood's CSV rows, capped) plus the prompt overflow the local
@@ -682,7 +688,7 @@ impl Served {
             .append(true)
             .open(log)
             .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
             .args(["serve", "--pipeline"])
             .arg(spec)
             .args(["--addr", &addr.to_string()])
@@ -705,6 +711,8 @@ impl Served {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("parlor serve did not get ready: see {}", log.display());
     }
 
