@@ -16,4 +16,11 @@ step "cargo clippy -- -D warnings"
 cargo clippy --release --all-targets --locked -- -D warnings
 
 step "cargo test"
-cargo test --release --locked
+target="${CARGO_TARGET_DIR:-target}"
+rm -rf "$target/tmp/test-logs"
+mkdir -p "$target/tmp"
+cargo test --release --locked 2>&1 | tee "$target/tmp/cargo-test.log"
+
+# Issue 5: no test secret in any log or audit file written above.
+step "secrets in logs"
+bash tests/secrets_in_logs.sh "$target/tmp/cargo-test.log"

@@ -32,6 +32,18 @@ pub fn python() -> String {
     p.display().to_string()
 }
 
+/// A fresh directory for the audit and log files a test writes, kept after
+/// the run under `<target>/tmp/test-logs/` so tests/run.sh can grep every
+/// one of them for the test secrets (a tempdir would be gone by then).
+pub fn log_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("test-logs")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test log directory");
+    dir
+}
+
 /// A model file under `models/`, which must exist.
 pub fn model(name: &str) -> PathBuf {
     let path = root().join("models").join(name);
