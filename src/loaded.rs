@@ -195,7 +195,20 @@ impl LoadedPipeline {
         caller: &Caller,
         confirmer: Arc<dyn Confirmer>,
     ) -> Result<Pipeline, LoadError> {
-        self.stages(caller, &confirmer, |_| true)
+        self.stages(caller, &confirmer, None, |_| true)
+    }
+
+    /// [`Self::call_as`] with the planner's tools (bound to `caller`)
+    /// behind `wrap`'s toolbox: a Realtime session's client tools.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub fn call_wrapped(
+        &self,
+        caller: &Caller,
+        wrap: &crate::realtime::tools::ClientToolsHandle,
+    ) -> Result<Pipeline, LoadError> {
+        self.stages(caller, &(Arc::new(NoPerson) as _), Some(wrap), |_| true)
     }
 
     /// Fresh stages for transcribing only: the vad and stt of the spec.
@@ -203,15 +216,19 @@ impl LoadedPipeline {
     /// # Errors
     /// As [`Self::call`].
     pub fn listening_call(&self) -> Result<Pipeline, LoadError> {
-        self.stages(&Caller::default(), &(Arc::new(NoPerson) as _), |part| {
-            matches!(part, Part::Vad { .. } | Part::Stt(_) | Part::SttRemote(_))
-        })
+        self.stages(
+            &Caller::default(),
+            &(Arc::new(NoPerson) as _),
+            None,
+            |part| matches!(part, Part::Vad { .. } | Part::Stt(_) | Part::SttRemote(_)),
+        )
     }
 
     fn stages(
         &self,
         caller: &Caller,
         confirmer: &Arc<dyn Confirmer>,
+        client_tools: Option<&crate::realtime::tools::ClientToolsHandle>,
         keep: impl Fn(&Part) -> bool,
     ) -> Result<Pipeline, LoadError> {
         let mut pipeline = Pipeline::new(self.spec.channel_capacity);
@@ -232,9 +249,14 @@ impl LoadedPipeline {
                 }
                 Part::Stt(engine) => Box::new(WhisperLocal::shared(engine.clone())),
                 Part::SttRemote(client) => Box::new(OpenAiStt::shared(client.clone())),
-                Part::Planner(connected) => Box::new(PlannerStage::new(
-                    connected.planner.for_session(caller, confirmer.clone()),
-                )),
+                Part::Planner(connected) => {
+                    let planner = connected.planner.for_session(caller, confirmer.clone());
+                    let planner = match client_tools {
+                        Some(handle) => planner.with_tools(|inner| handle.wrap(inner)),
+                        None => planner,
+                    };
+                    Box::new(PlannerStage::new(planner))
+                }
                 Part::Tts { voice, rate } => Box::new(TtsStage::new(voice.clone(), *rate)),
             });
         }

@@ -24,6 +24,15 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 /// Run the peer in `mode` against a fresh voice server; its JSON report and
 /// the reply audio it received (24 kHz).
 async fn run_peer(mode: &str) -> (Value, AudioChunk) {
+    run_peer_saying(
+        mode,
+        &support::root().join("models/speech/samples/question.wav"),
+    )
+    .await
+}
+
+/// [`run_peer`] with the caller saying `wav`.
+async fn run_peer_saying(mode: &str, wav: &std::path::Path) -> (Value, AudioChunk) {
     let server = support::VoiceServer::start(CallLimits::default()).await;
     let dir = tempfile::tempdir().unwrap();
     let pcm = dir.path().join("reply.pcm");
@@ -31,7 +40,7 @@ async fn run_peer(mode: &str) -> (Value, AudioChunk) {
         .arg(support::root().join("tests/peers/openai_realtime_client.py"))
         .arg(mode)
         .arg(format!("ws://{}/v1", server.addr))
-        .arg(support::root().join("models/speech/samples/question.wav"))
+        .arg(wav)
         .arg(&pcm)
         .output()
         .await
@@ -156,4 +165,158 @@ async fn response_cancel_cancels_the_reply_and_truncate_is_acknowledged() {
     assert_eq!(report["status"], "cancelled", "{report:#}");
     assert_eq!(report["reason"], "client_cancelled");
     assert_eq!(report["truncate_answer"], "conversation.item.truncated");
+}
+
+/// `text` said by espeak-ng into a WAV file in `dir`.
+fn espeak_wav(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let wav = dir.join("said.wav");
+    let status = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng is installed");
+    assert!(status.success());
+    wav
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_function_tool_is_called_and_its_output_is_spoken() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = espeak_wav(dir.path(), "When is your store in Lisbon open?");
+    let (report, audio) = run_peer_saying("tool", &wav).await;
+
+    assert!(
+        report["invalid"].as_array().unwrap().is_empty(),
+        "events the official types reject: {:#}",
+        report["invalid"]
+    );
+    assert!(
+        report["errors"].as_array().unwrap().is_empty(),
+        "{:#}",
+        report["errors"]
+    );
+    assert_eq!(report["updated_tools"][0], "get_store_hours");
+    // The planner offered only the client's tool and called it.
+    let call = &report["calls"][0];
+    assert_eq!(call["name"], "get_store_hours", "{report:#}");
+    assert!(
+        call["arguments"]["city"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+            .contains("lisbon"),
+        "{call}"
+    );
+    assert_eq!(report["call_response_status"], "completed");
+    assert_eq!(report["output_answers"][0], "conversation.item.added");
+
+    // The function call's events, then the spoken answer's, in order.
+    let seen = strings(&report["seen"]);
+    let order = [
+        "response.created",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.done",
+        "conversation.item.added",
+        "conversation.item.done",
+        "response.created",
+        "response.output_audio_transcript.delta",
+        "response.output_audio.delta",
+        "response.output_audio_transcript.done",
+        "response.done",
+    ];
+    let mut from = 0;
+    for kind in order {
+        let at = seen[from..]
+            .iter()
+            .position(|s| *s == kind)
+            .unwrap_or_else(|| panic!("{kind} after {:?} in {seen:?}", seen.get(from)));
+        from += at + 1;
+    }
+    assert_eq!(report["status"], "completed");
+
+    // The client's fact reached the answer, in words and in audio.
+    let facts = ["midnight", "12", "twelve", "8", "eight"];
+    let reply = report["reply_transcript"].as_str().unwrap_or_default();
+    assert!(support::mentions_any(reply, &facts), "{reply:?}");
+    let heard = support::hear(&audio);
+    eprintln!("heard back: {heard}");
+    assert!(
+        support::mentions_any(&heard, &facts),
+        "heard {heard:?} for {reply:?}"
+    );
+}
+
+/// A `function_call_output` for a call nobody made gets an `error` event
+/// naming `item.call_id`, and the session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_for_an_unknown_call_is_an_error_and_the_session_goes_on() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let _one = ONE_AT_A_TIME.lock().await;
+    let server = support::VoiceServer::start(CallLimits::default()).await;
+    let url = format!("ws://{}/v1/realtime?model=gpt-realtime", server.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let created = loop {
+        if let Message::Text(text) = socket.next().await.expect("open").expect("a message") {
+            break serde_json::from_str::<Value>(&text).unwrap();
+        }
+    };
+    assert_eq!(created["type"], "session.created");
+    let send = |value: Value| Message::Text(value.to_string().into());
+    let tools = serde_json::json!({"type": "session.update", "session": {
+        "type": "realtime",
+        "tools": [{"type": "function", "name": "get_store_hours",
+                   "parameters": {"type": "object", "properties": {}}}]}});
+    socket.send(send(tools)).await.unwrap();
+    socket
+        .send(send(serde_json::json!({
+            "type": "conversation.item.create", "event_id": "out_1",
+            "item": {"type": "function_call_output", "call_id": "call_nobody", "output": "x"}})))
+        .await
+        .unwrap();
+    socket
+        .send(send(
+            serde_json::json!({"type": "response.create", "event_id": "create_1"}),
+        ))
+        .await
+        .unwrap();
+    let bad_tool = serde_json::json!({"type": "session.update", "event_id": "upd_2",
+        "session": {"type": "realtime", "tools": [{"type": "mcp", "name": "x"}]}});
+    socket.send(send(bad_tool)).await.unwrap();
+    let mut answers = Vec::new();
+    while answers.len() < 4 {
+        let message = socket.next().await.expect("open").expect("a message");
+        if let Message::Text(text) = message {
+            answers.push(serde_json::from_str::<Value>(&text).unwrap());
+        }
+    }
+    eprintln!("{answers:#?}");
+    assert_eq!(answers[0]["type"], "session.updated");
+    assert_eq!(answers[0]["session"]["tools"][0]["name"], "get_store_hours");
+    let unknown = &answers[1];
+    assert_eq!(unknown["type"], "error");
+    assert_eq!(unknown["error"]["type"], "invalid_request_error");
+    assert_eq!(unknown["error"]["param"], "item.call_id");
+    assert_eq!(unknown["error"]["event_id"], "out_1");
+    assert!(
+        unknown["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("call_nobody"),
+        "{unknown}"
+    );
+    // Nothing waits for an output: response.create starts nothing.
+    assert_eq!(answers[2]["type"], "error");
+    assert_eq!(answers[2]["error"]["event_id"], "create_1");
+    // The session still reads: a non-function tool is refused by name.
+    assert_eq!(answers[3]["type"], "error");
+    assert_eq!(answers[3]["error"]["param"], "session.tools");
+    assert_eq!(answers[3]["error"]["event_id"], "upd_2");
+    server.stop.cancel();
 }

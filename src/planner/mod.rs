@@ -210,6 +210,13 @@ impl Planner {
         planner
     }
 
+    /// This planner with its toolbox replaced by `wrap(toolbox)` (a
+    /// Realtime session puts the client's tools in front).
+    pub fn with_tools(mut self, wrap: impl FnOnce(Arc<dyn Toolbox>) -> Arc<dyn Toolbox>) -> Self {
+        self.tools = wrap(self.tools);
+        self
+    }
+
     pub fn system_prompt(&self) -> &str {
         &self.system
     }

@@ -70,6 +70,12 @@ pub trait Toolbox: Send + Sync {
     ) -> Option<Arc<dyn Toolbox>> {
         self.for_caller(caller)
     }
+
+    /// The tools are run by the client of a Realtime session, which plays
+    /// what it likes while one runs: no filler is spoken over it.
+    fn client_runs(&self) -> bool {
+        false
+    }
 }
 
 /// No tools: the planner only talks.

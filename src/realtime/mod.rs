@@ -5,12 +5,14 @@
 //!   speaks the protocol.
 //! - [`session`]: a session served by a live call of parlor's own
 //!   pipeline (the state behind `GET /v1/realtime`), carrier-agnostic.
+//! - [`tools`]: the function tools a client declares and runs itself.
 //!
 //! The WebSocket route is in `server/realtime.rs`: this module knows
 //! nothing of axum.
 
 pub mod events;
 pub mod session;
+pub mod tools;
 
 pub use events::{BadEvent, ClientEvent, Parsed, ServerEvent, ServerMessage};
 pub use session::{ClientReply, Session};

@@ -19,13 +19,17 @@ use std::time::Duration;
 use base64::Engine;
 
 use super::events::{
-    AudioConfig, AudioFormat, AudioInput, AudioOutput, ClientEvent, Content, ErrorDetail, Item,
-    ItemStatus, PartRef, Response, ResponseStatus, Role, ServerEvent, ServerMessage, SessionConfig,
-    StatusDetails, TranscriptionUsage, TurnDetection, Usage, Voice, PCM_FORMAT, PCM_RATE,
+    AudioConfig, AudioFormat, AudioInput, AudioOutput, ClientEvent, Content, ErrorDetail,
+    FunctionTool, Item, ItemStatus, PartRef, Response, ResponseStatus, Role, ServerEvent,
+    ServerMessage, SessionConfig, StatusDetails, TranscriptionUsage, TurnDetection, Usage, Voice,
+    PCM_FORMAT, PCM_RATE,
 };
+use super::tools::{ClientToolsHandle, ToolRequest};
 use crate::audio::{pcm16_le_bytes, pcm16_le_samples, StreamResampler};
 use crate::frame::TurnId;
 use crate::live::{Outbound, ServerEvent as CallEvent};
+use crate::llm::ToolSpec;
+use crate::planner::ToolAnswer;
 use crate::turns::Turns;
 
 /// How many finished responses a `conversation.item.truncate` can still
@@ -61,6 +65,27 @@ struct Spoken {
     pieces: Vec<(u64, Option<String>)>,
 }
 
+/// A function call the client was asked to run.
+struct ClientCall {
+    /// The toolbox's id of the call.
+    id: u64,
+    call_id: String,
+    turn: u64,
+    /// Where the planner waits for the result.
+    answer: tokio::sync::oneshot::Sender<ToolAnswer>,
+    /// The client's `function_call_output`, held until `response.create`.
+    output: Option<String>,
+}
+
+/// A function call as the response that asks for it shows it.
+struct Asked {
+    call_id: String,
+    item_id: String,
+    name: String,
+    /// A JSON object, as a string (as the protocol sends it).
+    arguments: String,
+}
+
 /// One session's protocol state.
 pub struct Session {
     turns: Arc<Turns>,
@@ -83,6 +108,11 @@ pub struct Session {
     /// Turns whose response is over; their late frames are dropped.
     closed: VecDeque<u64>,
     spoken: VecDeque<Spoken>,
+    /// The client's declared function tools (none until
+    /// [`Self::with_client_tools`]: `session.update` tools are refused).
+    client_tools: Option<ClientToolsHandle>,
+    /// Function calls sent to the client, waiting for its output.
+    calls: Vec<ClientCall>,
 }
 
 impl Session {
@@ -129,10 +159,19 @@ impl Session {
             appended_ms: 0,
             closed: VecDeque::new(),
             spoken: VecDeque::new(),
+            client_tools: None,
+            calls: Vec::new(),
         };
         let id = session.id("sess");
         session.config.id = Some(id);
         session
+    }
+
+    /// The session's planner offers the function tools the client
+    /// declares, through `tools` (see `realtime::tools`).
+    pub fn with_client_tools(mut self, tools: ClientToolsHandle) -> Self {
+        self.client_tools = Some(tools);
+        self
     }
 
     /// The first event of a session.
@@ -189,14 +228,31 @@ impl Session {
                 // no uncommitted buffer to drop.
                 reply.messages.push(self.message(ServerEvent::Cleared {}));
             }
+            ClientEvent::ConversationItemCreate {
+                item:
+                    Item::FunctionCallOutput {
+                        call_id, output, ..
+                    },
+                ..
+            } => match self.call_output(&call_id, output) {
+                Ok(messages) => reply.messages = messages,
+                Err(message) => reply
+                    .messages
+                    .push(self.error(invalid(&message, Some("item.call_id")))),
+            },
             ClientEvent::ConversationItemCreate { .. } => reply.messages.push(self.error(invalid(
-                "conversation.item.create is not supported yet: the conversation is built \
-                 from the caller's speech.",
+                "conversation.item.create takes only function_call_output items (the answer \
+                 to a function call); the rest of the conversation is built from the \
+                 caller's speech.",
                 Some("item"),
             ))),
+            ClientEvent::ResponseCreate { .. } if !self.calls.is_empty() => {
+                reply.messages = self.resume();
+            }
             ClientEvent::ResponseCreate { .. } => reply.messages.push(self.error(invalid(
                 "parlor starts a response at the end of each spoken turn (server_vad with \
-                 create_response); response.create is not supported yet.",
+                 create_response), and after the outputs of a response's function calls; \
+                 no function call is waiting, so response.create has nothing to start.",
                 None,
             ))),
             ClientEvent::ResponseCancel { response_id, .. } => {
@@ -243,14 +299,32 @@ impl Session {
                 ));
             }
         }
-        if asked.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err((
-                "Function tools from the client are not supported yet; the pipeline's own \
-                 MCP tools are used."
-                    .into(),
-                "session.tools",
-            ));
-        }
+        let specs = match &asked.tools {
+            Some(tools) if !tools.is_empty() && self.client_tools.is_none() => {
+                return Err((
+                    "Function tools from the client are not supported on this session; the \
+                     pipeline's own MCP tools are used."
+                        .into(),
+                    "session.tools",
+                ))
+            }
+            Some(tools) => Some(tool_specs(tools)?),
+            None => None,
+        };
+        let offer_none = match &asked.tool_choice {
+            None => None,
+            Some(serde_json::Value::String(choice)) if choice == "auto" => Some(false),
+            Some(serde_json::Value::String(choice)) if choice == "none" => Some(true),
+            Some(other) => {
+                return Err((
+                    format!(
+                        "parlor's planner chooses its tools itself: tool_choice must be \
+                         \"auto\" or \"none\"; got {other}."
+                    ),
+                    "session.tool_choice",
+                ))
+            }
+        };
         let audio = asked.audio.unwrap_or_default();
         let input = audio.input.unwrap_or_default();
         let output = audio.output.unwrap_or_default();
@@ -292,6 +366,16 @@ impl Session {
                 message = "session.update instructions not applied; the pipeline's planner prompt is used."
             );
         }
+        if let Some(tools) = &self.client_tools {
+            if let Some(specs) = specs {
+                tools.declare(Some(specs));
+                self.config.tools = asked.tools.clone();
+            }
+            if let Some(none) = offer_none {
+                tools.offer_none(none);
+                self.config.tool_choice = asked.tool_choice.clone();
+            }
+        }
         if let (Some(td), Some(audio)) = (turn_detection, self.config.audio.as_mut()) {
             if let Some(input) = audio.input.as_mut() {
                 input.turn_detection = Some(td);
@@ -303,6 +387,15 @@ impl Session {
     /// `response.cancel`: stop the response in progress (or the turn whose
     /// reply is still being thought of).
     fn cancel(&mut self, response_id: Option<&str>, event_id: Option<&str>) -> Vec<ServerMessage> {
+        if self.reply.is_none() && !self.calls.is_empty() && response_id.is_none() {
+            // The response that asked for them is done; what is stopped is
+            // the turn waiting for their outputs.
+            for call in std::mem::take(&mut self.calls) {
+                self.turns.cancel(TurnId(call.turn));
+            }
+            tracing::info!(message = "Turn waiting for function call outputs cancelled.");
+            return Vec::new();
+        }
         let active = self.reply.as_ref().map(|r| r.turn).or(self.open_turn);
         let matches = response_id
             .is_none_or(|id| self.reply.as_ref().is_some_and(|r| r.at.response_id == id));
@@ -587,6 +680,17 @@ impl Session {
 
     /// The last audio, then every `.done` event and `response.done`.
     fn finish(&mut self, status: ResponseStatus, reason: Option<&str>) -> Vec<ServerMessage> {
+        self.finish_with(status, reason, Vec::new())
+    }
+
+    /// [`Self::finish`] with function calls for the client after the
+    /// message item, in the same response.
+    fn finish_with(
+        &mut self,
+        status: ResponseStatus,
+        reason: Option<&str>,
+        calls: Vec<Asked>,
+    ) -> Vec<ServerMessage> {
         let mut out = Vec::new();
         if status == ResponseStatus::Completed {
             let mut tail = Vec::new();
@@ -638,6 +742,10 @@ impl Session {
             item: item.clone(),
             previous_item_id: None,
         }));
+        let (calls_out, call_items) = self.function_items(&at.response_id, 1, calls);
+        out.extend(calls_out);
+        let mut output = vec![item];
+        output.extend(call_items);
         let response = Response {
             status,
             status_details: Some(StatusDetails {
@@ -645,7 +753,7 @@ impl Session {
                 reason: reason.map(str::to_string),
                 error: None,
             }),
-            output: vec![item],
+            output,
             usage: Some(Usage::default()),
             ..Response::in_progress(&at.response_id)
         };
@@ -660,6 +768,245 @@ impl Session {
             pieces: reply.pieces,
         });
         out
+    }
+
+    // ------------------------------------------------------ client tools
+
+    /// Calls of the planner to the client's tools (a step's calls
+    /// together), and calls it no longer waits for.
+    pub fn on_tool_requests(&mut self, requests: Vec<ToolRequest>) -> Vec<ServerMessage> {
+        let mut out = Vec::new();
+        let mut asked = Vec::new();
+        for request in requests {
+            match request {
+                ToolRequest::Withdrawn { id } => out.extend(self.withdrawn(id)),
+                ToolRequest::Call {
+                    id,
+                    name,
+                    arguments,
+                    answer,
+                } => asked.push((id, name, arguments, answer)),
+            }
+        }
+        if asked.is_empty() {
+            return out;
+        }
+        let turn = self.reply.as_ref().map(|r| r.turn).or(self.open_turn);
+        let Some(turn) = turn.filter(|t| self.turns.is_live(TurnId(*t))) else {
+            for (_, name, _, answer) in asked {
+                let _ = answer.send(ToolAnswer::error(format!(
+                    "{name} was not run: the turn is over"
+                )));
+            }
+            return out;
+        };
+        let mut calls = Vec::new();
+        for (id, name, arguments, answer) in asked {
+            let call_id = self.id("call");
+            tracing::info!(message = "Function call sent to the client.", turn, %call_id, tool = %name);
+            calls.push(Asked {
+                call_id: call_id.clone(),
+                item_id: self.id("item"),
+                name,
+                arguments: arguments.to_string(),
+            });
+            self.calls.push(ClientCall {
+                id,
+                call_id,
+                turn,
+                answer,
+                output: None,
+            });
+        }
+        if self.reply.as_ref().is_some_and(|r| r.turn == turn) {
+            out.extend(self.finish_with(ResponseStatus::Completed, None, calls));
+        } else {
+            out.extend(self.function_response(turn, calls));
+        }
+        out
+    }
+
+    /// A response holding only function calls (the planner called its
+    /// tools before saying anything).
+    fn function_response(&mut self, turn: u64, calls: Vec<Asked>) -> Vec<ServerMessage> {
+        let response_id = self.id("resp");
+        let mut out = vec![self.message(ServerEvent::ResponseCreated {
+            response: Response::in_progress(&response_id),
+        })];
+        let (calls_out, output) = self.function_items(&response_id, 0, calls);
+        out.extend(calls_out);
+        let response = Response {
+            status: ResponseStatus::Completed,
+            status_details: Some(StatusDetails {
+                kind: ResponseStatus::Completed,
+                reason: None,
+                error: None,
+            }),
+            output,
+            usage: Some(Usage::default()),
+            ..Response::in_progress(&response_id)
+        };
+        out.push(self.message(ServerEvent::ResponseDone { response }));
+        if self.closed.len() >= REMEMBERED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(turn);
+        if self.open_turn == Some(turn) {
+            self.open_turn = None;
+        }
+        out
+    }
+
+    /// The events of function call items from `first` on in a response:
+    /// each added, its arguments (in one delta), done.
+    fn function_items(
+        &mut self,
+        response_id: &str,
+        first: u32,
+        calls: Vec<Asked>,
+    ) -> (Vec<ServerMessage>, Vec<Item>) {
+        let mut out = Vec::new();
+        let mut items = Vec::new();
+        for (i, asked) in calls.into_iter().enumerate() {
+            let Asked {
+                call_id,
+                item_id,
+                name,
+                arguments,
+            } = asked;
+            let output_index = first + i as u32;
+            let item = |status, arguments: &str| Item::FunctionCall {
+                id: Some(item_id.clone()),
+                object: Some("realtime.item".into()),
+                status: Some(status),
+                call_id: Some(call_id.clone()),
+                name: name.clone(),
+                arguments: arguments.into(),
+            };
+            let previous_item_id = self.last_item.replace(item_id.clone());
+            out.push(self.message(ServerEvent::OutputItemAdded {
+                response_id: response_id.into(),
+                output_index,
+                item: item(ItemStatus::InProgress, ""),
+            }));
+            out.push(self.message(ServerEvent::ItemAdded {
+                item: item(ItemStatus::InProgress, ""),
+                previous_item_id,
+            }));
+            out.push(self.message(ServerEvent::FunctionCallArgumentsDelta {
+                response_id: response_id.into(),
+                item_id: item_id.clone(),
+                output_index,
+                call_id: call_id.clone(),
+                delta: arguments.clone(),
+            }));
+            out.push(self.message(ServerEvent::FunctionCallArgumentsDone {
+                response_id: response_id.into(),
+                item_id: item_id.clone(),
+                output_index,
+                call_id: call_id.clone(),
+                name: name.clone(),
+                arguments: arguments.clone(),
+            }));
+            let done = item(ItemStatus::Completed, &arguments);
+            out.push(self.message(ServerEvent::OutputItemDone {
+                response_id: response_id.into(),
+                output_index,
+                item: done.clone(),
+            }));
+            out.push(self.message(ServerEvent::ItemDone {
+                item: done.clone(),
+                previous_item_id: None,
+            }));
+            items.push(done);
+        }
+        (out, items)
+    }
+
+    /// The client's `function_call_output` for `call_id`: kept until
+    /// `response.create`.
+    fn call_output(&mut self, call_id: &str, output: String) -> Result<Vec<ServerMessage>, String> {
+        let Some(call) = self
+            .calls
+            .iter_mut()
+            .find(|c| c.call_id == call_id && c.output.is_none())
+        else {
+            return Err(format!(
+                "No function call `{call_id}` is waiting for its output (it was answered, \
+                 given up after the turn's deadline, or never made)."
+            ));
+        };
+        call.output = Some(output.clone());
+        let item_id = self.id("item");
+        let item = Item::FunctionCallOutput {
+            id: Some(item_id.clone()),
+            object: Some("realtime.item".into()),
+            status: Some(ItemStatus::Completed),
+            call_id: call_id.into(),
+            output,
+        };
+        let previous_item_id = self.last_item.replace(item_id);
+        Ok(vec![
+            self.message(ServerEvent::ItemAdded {
+                item: item.clone(),
+                previous_item_id: previous_item_id.clone(),
+            }),
+            self.message(ServerEvent::ItemDone {
+                item,
+                previous_item_id,
+            }),
+        ])
+    }
+
+    /// `response.create` after function calls: their outputs go to the
+    /// planner (a call without one fails), and the turn's next words are
+    /// a new response.
+    fn resume(&mut self) -> Vec<ServerMessage> {
+        let turn = self.calls[0].turn;
+        let (answered, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.calls)
+            .into_iter()
+            .partition(|c| c.turn == turn);
+        self.calls = rest;
+        for call in answered {
+            let answer = match call.output {
+                Some(text) => ToolAnswer {
+                    text,
+                    is_error: false,
+                },
+                None => ToolAnswer::error(format!(
+                    "the client sent no output for call {} before response.create",
+                    call.call_id
+                )),
+            };
+            let _ = call.answer.send(answer);
+        }
+        self.closed.retain(|t| *t != turn);
+        if !self.turns.is_live(TurnId(turn)) {
+            return Vec::new();
+        }
+        self.open_turn = Some(turn);
+        let mut out = Vec::new();
+        if self.reply.is_some() {
+            out.extend(self.finish(ResponseStatus::Cancelled, Some("turn_detected")));
+        }
+        out.extend(self.begin(turn));
+        out
+    }
+
+    /// The planner stopped waiting for call `id` (its deadline, a
+    /// cancelled turn): a live turn goes on, its next words a new response.
+    fn withdrawn(&mut self, id: u64) -> Vec<ServerMessage> {
+        let Some(at) = self.calls.iter().position(|c| c.id == id) else {
+            return Vec::new();
+        };
+        let call = self.calls.remove(at);
+        tracing::info!(message = "Function call given up.", turn = call.turn, call_id = %call.call_id);
+        let waiting = self.calls.iter().any(|c| c.turn == call.turn);
+        if !waiting && self.turns.is_live(TurnId(call.turn)) {
+            self.closed.retain(|t| *t != call.turn);
+            self.open_turn = Some(call.turn);
+        }
+        Vec::new()
     }
 
     /// The caller's turn is over: its user item enters the conversation
@@ -724,6 +1071,33 @@ impl Session {
             event,
         }
     }
+}
+
+/// The client's function tools as the planner offers them; an error names
+/// the tool that is not a function tool.
+fn tool_specs(tools: &[FunctionTool]) -> Result<Vec<ToolSpec>, (String, &'static str)> {
+    tools
+        .iter()
+        .map(|tool| {
+            if tool.kind != "function" || tool.name.trim().is_empty() {
+                return Err((
+                    format!(
+                        "parlor runs function tools only (type \"function\" with a name); \
+                         got type `{}` named `{}`.",
+                        tool.kind, tool.name
+                    ),
+                    "session.tools",
+                ));
+            }
+            Ok(ToolSpec::new(
+                tool.name.clone(),
+                tool.description.clone().unwrap_or_default(),
+                tool.parameters
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}})),
+            ))
+        })
+        .collect()
 }
 
 /// The reply text heard by sample `end` of `sent`: whole pieces before it,
@@ -982,5 +1356,130 @@ mod tests {
         );
         let bad = s.on_client(ask(serde_json::json!({"type": "transcription"})));
         assert_eq!(param(bad), ("error".into(), "session.type".into()));
+    }
+
+    #[tokio::test]
+    async fn a_client_tool_call_is_a_response_and_its_output_resumes_the_turn() {
+        let (handle, _asked) = ClientToolsHandle::new();
+        let turns = Arc::new(Turns::new(true, CancellationToken::new()));
+        let mut s =
+            Session::new(turns.clone(), 24_000, "local", "joe").with_client_tools(handle.clone());
+        let update: ClientEvent = serde_json::from_value(serde_json::json!({
+            "type": "session.update",
+            "session": {"type": "realtime", "tools": [{"type": "function", "name": "get_store_hours",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]}
+        }))
+        .unwrap();
+        assert_eq!(kinds(&s.on_client(update).messages), ["session.updated"]);
+        assert!(handle.client_runs());
+        let turn = turns.begin().0;
+        event(&mut s, CallEvent::SpeechStarted { turn, at_ms: 0 });
+        event(
+            &mut s,
+            CallEvent::SpeechEnded {
+                turn,
+                speech_ms: 500,
+            },
+        );
+
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let asked = s.on_tool_requests(vec![ToolRequest::Call {
+            id: 1,
+            name: "get_store_hours".into(),
+            arguments: serde_json::json!({"city": "Lisbon"}),
+            answer,
+        }]);
+        assert_eq!(
+            kinds(&asked),
+            [
+                "response.created",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "conversation.item.done",
+                "response.done"
+            ]
+        );
+        let done = serde_json::to_value(asked.last().unwrap()).unwrap();
+        let call = &done["response"]["output"][0];
+        assert_eq!(call["type"], "function_call");
+        assert_eq!(call["name"], "get_store_hours");
+        let call_id = call["call_id"].as_str().unwrap().to_string();
+        let args: serde_json::Value =
+            serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args["city"], "Lisbon");
+
+        let output = |call_id: &str| -> ClientEvent {
+            serde_json::from_value(serde_json::json!({
+                "type": "conversation.item.create", "event_id": "o1",
+                "item": {"type": "function_call_output", "call_id": call_id, "output": "Closes at midnight."}
+            }))
+            .unwrap()
+        };
+        let unknown = s.on_client(output("call_x"));
+        let error = serde_json::to_value(&unknown.messages[0]).unwrap();
+        assert_eq!(error["error"]["param"], "item.call_id");
+        assert_eq!(error["error"]["event_id"], "o1");
+        assert_eq!(
+            kinds(&s.on_client(output(&call_id)).messages),
+            ["conversation.item.added", "conversation.item.done"]
+        );
+        // A second output for the same call is refused.
+        assert_eq!(kinds(&s.on_client(output(&call_id)).messages), ["error"]);
+
+        let create: ClientEvent =
+            serde_json::from_value(serde_json::json!({"type": "response.create"})).unwrap();
+        let resumed = s.on_client(create);
+        assert_eq!(kinds(&resumed.messages)[0], "response.created");
+        let answer = answered.await.unwrap();
+        assert_eq!(answer.text, "Closes at midnight.");
+        assert!(!answer.is_error);
+        // The turn's next words are the new response's.
+        let said = event(
+            &mut s,
+            CallEvent::ReplyDelta {
+                turn,
+                text: "At midnight.".into(),
+            },
+        );
+        assert_eq!(said, ["response.output_audio_transcript.delta"]);
+    }
+
+    #[test]
+    fn a_call_given_up_reopens_the_turn_for_its_apology() {
+        let (handle, _asked) = ClientToolsHandle::new();
+        let turns = Arc::new(Turns::new(true, CancellationToken::new()));
+        let mut s = Session::new(turns.clone(), 24_000, "local", "joe").with_client_tools(handle);
+        let turn = turns.begin().0;
+        event(&mut s, CallEvent::SpeechStarted { turn, at_ms: 0 });
+        event(
+            &mut s,
+            CallEvent::SpeechEnded {
+                turn,
+                speech_ms: 500,
+            },
+        );
+        let (answer, _answered) = tokio::sync::oneshot::channel();
+        s.on_tool_requests(vec![ToolRequest::Call {
+            id: 7,
+            name: "f".into(),
+            arguments: serde_json::json!({}),
+            answer,
+        }]);
+        // Given up (the planner's deadline): the turn's next words, its
+        // apology, begin a new response.
+        assert!(s
+            .on_tool_requests(vec![ToolRequest::Withdrawn { id: 7 }])
+            .is_empty());
+        let said = event(
+            &mut s,
+            CallEvent::ReplyDelta {
+                turn,
+                text: "Sorry.".into(),
+            },
+        );
+        assert_eq!(said[0], "response.created");
     }
 }

@@ -204,6 +204,19 @@ pub(crate) async fn start_live_call(
     .await
 }
 
+/// [`start_call`] for a Realtime session, whose client may declare
+/// function tools it runs itself (see `realtime::tools`).
+pub(crate) async fn start_realtime_call(
+    pipeline: &Arc<LoadedPipeline>,
+    caller: crate::access::Caller,
+    tools: crate::realtime::tools::ClientToolsHandle,
+) -> Result<crate::runner::Pipeline, ApiError> {
+    built(pipeline, CallKind::Full, move |p| {
+        p.call_wrapped(&caller, &tools)
+    })
+    .await
+}
+
 async fn built(
     pipeline: &Arc<LoadedPipeline>,
     kind: CallKind,

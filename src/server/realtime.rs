@@ -35,11 +35,12 @@ use super::calls::{
     READ_BUFFER, WRITE_BUFFER,
 };
 use super::turns::{at_capacity, no_pipeline};
-use super::{start_call, ApiError, AppState, CallKind};
+use super::{start_realtime_call, ApiError, AppState};
 use crate::access::Caller;
 use crate::frame::PIPELINE_SAMPLE_RATE;
 use crate::live::{self, InputError};
 use crate::realtime::events::{ErrorDetail, PCM_RATE};
+use crate::realtime::tools::{ClientToolsHandle, ToolRequest};
 use crate::realtime::{ClientEvent, Parsed, ServerMessage, Session};
 use crate::runner::Pipeline;
 
@@ -73,7 +74,8 @@ pub async fn realtime(
         session: Some(id.clone()),
         ..caller.map(|Extension(c)| c).unwrap_or_default()
     };
-    let call = start_call(&pipeline, CallKind::Full, caller).await?;
+    let (tools, requests) = ClientToolsHandle::new();
+    let call = start_realtime_call(&pipeline, caller, tools.clone()).await?;
     let voice_rate = pipeline.output_rate().unwrap_or(PIPELINE_SAMPLE_RATE);
     let name = pipeline.spec().name.clone();
     let model = query.get("model").cloned().unwrap_or_else(|| name.clone());
@@ -100,6 +102,8 @@ pub async fn realtime(
                 model,
                 voice,
                 voice_rate,
+                tools,
+                requests,
             };
             run_session(socket, &state, call, &id, session, about, slot)
                 .instrument(span)
@@ -112,6 +116,9 @@ struct About {
     model: String,
     voice: String,
     voice_rate: u32,
+    /// The client's function tools, and their calls to send it.
+    tools: ClientToolsHandle,
+    requests: mpsc::UnboundedReceiver<ToolRequest>,
 }
 
 async fn run_session(
@@ -146,12 +153,11 @@ async fn run_session(
             return;
         }
     };
-    let protocol = Arc::new(Mutex::new(Session::new(
-        output.turns(),
-        about.voice_rate,
-        &about.model,
-        &about.voice,
-    )));
+    let protocol = Arc::new(Mutex::new(
+        Session::new(output.turns(), about.voice_rate, &about.model, &about.voice)
+            .with_client_tools(about.tools),
+    ));
+    let mut requests = about.requests;
     let created = protocol.lock().expect("session poisoned").created();
     if send(&mut sink, text(&created), limits.write_timeout)
         .await
@@ -266,6 +272,15 @@ async fn run_session(
                     None => break,
                 },
                 Some(answer) = answered.recv() => vec![answer],
+                Some(request) = requests.recv() => {
+                    // The planner's parallel calls of one step arrive
+                    // together: they go out in one response.
+                    let mut batch = vec![request];
+                    while let Ok(more) = requests.try_recv() {
+                        batch.push(more);
+                    }
+                    protocol.lock().expect("session poisoned").on_tool_requests(batch)
+                }
                 _ = ping.tick() => {
                     let answered = Duration::from_millis(last_pong_ref.load(Ordering::Relaxed));
                     let silent_for = call_started.elapsed().saturating_sub(answered);

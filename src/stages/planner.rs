@@ -41,6 +41,9 @@ impl PlannerStage {
 
     /// The filler to say next, if fillers are on.
     fn next_filler(&self) -> Option<(std::time::Duration, String)> {
+        if self.planner.toolbox().client_runs() {
+            return None;
+        }
         let options = self.planner.options();
         let after = options.filler_after?;
         let text = options

@@ -9,6 +9,11 @@ real-time pace as 24 kHz input_audio_buffer.append events (then silence,
 as a live microphone would), until the first response.done.
 MODE `cancel`: the same audio; at the first reply audio it sends
 response.cancel, then conversation.item.truncate of the reply's item.
+MODE `tool`: session.update declares one function tool,
+`get_store_hours(city)`, which this client runs: when a response asks for
+it, the client sends a `function_call_output` saying the store closes at
+midnight, then `response.create`, and reads on until a response with audio
+is done.
 
 Every server event is validated against the package's own pydantic types
 (`RealtimeServerEvent`), so a wrong field name or type is reported. Reply
@@ -29,6 +34,19 @@ from openai import AsyncOpenAI
 from openai.types.realtime import RealtimeServerEvent
 
 RATE = 24_000
+
+STORE_HOURS = {
+    "type": "function",
+    "name": "get_store_hours",
+    "description": "Opening hours of the shop's store in a city. Use it for every question "
+    "about when a store is open.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "The city of the store"}},
+        "required": ["city"],
+    },
+}
+STORE_FACT = "The Lisbon store opens at 8 in the morning and closes at midnight, every day."
 FRAME = RATE // 50  # 20 ms
 
 
@@ -70,29 +88,35 @@ async def main() -> None:
 
         created = await next_event()
         out["created_session_type"] = created.get("session", {}).get("type")
-        await conn.session.update(
-            session={
-                "type": "realtime",
-                "instructions": "Answer briefly.",
-                "output_modalities": ["audio"],
-                "audio": {
-                    "input": {
-                        "format": {"type": "audio/pcm", "rate": RATE},
-                        "turn_detection": {"type": "server_vad"},
-                    },
-                    "output": {"format": {"type": "audio/pcm", "rate": RATE}, "voice": "marin"},
+        session = {
+            "type": "realtime",
+            "instructions": "Answer briefly.",
+            "output_modalities": ["audio"],
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": RATE},
+                    "turn_detection": {"type": "server_vad"},
                 },
-            }
-        )
+                "output": {"format": {"type": "audio/pcm", "rate": RATE}, "voice": "marin"},
+            },
+        }
+        if mode == "tool":
+            session["tools"] = [STORE_HOURS]
+            session["tool_choice"] = "auto"
+        await conn.session.update(session=session)
         updated = await next_event()
         out["updated"] = updated["type"]
+        out["updated_tools"] = [t.get("name") for t in updated.get("session", {}).get("tools") or []]
 
-        # Bad input, answered with `error` events; the session goes on.
-        await conn.send_raw("{not json")
-        await conn.send_raw(json.dumps({"type": "input_audio_buffer.append", "event_id": "bad_1"}))
-        # A type parlor does not act on: ignored, no answer.
-        await conn.send({"type": "output_audio_buffer.clear"})
-        out["bad_answers"] = [(await next_event()).get("error") for _ in range(2)]
+        if mode != "tool":
+            # Bad input, answered with `error` events; the session goes on.
+            await conn.send_raw("{not json")
+            await conn.send_raw(
+                json.dumps({"type": "input_audio_buffer.append", "event_id": "bad_1"})
+            )
+            # A type parlor does not act on: ignored, no answer.
+            await conn.send({"type": "output_audio_buffer.clear"})
+            out["bad_answers"] = [(await next_event()).get("error") for _ in range(2)]
 
         async def speak() -> None:
             for i in range(0, len(audio), FRAME):
@@ -119,10 +143,33 @@ async def main() -> None:
                         await conn.response.cancel()
                 elif kind == "response.output_audio_transcript.done":
                     out["reply_transcript"] = event["transcript"]
+                elif kind == "response.function_call_arguments.done":
+                    out.setdefault("calls", []).append(
+                        {
+                            "name": event["name"],
+                            "call_id": event["call_id"],
+                            "arguments": json.loads(event["arguments"]),
+                        }
+                    )
                 elif kind == "response.done":
                     response = event["response"]
                     out["status"] = response["status"]
                     out["reason"] = (response.get("status_details") or {}).get("reason")
+                    calls = [o for o in response["output"] if o["type"] == "function_call"]
+                    if mode == "tool" and calls:
+                        out["call_response_status"] = response["status"]
+                        for call in calls:
+                            await conn.conversation.item.create(
+                                item={
+                                    "type": "function_call_output",
+                                    "call_id": call["call_id"],
+                                    "output": STORE_FACT,
+                                }
+                            )
+                            added = await next_event()
+                            out.setdefault("output_answers", []).append(added["type"])
+                        await conn.response.create()
+                        continue
                     break
             if mode == "cancel" and cancelled_item is not None:
                 await conn.conversation.item.truncate(
