@@ -27,6 +27,9 @@ enum Step {
     Say(&'static str),
     Calls(Vec<(&'static str, Value)>),
     Fail(&'static str),
+    /// Like `Say`, but while any tool result is longer than the limit the
+    /// model's context is full (the step stays for the retry).
+    SayIfFits(usize, &'static str),
 }
 
 /// A model that follows a script and records what it was asked.
@@ -71,6 +74,32 @@ impl PlannerModel for Scripted {
             .push((request.choice, request.messages.to_vec()));
         let step = self.steps.lock().unwrap().pop_front();
         let n = self.seen.lock().unwrap().len();
+        let step = match step {
+            Some(Step::SayIfFits(limit, words)) => {
+                let longest = request
+                    .messages
+                    .iter()
+                    .filter_map(|m| match m {
+                        ChatMessage::ToolResult { content, .. } => Some(content.len()),
+                        _ => None,
+                    })
+                    .max()
+                    .unwrap_or(0);
+                if longest > limit {
+                    self.steps
+                        .lock()
+                        .unwrap()
+                        .push_front(Step::SayIfFits(limit, words));
+                    return Err(LlmError::ContextFull {
+                        prompt: 5000,
+                        max_tokens: 256,
+                        context_len: 4096,
+                    });
+                }
+                Some(Step::Say(words))
+            }
+            other => other,
+        };
         match step {
             Some(Step::Say(words)) => {
                 for piece in words.split_inclusive(' ') {
@@ -95,6 +124,7 @@ impl PlannerModel for Scripted {
                 ..ModelReply::default()
             }),
             Some(Step::Fail(why)) => Err(LlmError::Remote(why.into())),
+            Some(Step::SayIfFits(..)) => unreachable!("answered above"),
             None => panic!("the script ran out at request {n}"),
         }
     }
@@ -782,4 +812,32 @@ async fn a_caller_deciding_does_not_use_up_the_tools_deadline() {
     if let Ok(pool) = Arc::try_unwrap(pool) {
         pool.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_too_big_for_the_context_is_halved_until_it_fits() {
+    let model = Scripted::new(vec![
+        Step::Calls(vec![("py__echo", json!({"text": "w".repeat(3000)}))]),
+        Step::SayIfFits(1000, "It echoed a lot of w."),
+    ]);
+    let planner = planner(model.clone(), py_pool().await, PlannerOptions::default());
+    let mut history = History::default();
+    let done = turn(&planner, &mut history, "Echo a long text.").await;
+    let outcome = done.result.expect("the turn answers instead of failing");
+    assert_eq!(outcome.reply, "It echoed a lot of w.");
+    // The caller's record keeps the tool's output; the model read it cut.
+    assert_eq!(outcome.tools[0].output.len(), 3000);
+    let read = model
+        .last_messages()
+        .into_iter()
+        .find_map(|m| match m {
+            ChatMessage::ToolResult { content, .. } => Some(content),
+            _ => None,
+        })
+        .unwrap();
+    assert!(read.len() <= 1000 && read.contains("[truncated]"), "{read}");
+    assert!(
+        model.choices().len() >= 3,
+        "the call, a retry or more, the answer"
+    );
 }

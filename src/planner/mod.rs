@@ -310,17 +310,33 @@ impl Planner {
             } else {
                 ToolChoice::Auto
             };
-            let mut messages = Vec::with_capacity(1 + history.messages().len() + turn.len());
-            messages.push(ChatMessage::system(self.system.clone()));
-            messages.extend_from_slice(history.messages());
-            messages.extend_from_slice(turn);
-            let request = ModelRequest {
-                messages: &messages,
-                tools: &specs,
-                choice,
-            };
             outcome.steps += 1;
-            let reply = self.ask(request, events, cancel).await?;
+            let reply = loop {
+                let mut messages = Vec::with_capacity(1 + history.messages().len() + turn.len());
+                messages.push(ChatMessage::system(self.system.clone()));
+                messages.extend_from_slice(history.messages());
+                messages.extend_from_slice(turn);
+                let request = ModelRequest {
+                    messages: &messages,
+                    tools: &specs,
+                    choice,
+                };
+                match self.ask(request, events, cancel).await {
+                    // A result too big for the model's context (a flooding
+                    // tool, token-dense text under the byte cap): halve the
+                    // longest and ask again rather than fail the turn.
+                    Err(PlannerError::Model(LlmError::ContextFull { prompt, .. }))
+                        if shrink_longest_result(turn, &outcome.tools) =>
+                    {
+                        tracing::warn!(
+                            message =
+                                "Prompt over the model's context; longest tool result halved.",
+                            prompt_tokens = prompt
+                        );
+                    }
+                    other => break other?,
+                }
+            };
             for call in reply.hosted {
                 let record = ToolRecord::hosted(call);
                 let _ = events.send(PlannerEvent::ToolFinished(record.clone()));
@@ -455,6 +471,35 @@ impl Planner {
         });
         futures::future::join_all(runs).await
     }
+}
+
+/// Halves the longest tool result of this turn (cut from the tool's own
+/// output in `records`, then fenced again, so the fence stays whole).
+/// False when there is none, or it is already short.
+fn shrink_longest_result(turn: &mut [ChatMessage], records: &[ToolRecord]) -> bool {
+    /// Below this a result is not worth cutting further.
+    const FLOOR: usize = 256;
+    let longest = turn
+        .iter_mut()
+        .filter_map(|m| match m {
+            ChatMessage::ToolResult {
+                call_id, content, ..
+            } => Some((call_id, content)),
+            _ => None,
+        })
+        .max_by_key(|(_, content)| content.len());
+    let Some((call_id, content)) = longest else {
+        return false;
+    };
+    let Some(record) = records.iter().find(|r| r.id == *call_id) else {
+        return false;
+    };
+    let target = content.len() / 2;
+    if target < FLOOR {
+        return false;
+    }
+    *content = untrusted::fence(&record.name, &cap(record.output.clone(), target));
+    true
 }
 
 /// `text` cut to at most `max` bytes at a character boundary, marked.
