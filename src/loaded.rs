@@ -11,11 +11,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::access::Caller;
-use crate::planner::setup::{self, ConnectedPlanner, SetupError};
+use crate::planner::setup::{self, ConnectedPlanner, ConnectedTools, SetupError};
 use crate::planner::{Confirmer, NoPerson};
 use crate::runner::Pipeline;
 use crate::spec::{PipelineSpec, StageSpec, SttBackend, TtsSpec, VadSpec};
 use crate::stages::planner::PlannerStage;
+use crate::stages::realtime::{RealtimeSettings, RealtimeStage};
 use crate::stages::stt::openai::OpenAiTranscriber;
 use crate::stages::stt::{OpenAiStt, SttError, WhisperEngine, WhisperLocal, WhisperSettings};
 use crate::stages::tts::{load_voice, TtsError, TtsStage, Voice};
@@ -31,8 +32,8 @@ pub enum LoadError {
     Planner { index: usize, source: SetupError },
     #[error("stage {index} (tts): {source}")]
     Tts { index: usize, source: TtsError },
-    #[error("stage {index} ({kind}) is not available in this build yet")]
-    NotAvailable { index: usize, kind: &'static str },
+    #[error("stage {index} (realtime): {message}")]
+    Realtime { index: usize, message: String },
 }
 
 /// One stage's loaded, shareable part.
@@ -49,6 +50,12 @@ enum Part {
     Tts {
         voice: Arc<dyn Voice>,
         rate: u32,
+    },
+    /// The speech-to-speech model's settings and the MCP tools it is
+    /// offered; each call dials its own session.
+    Realtime {
+        settings: Arc<RealtimeSettings>,
+        tools: ConnectedTools,
     },
 }
 
@@ -117,11 +124,19 @@ impl LoadedPipeline {
                         rate: tts.sample_rate,
                     }
                 }
-                other => {
-                    return Err(LoadError::NotAvailable {
-                        index,
-                        kind: other.kind(),
-                    })
+                StageSpec::Realtime(rt) => {
+                    let settings = RealtimeSettings::from_spec(rt, base_dir)
+                        .map_err(|message| LoadError::Realtime { index, message })?;
+                    let tools = setup::connect_tools(spec, &rt.mcp, false, base_dir)
+                        .await
+                        .map_err(|e| LoadError::Realtime {
+                            index,
+                            message: e.to_string(),
+                        })?;
+                    Part::Realtime {
+                        settings: Arc::new(settings),
+                        tools,
+                    }
                 }
             };
             parts.push(part);
@@ -145,6 +160,7 @@ impl LoadedPipeline {
     pub fn output_rate(&self) -> Option<u32> {
         self.parts.iter().find_map(|p| match p {
             Part::Tts { rate, .. } => Some(*rate),
+            Part::Realtime { .. } => Some(crate::realtime::events::PCM_RATE),
             _ => None,
         })
     }
@@ -232,6 +248,13 @@ impl LoadedPipeline {
         keep: impl Fn(&Part) -> bool,
     ) -> Result<Pipeline, LoadError> {
         let mut pipeline = Pipeline::new(self.spec.channel_capacity);
+        if self
+            .parts
+            .iter()
+            .any(|p| keep(p) && matches!(p, Part::Realtime { .. }))
+        {
+            pipeline = pipeline.input_rate(crate::realtime::events::PCM_RATE);
+        }
         for (i, part) in self.parts.iter().enumerate() {
             if !keep(part) {
                 continue;
@@ -258,17 +281,30 @@ impl LoadedPipeline {
                     Box::new(PlannerStage::new(planner))
                 }
                 Part::Tts { voice, rate } => Box::new(TtsStage::new(voice.clone(), *rate)),
+                Part::Realtime { settings, tools } => {
+                    let toolbox = tools
+                        .tools
+                        .for_session(caller, confirmer.clone())
+                        .unwrap_or_else(|| tools.tools.clone());
+                    Box::new(RealtimeStage::new(
+                        settings.clone(),
+                        toolbox,
+                        tools.secrets.clone(),
+                    ))
+                }
             });
         }
         Ok(pipeline)
     }
 
-    /// The MCP servers the planner uses, and whether each is connected now.
+    /// The MCP servers the planner (or realtime stage) uses, and whether
+    /// each is connected now.
     pub fn mcp_status(&self) -> Vec<crate::mcp::ServerStatus> {
         self.parts
             .iter()
             .find_map(|p| match p {
                 Part::Planner(connected) => Some(connected.pool.servers()),
+                Part::Realtime { tools, .. } => Some(tools.pool.servers()),
                 _ => None,
             })
             .unwrap_or_default()
@@ -288,8 +324,15 @@ impl LoadedPipeline {
     /// Close MCP sessions (stdio children exit).
     pub async fn shutdown(self) {
         for part in self.parts {
-            if let Part::Planner(connected) = part {
-                connected.shutdown().await;
+            match part {
+                Part::Planner(connected) => connected.shutdown().await,
+                Part::Realtime { tools, .. } => {
+                    drop(tools.tools);
+                    if let Ok(pool) = Arc::try_unwrap(tools.pool) {
+                        pool.shutdown().await;
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::frame::Frame;
+use crate::frame::{Frame, PIPELINE_SAMPLE_RATE};
 use crate::stages::{Stage, StageContext, StageError, StageIo};
 use crate::turns::Turns;
 
@@ -25,6 +25,7 @@ pub struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
     capacity: NonZeroUsize,
     barge_in: bool,
+    input_rate: u32,
 }
 
 impl Pipeline {
@@ -33,7 +34,15 @@ impl Pipeline {
             stages: Vec::new(),
             capacity,
             barge_in: true,
+            input_rate: PIPELINE_SAMPLE_RATE,
         }
+    }
+
+    /// The rate the first stage takes audio at (16 kHz unless it says
+    /// otherwise): the edges resample to it once.
+    pub fn input_rate(mut self, rate: u32) -> Self {
+        self.input_rate = rate;
+        self
     }
 
     pub fn stage(mut self, stage: Box<dyn Stage>) -> Self {
@@ -90,6 +99,7 @@ impl Pipeline {
             tasks,
             shutdown,
             turns,
+            input_rate: self.input_rate,
         }
     }
 }
@@ -103,6 +113,7 @@ pub struct RunningPipeline {
     tasks: Vec<(&'static str, JoinHandle<Result<(), StageError>>)>,
     shutdown: CancellationToken,
     turns: Arc<Turns>,
+    input_rate: u32,
 }
 
 /// How a pipeline ended.
@@ -141,6 +152,11 @@ impl RunningPipeline {
     /// Frames out of the last stage.
     pub fn output(&mut self) -> &mut mpsc::Receiver<Frame> {
         &mut self.output
+    }
+
+    /// The rate input audio is expected at.
+    pub fn input_rate(&self) -> u32 {
+        self.input_rate
     }
 
     pub fn turns(&self) -> &Arc<Turns> {

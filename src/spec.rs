@@ -341,12 +341,44 @@ impl TtsSpec {
 pub struct RealtimeSpec {
     #[serde(default = "default_realtime_model")]
     pub model: String,
+    /// The Realtime WebSocket endpoint (`ws://` or `wss://`); the model is
+    /// added as `?model=`. OpenAI's when left out.
     pub url: Option<String>,
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
     pub voice: Option<String>,
+    /// A text file with the session's instructions (the system prompt).
+    pub instructions: Option<PathBuf>,
+    /// `server_vad` or `semantic_vad`: the model's own end-of-turn detector.
+    #[serde(default = "default_turn_detection")]
+    pub turn_detection: String,
+    /// What transcribes the caller's speech for the transcript (the
+    /// speech-to-speech model itself does not need it).
+    #[serde(default = "default_realtime_transcription")]
+    pub transcription_model: String,
+    /// MCP servers whose tools are offered as the session's function tools,
+    /// run by parlor through the same policy layer as the planner's.
     #[serde(default)]
     pub mcp: Vec<String>,
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    #[serde(default = "default_turn_timeout_ms")]
+    pub turn_timeout_ms: u64,
+}
+
+/// Where OpenAI serves the Realtime protocol.
+pub const OPENAI_REALTIME_URL: &str = "wss://api.openai.com/v1/realtime";
+
+impl RealtimeSpec {
+    /// The endpoint to dial, with the model in the query.
+    pub fn endpoint(&self) -> String {
+        let url = self.url.as_deref().unwrap_or(OPENAI_REALTIME_URL);
+        if url.contains("model=") {
+            return url.to_string();
+        }
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}model={}", self.model)
+    }
 }
 
 /// One MCP server. `transport` selects how parlor reaches it.
@@ -503,6 +535,12 @@ fn default_tts_speed() -> f32 {
 }
 fn default_realtime_model() -> String {
     "gpt-realtime".into()
+}
+fn default_turn_detection() -> String {
+    "server_vad".into()
+}
+fn default_realtime_transcription() -> String {
+    "gpt-4o-mini-transcribe".into()
 }
 
 /// One thing wrong with a spec.
@@ -928,7 +966,7 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
                 check_tts(t, &at, &needs_file, problems);
             }
             StageSpec::Planner(p) => check_planner(p, &at, &needs_file, problems),
-            StageSpec::Realtime(_) => {}
+            StageSpec::Realtime(r) => check_realtime(r, &at, &needs_file, problems),
         }
         let mcp_names = match stage {
             StageSpec::Planner(p) => &p.mcp[..],
@@ -1124,6 +1162,45 @@ fn check_tts(
     }
 }
 
+fn check_realtime(
+    r: &RealtimeSpec,
+    at: &str,
+    needs_file: &dyn Fn(&Path) -> Option<String>,
+    problems: &mut Vec<Problem>,
+) {
+    if let Some(url) = &r.url {
+        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+            problems.push(problem(
+                at.to_string(),
+                "url",
+                format!("\"{url}\" is not a WebSocket URL"),
+                "e.g. \"ws://127.0.0.1:8080/v1/realtime\" or leave it out for OpenAI's",
+            ));
+        }
+    }
+    if !["server_vad", "semantic_vad"].contains(&r.turn_detection.as_str()) {
+        problems.push(problem(
+            at.to_string(),
+            "turn_detection",
+            format!(
+                "must be \"server_vad\" or \"semantic_vad\", got \"{}\"",
+                r.turn_detection
+            ),
+            "turn_detection = \"server_vad\"",
+        ));
+    }
+    if let Some(path) = &r.instructions {
+        if let Some(m) = needs_file(path) {
+            problems.push(problem(
+                at.to_string(),
+                "instructions",
+                m,
+                "point it at a text file with the session's instructions",
+            ));
+        }
+    }
+}
+
 fn check_planner(
     p: &PlannerSpec,
     at: &str,
@@ -1215,12 +1292,12 @@ fn check_order(spec: &PipelineSpec, problems: &mut Vec<Problem>) {
     }
     if let Some(rt) = kinds.iter().position(|k| *k == "realtime") {
         for (i, kind) in kinds.iter().enumerate() {
-            if matches!(*kind, "stt" | "planner" | "tts") {
+            if matches!(*kind, "vad" | "stt" | "planner" | "tts") {
                 problems.push(Problem {
                     place: format!("stage {} ({kind})", i + 1),
                     field: Some("kind".into()),
                     message: format!(
-                        "a {kind} stage cannot be mixed with the realtime stage (stage {}), which does speech-to-text, planning and speech itself",
+                        "a {kind} stage cannot be mixed with the realtime stage (stage {}), which finds turns (its turn_detection), understands, plans and speaks itself",
                         rt + 1
                     ),
                     fix: Some(format!("remove the {kind} stage, or the realtime stage")),
@@ -1245,7 +1322,7 @@ fn check_order(spec: &PipelineSpec, problems: &mut Vec<Problem>) {
             });
         }
     }
-    if !kinds.is_empty() && kinds[0] != "vad" {
+    if !kinds.is_empty() && !matches!(kinds[0], "vad" | "realtime") {
         problems.push(Problem {
             place: "stage 1".into(),
             field: Some("kind".into()),

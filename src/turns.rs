@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +30,9 @@ pub struct Turns {
     parent: CancellationToken,
     state: Mutex<TurnState>,
     playing: AtomicBool,
-    /// Replies cut short: the turn and the words the caller heard.
-    heard: Mutex<Vec<(TurnId, String)>>,
+    /// Replies cut short: the turn, the words the caller heard, and how
+    /// much of its audio had played.
+    heard: Mutex<Vec<(TurnId, String, Duration)>>,
 }
 
 struct TurnState {
@@ -113,21 +115,28 @@ impl Turns {
         self.playing.load(Ordering::Relaxed)
     }
 
-    /// Record that `turn`'s reply was cut short and the caller heard only
-    /// `text` of it.
-    pub fn record_heard(&self, turn: TurnId, text: String) {
+    /// Record that `turn`'s reply was cut short after `played` of its
+    /// audio, and the caller heard only `text` of it.
+    pub fn record_heard(&self, turn: TurnId, text: String, played: Duration) {
         let mut heard = self.heard.lock().expect("heard poisoned");
         if heard.len() >= REMEMBERED_TURNS {
             heard.remove(0);
         }
-        heard.push((turn, text));
+        heard.push((turn, text, played));
+    }
+
+    /// How much of `turn`'s reply audio had played when it was cut short,
+    /// if it was (the realtime stage tells its model with a truncation).
+    pub fn played_before_cut(&self, turn: TurnId) -> Option<Duration> {
+        let heard = self.heard.lock().expect("heard poisoned");
+        heard.iter().find(|(t, ..)| *t == turn).map(|(.., d)| *d)
     }
 
     /// What the caller heard of `turn`'s reply, if it was cut short; asked
     /// once (the planner trims its history with it).
     pub fn take_heard(&self, turn: TurnId) -> Option<String> {
         let mut heard = self.heard.lock().expect("heard poisoned");
-        let i = heard.iter().position(|(t, _)| *t == turn)?;
+        let i = heard.iter().position(|(t, ..)| *t == turn)?;
         Some(heard.remove(i).1)
     }
 }

@@ -681,9 +681,11 @@ async fn a_reply_cut_short_is_remembered_as_only_the_words_heard() {
     }
     // The caller spoke over it after the first sentence: the edge records
     // what was heard, and the new turn cancels the old one.
-    running
-        .turns()
-        .record_heard(first, "Your order shipped on Monday.".into());
+    running.turns().record_heard(
+        first,
+        "Your order shipped on Monday.".into(),
+        std::time::Duration::from_millis(1800),
+    );
     let second = running.turns().begin();
     ask_stage(&input, second, "thanks").await;
     drop(input);

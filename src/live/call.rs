@@ -28,7 +28,7 @@ use super::playout::Playout;
 use super::protocol::ServerEvent;
 use crate::audio::{pcm16_le_bytes, pcm16_le_samples, AudioError, StreamResampler};
 use crate::file_call::{Reports, TurnReport};
-use crate::frame::{AudioChunk, Frame, TurnId, PIPELINE_SAMPLE_RATE};
+use crate::frame::{AudioChunk, Frame, TurnId};
 use crate::runner::RunningPipeline;
 use crate::turns::Turns;
 
@@ -65,12 +65,16 @@ pub fn open(
     output_rate: u32,
     lead: Duration,
 ) -> Result<(CallInput, CallOutput), AudioError> {
+    // The one resampling of the caller's audio: to what the pipeline's
+    // first stage takes (16 kHz for the VAD, 24 kHz for a realtime model).
+    let rate = running.input_rate();
     let resampler = match input_rate {
-        PIPELINE_SAMPLE_RATE => None,
-        rate => Some(StreamResampler::new(rate)?),
+        same if same == rate => None,
+        other => Some(StreamResampler::with_chunk(other, rate, OUTPUT_FRAME)?),
     };
     let input = CallInput {
         tx: running.input_handle(),
+        rate,
         resampler,
         samples: Vec::new(),
         resampled: Vec::new(),
@@ -106,6 +110,8 @@ pub enum InputError {
 /// The caller's side: audio in.
 pub struct CallInput {
     tx: mpsc::Sender<Frame>,
+    /// The pipeline's input rate.
+    rate: u32,
     resampler: Option<StreamResampler>,
     samples: Vec<f32>,
     resampled: Vec<f32>,
@@ -131,7 +137,7 @@ impl CallInput {
             return Ok(());
         }
         self.tx
-            .send(Frame::Audio(AudioChunk::new(PIPELINE_SAMPLE_RATE, samples)))
+            .send(Frame::Audio(AudioChunk::new(self.rate, samples)))
             .await
             .map_err(|_| InputError::Closed)
     }
@@ -325,7 +331,7 @@ impl CallOutput {
             return None;
         }
         tracing::info!(message = "Barge-in.", turn = %turn, played_ms = played.as_millis() as u64, heard = %heard);
-        self.turns.record_heard(turn, heard.clone());
+        self.turns.record_heard(turn, heard.clone(), played);
         self.interrupted.push(turn);
         Some(ServerEvent::BargeIn {
             turn: turn.0,

@@ -503,7 +503,8 @@ fn shrink_longest_result(turn: &mut [ChatMessage], records: &[ToolRecord]) -> bo
 }
 
 /// `text` cut to at most `max` bytes at a character boundary, marked.
-fn cap(mut text: String, max: usize) -> String {
+/// `text` cut to `max` bytes at a character boundary, marked as cut.
+pub(crate) fn cap(mut text: String, max: usize) -> String {
     const MARK: &str = " [truncated]";
     if text.len() <= max {
         return text;

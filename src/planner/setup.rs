@@ -75,16 +75,52 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
         })
         .ok_or_else(|| SetupError::NoPlanner(spec.name.clone()))?;
     let model = model(&stage, &hosted_servers(spec, &stage)?, base_dir).await?;
-    let pool = Arc::new(connect_pool(spec, &stage.mcp, base_dir).await?);
+    let ConnectedTools {
+        pool,
+        tools,
+        secrets,
+    } = connect_tools(spec, &stage.mcp, !stage.resources.is_empty(), base_dir).await?;
     let system = match system_prompt(&stage, &pool, base_dir).await {
         Ok(s) => s,
         Err(e) => {
+            // The toolbox holds the pool too: let go of it first.
+            drop(tools);
             if let Ok(pool) = Arc::try_unwrap(pool) {
                 pool.shutdown().await;
             }
             return Err(e);
         }
     };
+    let planner = Planner::new(model, tools, system, options(&stage)).with_secrets(secrets);
+    Ok(ConnectedPlanner { planner, pool })
+}
+
+/// MCP servers connected, behind the spec's policy layer.
+pub struct ConnectedTools {
+    /// The sessions themselves (shut the pool down when done).
+    pub pool: Arc<McpPool>,
+    /// The pool as a stage calls it: audited, with the access rules, the
+    /// rate limits and the secret guard when the spec has an `[audit]`.
+    pub tools: Arc<dyn Toolbox>,
+    /// The spec's secrets, which no reply may say.
+    pub secrets: Arc<Secrets>,
+}
+
+/// The spec's MCP servers `names`, connected and wrapped in the policy
+/// layer, for any stage that calls tools (the planner, the realtime
+/// stage). `untrusted_prompt`: resources are part of the system prompt, so
+/// the audit log marks the turn's calls as made with untrusted context.
+///
+/// # Errors
+/// A server that cannot be reached (named), an audit log that cannot be
+/// opened.
+pub async fn connect_tools(
+    spec: &PipelineSpec,
+    names: &[String],
+    untrusted_prompt: bool,
+    base_dir: &Path,
+) -> Result<ConnectedTools, SetupError> {
+    let pool = Arc::new(connect_pool(spec, names, base_dir).await?);
     let secrets = Arc::new(Secrets::of_spec(spec));
     // Without an audit log there are no access rules either: the spec
     // loader refuses `[access]` rules without `[audit]`.
@@ -104,13 +140,16 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
             Arc::new(
                 AuditedPool::new(pool.clone(), Arc::new(log), AuditContext::default())
                     .with_policy(Arc::new(policy))
-                    .with_untrusted_prompt(!stage.resources.is_empty())
+                    .with_untrusted_prompt(untrusted_prompt)
                     .with_secrets(secrets.clone()),
             )
         }
     };
-    let planner = Planner::new(model, tools, system, options(&stage)).with_secrets(secrets);
-    Ok(ConnectedPlanner { planner, pool })
+    Ok(ConnectedTools {
+        pool,
+        tools,
+        secrets,
+    })
 }
 
 /// The spec's MCP servers `names`, connected, with the gate of the spec's

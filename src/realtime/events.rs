@@ -207,6 +207,10 @@ pub struct AudioInput {
         skip_serializing_if = "Option::is_none"
     )]
     pub turn_detection: Option<Option<TurnDetection>>,
+    /// How the server transcribes the caller (`{"model": "..."}`); parlor's
+    /// own server always transcribes with its Whisper and ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcription: Option<Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -333,6 +337,10 @@ pub enum Item {
         call_id: String,
         output: String,
     },
+    /// An item type parlor does not use (a provider's `mcp_call`...): read
+    /// so the event around it still reads.
+    #[serde(other)]
+    Other,
 }
 
 impl Item {
@@ -553,11 +561,14 @@ impl TranscriptionUsage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub id: String,
+    #[serde(default)]
     pub object: String,
     pub status: ResponseStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_details: Option<StatusDetails>,
+    #[serde(default)]
     pub output: Vec<Item>,
+    #[serde(default)]
     pub output_modalities: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,

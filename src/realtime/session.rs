@@ -136,6 +136,7 @@ impl Session {
                         create_response: Some(true),
                         interrupt_response: Some(true),
                     })),
+                    transcription: None,
                 }),
                 output: Some(AudioOutput {
                     format: Some(AudioFormat::pcm()),
@@ -440,7 +441,8 @@ impl Session {
         // playback position is the better one.
         let _ = self.turns.take_heard(turn);
         tracing::info!(message = "Reply truncated.", turn = %turn, audio_end_ms, heard = %heard);
-        self.turns.record_heard(turn, heard);
+        self.turns
+            .record_heard(turn, heard, Duration::from_millis(audio_end_ms));
         Ok(())
     }
 

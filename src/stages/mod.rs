@@ -12,6 +12,7 @@
 pub mod onnx;
 pub mod passthrough;
 pub mod planner;
+pub mod realtime;
 pub mod stt;
 pub mod tts;
 pub mod vad;
@@ -101,9 +102,10 @@ pub fn build(index: usize, spec: &StageSpec) -> Result<Box<dyn Stage>, BuildErro
         StageSpec::Tts(tts) => tts::load_voice(tts)
             .map(|voice| Box::new(tts::TtsStage::new(voice, tts.sample_rate)) as Box<dyn Stage>)
             .map_err(|e| err(e.to_string())),
-        other => Err(err(format!(
-            "the {} stage is not available in this build yet",
-            other.kind()
-        ))),
+        StageSpec::Realtime(_) => Err(err(
+            "the realtime stage connects to its server and MCP servers asynchronously: load \
+             the pipeline with loaded::LoadedPipeline"
+                .into(),
+        )),
     }
 }

@@ -1,0 +1,462 @@
+//! The realtime stage (`kind = "realtime"`): a pipeline whose one stage is
+//! a Realtime protocol client, used through the same live-call WebSocket as
+//! the chained pipeline.
+//!
+//! - Against parlor's own `GET /v1/realtime` (the local chained pipeline
+//!   behind the protocol, real models): a spoken question is answered
+//!   aloud, the tool call made by the stage through its own MCP servers.
+//! - Against a scripted server, for what a real one cannot be made to do
+//!   on demand: talking over the reply (the stage cancels and truncates at
+//!   what the caller heard), events parlor does not know or cannot read
+//!   (ignored), and the connection dropping mid-reply (the turn ends with a
+//!   clear error, and the call reconnects and goes on).
+//!
+//! Needs `bash models/setup.sh`. One test at a time (two cores).
+
+mod support;
+
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use parlor::live::client::{self, Incoming, PlayOptions};
+use parlor::live::ServerEvent;
+use parlor::server::calls::CallLimits;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Mutex};
+use tokio_tungstenite::tungstenite::Message;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// The shipped `pipelines/local-realtime.toml`, pointed at `url`, with its
+/// own orders database (the server creates it with the demo data) and an
+/// audit log in `dir`.
+fn realtime_spec(url: &str, dir: &std::path::Path) -> parlor::spec::PipelineSpec {
+    let root = support::root();
+    let path = root.join("pipelines/local-realtime.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let shipped_url = "ws://127.0.0.1:8080/v1/realtime";
+    assert!(text.contains(shipped_url) && text.contains("data/orders.db"));
+    let text = format!(
+        "{}\n[audit]\npath = {:?}\n",
+        text.replace(shipped_url, url).replace(
+            "data/orders.db",
+            &dir.join("orders.db").display().to_string()
+        ),
+        dir.join("audit.jsonl").display().to_string()
+    );
+    parlor::spec::PipelineSpec::parse(&text, &path, root).expect("the realtime spec")
+}
+
+async fn shutdown(server: support::VoiceServer) {
+    server.stop.cancel();
+    drop(server.state);
+    if let Ok(pipeline) = Arc::try_unwrap(server.pipeline) {
+        pipeline.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoken_question_through_parlors_own_realtime_route_is_answered_with_the_stages_tools() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // The model side: parlor's local chained pipeline behind /v1/realtime.
+    let backend = support::VoiceServer::start(CallLimits::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("ws://{}/v1/realtime", backend.addr);
+    let front =
+        support::VoiceServer::start_with(realtime_spec(&url, dir.path()), CallLimits::default())
+            .await;
+
+    let question = support::root().join("models/speech/samples/question.wav");
+    let audio = parlor::audio::decode_file(&question, &Default::default()).unwrap();
+    let recording = client::play_file(
+        &format!("ws://{}/v1/calls", front.addr),
+        &audio,
+        &PlayOptions::default(),
+        |e| eprintln!("{e:?}"),
+    )
+    .await
+    .expect("the call runs");
+    let events = &recording.events;
+
+    // What the caller said, as the backend's Whisper heard it.
+    let transcript = events.iter().find_map(|e| match e {
+        ServerEvent::Transcript {
+            text,
+            is_final: true,
+            ..
+        } => Some(text.to_lowercase()),
+        _ => None,
+    });
+    assert!(
+        transcript.as_deref().unwrap_or_default().contains("order"),
+        "{transcript:?}"
+    );
+    // The backend's planner called the function the stage offered; the
+    // stage ran it on its own orders server, and its audit log says so.
+    let tool = events.iter().find_map(|e| match e {
+        ServerEvent::ToolCall {
+            server,
+            tool,
+            arguments,
+            is_error,
+            ..
+        } => Some((server.clone(), tool.clone(), arguments.clone(), *is_error)),
+        _ => None,
+    });
+    let (server_name, tool, arguments, is_error) = tool.expect("a tool call through the stage");
+    assert_eq!(
+        (server_name.as_str(), tool.as_str()),
+        ("orders", "get_order")
+    );
+    assert_eq!(arguments["order_id"].as_i64(), Some(1042));
+    assert!(!is_error);
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"get_order\"")),
+        "the stage's own audit log has the call: {audit}"
+    );
+    let done = events.iter().find_map(|e| match e {
+        ServerEvent::TurnDone {
+            reply,
+            voice_to_voice_ms,
+            ..
+        } => Some((reply.clone(), *voice_to_voice_ms)),
+        _ => None,
+    });
+    let (reply, v2v) = done.expect("turn.done");
+    assert!(
+        support::mentions_any(&reply, support::ORDER_1042_FACTS),
+        "{reply}"
+    );
+    assert!(v2v.is_some_and(|ms| ms > 0.0), "{v2v:?}");
+    eprintln!("voice to voice through the realtime stage: {v2v:?} ms");
+    let heard = support::hear(&recording.audio_chunk());
+    eprintln!("heard back: {heard}");
+    assert!(
+        support::mentions_any(&heard, support::ORDER_1042_FACTS),
+        "heard {heard:?} for {reply:?}"
+    );
+    shutdown(front).await;
+    shutdown(backend).await;
+}
+
+// ------------------------------------------------------- scripted server
+
+/// Client events each connection received, by connection.
+type Received = Arc<StdMutex<Vec<Vec<Value>>>>;
+
+/// 24 kHz PCM of a tone, base64, as `response.output_audio.delta` carries.
+fn tone(seconds: f64) -> String {
+    let n = (24_000.0 * seconds) as usize;
+    let samples: Vec<f32> = (0..n)
+        .map(|i| 0.3 * (i as f32 * 440.0 * std::f32::consts::TAU / 24_000.0).sin())
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(parlor::audio::pcm16_le_bytes(&samples))
+}
+
+fn ev(kind: &str, mut fields: Value) -> Message {
+    fields["type"] = json!(kind);
+    fields["event_id"] = json!(format!("ev_{kind}"));
+    Message::text(fields.to_string())
+}
+
+fn part(response: &str, item: &str) -> Value {
+    json!({"response_id": response, "item_id": item, "output_index": 0, "content_index": 0})
+}
+
+fn with(mut base: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().unwrap() {
+        base[k] = v.clone();
+    }
+    base
+}
+
+/// A reply of `text` with `seconds` of audio, in the order a server sends
+/// it; `done` ends the response.
+fn reply(response: &str, item: &str, text: &str, seconds: f64, done: bool) -> Vec<Message> {
+    let mut out = vec![
+        ev(
+            "response.created",
+            json!({"response": {"id": response, "object": "realtime.response", "status": "in_progress", "output": []}}),
+        ),
+        ev(
+            "response.output_item.added",
+            json!({"response_id": response, "output_index": 0,
+            "item": {"type": "message", "id": item, "role": "assistant", "content": []}}),
+        ),
+        ev(
+            "response.output_audio_transcript.delta",
+            with(part(response, item), json!({"delta": text})),
+        ),
+        ev(
+            "response.output_audio.delta",
+            with(part(response, item), json!({"delta": tone(seconds)})),
+        ),
+    ];
+    if done {
+        out.push(ev(
+            "response.done",
+            json!({"response": {"id": response, "object": "realtime.response", "status": "completed", "output": []}}),
+        ));
+    }
+    out
+}
+
+fn user_turn(item: &str, start_ms: u64, transcript: &str) -> Vec<Message> {
+    vec![
+        ev(
+            "input_audio_buffer.speech_started",
+            json!({"audio_start_ms": start_ms, "item_id": item}),
+        ),
+        ev(
+            "input_audio_buffer.speech_stopped",
+            json!({"audio_end_ms": start_ms + 800, "item_id": item}),
+        ),
+        ev(
+            "input_audio_buffer.committed",
+            json!({"item_id": item, "previous_item_id": null}),
+        ),
+        ev(
+            "conversation.item.input_audio_transcription.completed",
+            json!({"item_id": item, "content_index": 0, "transcript": transcript,
+                   "usage": {"type": "duration", "seconds": 0.8}}),
+        ),
+    ]
+}
+
+/// Wait until the stage sends a client event of `kind`.
+async fn wait_for(kinds: &mut mpsc::UnboundedReceiver<String>, kind: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(k) = kinds.recv().await {
+            if k == kind {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "no {kind} from the stage");
+}
+
+/// Serve the script: connection 1 answers, is talked over, starts a second
+/// reply and drops mid-way; connection 2 sends noise parlor must skip and
+/// answers properly.
+async fn scripted_server(received: Received) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for connection in 0.. {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let (mut sink, mut stream) = ws.split();
+            received.lock().unwrap().push(Vec::new());
+            let (kinds_tx, mut kinds) = mpsc::unbounded_channel::<String>();
+            let log = received.clone();
+            let reader = tokio::spawn(async move {
+                while let Some(Ok(Message::Text(text))) = stream.next().await {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    let kind = value["type"].as_str().unwrap_or("").to_string();
+                    if kind != "input_audio_buffer.append" {
+                        log.lock().unwrap()[connection].push(value);
+                    }
+                    let _ = kinds_tx.send(kind);
+                }
+            });
+            wait_for(&mut kinds, "session.update").await;
+            wait_for(&mut kinds, "input_audio_buffer.append").await;
+            let mut script = Vec::new();
+            if connection == 0 {
+                script.extend(user_turn("item_u1", 100, "Hello there."));
+                script.extend(reply(
+                    "resp_1",
+                    "item_a1",
+                    "Hello, how can I help you today?",
+                    3.0,
+                    false,
+                ));
+                for m in script.drain(..) {
+                    sink.send(m).await.unwrap();
+                }
+                // The caller talks over the reply a second in.
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+                sink.send(ev(
+                    "input_audio_buffer.speech_started",
+                    json!({"audio_start_ms": 2500, "item_id": "item_u2"}),
+                ))
+                .await
+                .unwrap();
+                wait_for(&mut kinds, "conversation.item.truncate").await;
+                sink.send(ev("response.done", json!({"response": {"id": "resp_1",
+                    "status": "cancelled", "status_details": {"type": "cancelled", "reason": "turn_detected"},
+                    "output": []}}))).await.unwrap();
+                for m in user_turn("item_u2", 2500, "Are you still there?")
+                    .into_iter()
+                    .skip(1)
+                {
+                    sink.send(m).await.unwrap();
+                }
+                for m in reply("resp_2", "item_a2", "Yes, I", 0.3, false) {
+                    sink.send(m).await.unwrap();
+                }
+                // ...and the connection drops mid-reply.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                reader.abort();
+                let _ = reader.await;
+                drop(sink);
+                continue;
+            }
+            script.push(Message::text(
+                r#"{"type":"rate_limits.updated","event_id":"x","rate_limits":[]}"#,
+            ));
+            script.push(Message::text(
+                r#"{"type":"response.output_audio.delta","event_id":"y"}"#,
+            ));
+            script.push(Message::text("this is not json"));
+            script.extend(user_turn("item_u3", 100, "Hello again."));
+            script.extend(reply("resp_3", "item_a3", "All good.", 0.5, true));
+            for m in script {
+                sink.send(m).await.unwrap();
+            }
+            // Keep the line open until the client leaves.
+            while kinds.recv().await.is_some() {}
+        }
+    });
+    format!("ws://{addr}/v1/realtime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talked_over_and_dropped_mid_reply_the_stage_truncates_reports_and_reconnects() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let received: Received = Arc::default();
+    let url = scripted_server(received.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let front =
+        support::VoiceServer::start_with(realtime_spec(&url, dir.path()), CallLimits::default())
+            .await;
+
+    // A caller on an open line (the script decides what was "said").
+    let (mut tx, mut rx) = client::connect(&format!("ws://{}/v1/calls", front.addr))
+        .await
+        .unwrap();
+    let (hang_up, mut told) = mpsc::channel::<()>(1);
+    let mic = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let silence = vec![0.0f32; 320];
+        while told.try_recv().is_err() {
+            tick.tick().await;
+            if tx.audio(&silence).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.end().await;
+    });
+    let mut events = Vec::new();
+    let mut asked_to_hang_up = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let incoming = tokio::time::timeout_at(deadline, rx.next())
+            .await
+            .unwrap_or_else(|_| panic!("the call stalled: {events:#?}"))
+            .expect("a healthy socket");
+        match incoming {
+            None | Some(Incoming::Closed { .. }) => break,
+            Some(Incoming::Audio(_)) => {}
+            Some(Incoming::Event(event)) => {
+                eprintln!("{event:?}");
+                if matches!(event, ServerEvent::TurnDone { turn: 3, .. }) && !asked_to_hang_up {
+                    asked_to_hang_up = true;
+                    let _ = hang_up.send(()).await;
+                }
+                events.push(event);
+            }
+        }
+    }
+    mic.await.unwrap();
+
+    // Turn 1 was cut short by the caller, and told so.
+    let (played_ms, heard) = events
+        .iter()
+        .find_map(|e| match e {
+            ServerEvent::BargeIn {
+                turn: 1,
+                played_ms,
+                heard,
+            } => Some((*played_ms, heard.clone())),
+            _ => None,
+        })
+        .expect("a barge-in on turn 1");
+    assert!(played_ms > 0 && played_ms < 3000, "{played_ms}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            ServerEvent::TurnDone {
+                turn: 1,
+                interrupted: true,
+                ..
+            }
+        )),
+        "{events:#?}"
+    );
+    // The stage told the server to stop and where the caller stopped
+    // hearing: the audio played, not the audio sent.
+    let first: Vec<Value> = received.lock().unwrap()[0].clone();
+    assert!(
+        first.iter().any(|e| e["type"] == "response.cancel"),
+        "{first:#?}"
+    );
+    let truncate = first
+        .iter()
+        .find(|e| e["type"] == "conversation.item.truncate")
+        .expect("a truncation");
+    assert_eq!(truncate["item_id"], "item_a1");
+    let at = truncate["audio_end_ms"].as_u64().unwrap();
+    assert!(
+        at.abs_diff(played_ms) <= 100,
+        "truncated at {at} ms, played {played_ms} ms"
+    );
+    eprintln!("heard before the barge-in: {heard:?}");
+    // Turn 2's connection dropped mid-reply: a clear error, and the turn
+    // still ended.
+    let error = events.iter().find_map(|e| match e {
+        ServerEvent::TurnError {
+            turn: 2,
+            stage,
+            message,
+        } => Some((stage.clone(), message.clone())),
+        _ => None,
+    });
+    let (stage, message) = error.expect("turn 2 failed visibly");
+    assert_eq!(stage, "realtime");
+    assert!(message.contains("the connection mid-turn"), "{message}");
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, ServerEvent::TurnDone { turn: 2, .. })));
+    // The call went on over a new connection, which opened its own session;
+    // the noise before its turn was skipped.
+    let received = received.lock().unwrap().clone();
+    assert_eq!(received.len(), 2, "one reconnection");
+    assert_eq!(received[1][0]["type"], "session.update");
+    let third = events.iter().find_map(|e| match e {
+        ServerEvent::TurnDone {
+            turn: 3,
+            transcript,
+            reply,
+            voice_to_voice_ms,
+            ..
+        } => Some((transcript.clone(), reply.clone(), *voice_to_voice_ms)),
+        _ => None,
+    });
+    let (transcript, reply, v2v) = third.expect("turn 3 answered");
+    assert_eq!(transcript, "Hello again.");
+    assert_eq!(reply, "All good.");
+    assert!(
+        v2v.is_some(),
+        "voice-to-voice is measured through the stage"
+    );
+    shutdown(front).await;
+}
