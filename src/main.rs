@@ -156,6 +156,22 @@ enum Command {
         /// Rounds over the tasks.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         repeat: u16,
+        /// Calls at once against the same served pipeline (the tasks are
+        /// dealt out to this many callers).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+        /// Also call each task a second time and talk over the reply (500 ms
+        /// into it), for the barge-in reaction time.
+        #[arg(long)]
+        barge_in: bool,
+        /// Load mode: ramp calls at once on one pipeline (1, 2, 4, ... up to
+        /// --max-calls; --repeat waves a step) and report latency and memory
+        /// per step (load.md, load.json, load.svg).
+        #[arg(long)]
+        load: bool,
+        /// The most calls at once --load ramps to.
+        #[arg(long, default_value_t = 16, requires = "load", value_parser = clap::value_parser!(u16).range(1..=256))]
+        max_calls: u16,
         /// Where the report goes.
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
@@ -320,8 +336,24 @@ fn main() -> ExitCode {
                 tasks,
                 limit,
                 repeat,
+                concurrency,
+                barge_in,
+                load,
+                max_calls,
                 out,
-            } => run_bench(&pipelines, &tasks, limit, usize::from(repeat), &out).await,
+            } => {
+                let options = parlor::bench::RunOptions {
+                    limit: limit.unwrap_or(usize::MAX),
+                    repeat: usize::from(repeat),
+                    concurrency: usize::from(concurrency),
+                    barge_in,
+                };
+                if load {
+                    run_bench_load(&pipelines, &tasks, options, usize::from(max_calls), &out).await
+                } else {
+                    run_bench(&pipelines, &tasks, options, &out).await
+                }
+            }
             Command::Mcp {
                 command: McpCommand::List { pipeline },
             } => run_mcp_list(pipeline.as_deref()).await,
@@ -998,39 +1030,27 @@ async fn run_call_served(call: CallArgs<'_>, pipeline: Option<&Path>) -> Result<
 
 /// `parlor bench`: each pipeline served in-process in turn (never two at
 /// once, so they do not share the CPU), every task a live call to it.
-async fn run_bench(
-    pipelines: &[PathBuf],
-    tasks: &Path,
-    limit: Option<usize>,
-    repeat: usize,
-    out: &Path,
-) -> Result<(), Failure> {
-    use parlor::bench::report::{PipelineReport, Report};
-    use parlor::bench::{run::Hearer, tasks::Dataset};
-    use parlor::server::calls::CallLimits;
-    use parlor::server::{serve, DEFAULT_MAX_TURNS};
+/// A pipeline served in-process on 127.0.0.1 for the bench's calls.
+struct BenchServer {
+    /// `ws://…/v1/calls`.
+    url: String,
+    stop: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    loaded: Option<Arc<parlor::loaded::LoadedPipeline>>,
+}
 
-    let data = Dataset::load(tasks, true).map_err(Failure::usage)?;
-    let limit = limit.unwrap_or(data.tasks.len()).min(data.tasks.len());
-    // Whisper hears the replies back, as the voice tests do.
-    let mut hearer = Hearer::load(Path::new("models/ggml-tiny.en.bin")).map_err(Failure::input)?;
-    let progress = indicatif::ProgressBar::new((pipelines.len() * limit * repeat) as u64);
-    progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
-        )
-        .expect("a valid template"),
-    );
-    let mut reports = Vec::new();
-    for path in pipelines {
-        let name = load_spec(Some(path))?.name;
-        progress.set_prefix(name.clone());
+impl BenchServer {
+    /// Serve the spec at `path`, taking at least `calls` calls at once.
+    async fn start(path: &Path, calls: usize) -> Result<Self, Failure> {
+        use parlor::server::calls::CallLimits;
+        use parlor::server::{serve, DEFAULT_MAX_TURNS};
+
         let (state, loaded) = build_server(
             Some(path),
             None,
             Vec::new(),
             Some(DEFAULT_MAX_TURNS),
-            CallLimits::default().max_calls,
+            CallLimits::default().max_calls.max(calls),
         )
         .await?;
         if loaded.is_none() {
@@ -1048,23 +1068,124 @@ async fn run_bench(
         );
         let stop = tokio_util::sync::CancellationToken::new();
         let server = tokio::spawn(serve(listener, state, stop.clone().cancelled_owned()));
-        let results =
-            parlor::bench::run_pipeline(&url, &data, limit, repeat, &mut hearer, &progress).await;
-        stop.cancel();
-        let _ = server.await;
-        if let Some(pipeline) = loaded.and_then(|p| Arc::try_unwrap(p).ok()) {
+        Ok(Self {
+            url,
+            stop,
+            server,
+            loaded,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.server.await;
+        if let Some(pipeline) = self.loaded.and_then(|p| Arc::try_unwrap(p).ok()) {
             pipeline.shutdown().await;
         }
-        reports.push(PipelineReport::new(
-            name,
-            path.display().to_string(),
-            results,
+    }
+}
+
+/// `parlor bench --load`: ramp calls at once on one pipeline.
+async fn run_bench_load(
+    pipelines: &[PathBuf],
+    tasks: &Path,
+    options: parlor::bench::RunOptions,
+    max_calls: usize,
+    out: &Path,
+) -> Result<(), Failure> {
+    use parlor::bench::load::{run_load, total_calls, write_load_report, LoadReport};
+    use parlor::bench::tasks::Dataset;
+
+    let [path] = pipelines else {
+        return Err(Failure::usage(format!(
+            "--load ramps calls on one pipeline; {} were given",
+            pipelines.len()
+        )));
+    };
+    if options.concurrency > 1 || options.barge_in {
+        return Err(Failure::usage(
+            "--load sets its own calls at once and does not barge in: drop --concurrency and --barge-in",
         ));
+    }
+    let data = Dataset::load(tasks, true).map_err(Failure::usage)?;
+    let limit = options.limit.min(data.tasks.len());
+    if limit == 0 {
+        return Err(Failure::usage("--load needs at least one task to deal out"));
+    }
+    let name = load_spec(Some(path))?.name;
+    let progress = indicatif::ProgressBar::new(total_calls(max_calls, options.repeat) as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    progress.set_prefix(name.clone());
+    let served = BenchServer::start(path, max_calls).await?;
+    let steps = run_load(
+        &served.url,
+        &data,
+        limit,
+        max_calls,
+        options.repeat,
+        &progress,
+    )
+    .await;
+    served.stop().await;
+    progress.finish_and_clear();
+    let report = LoadReport {
+        pipeline: name,
+        spec: path.display().to_string(),
+        tasks: limit,
+        waves: options.repeat,
+        steps,
+    };
+    write_load_report(out, &report).map_err(Failure::input)?;
+    println!("{}", report.markdown());
+    println!("load report, JSON and plot in {}", out.display());
+    Ok(())
+}
+
+async fn run_bench(
+    pipelines: &[PathBuf],
+    tasks: &Path,
+    options: parlor::bench::RunOptions,
+    out: &Path,
+) -> Result<(), Failure> {
+    use parlor::bench::report::{PipelineReport, Report};
+    use parlor::bench::{run::Hearer, tasks::Dataset};
+
+    let data = Dataset::load(tasks, true).map_err(Failure::usage)?;
+    let limit = options.limit.min(data.tasks.len());
+    let options = parlor::bench::RunOptions { limit, ..options };
+    let repeat = options.repeat;
+    // Whisper hears the replies back, as the voice tests do.
+    let mut hearer = Hearer::load(Path::new("models/ggml-tiny.en.bin")).map_err(Failure::input)?;
+    let progress = indicatif::ProgressBar::new((pipelines.len() * limit * repeat) as u64);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let mut reports = Vec::new();
+    for path in pipelines {
+        let name = load_spec(Some(path))?.name;
+        progress.set_prefix(name.clone());
+        let served = BenchServer::start(path, options.concurrency).await?;
+        let run =
+            parlor::bench::run_pipeline(&served.url, &data, options, &mut hearer, &progress).await;
+        served.stop().await;
+        reports.push(
+            PipelineReport::new(name, path.display().to_string(), run.results)
+                .ran_at(options.concurrency, run.cpu_s),
+        );
     }
     progress.finish_and_clear();
     let report = Report {
         tasks: limit,
         repeat,
+        concurrency: options.concurrency,
         pipelines: reports,
     };
     parlor::bench::write_report(out, &report).map_err(Failure::input)?;

@@ -124,3 +124,170 @@ fn a_missing_task_directory_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no/such/dir/tasks.json"), "{stderr}");
 }
+
+/// pipelines/local.toml with the 0.5B planner, which answers two to three
+/// times faster: the tests below check the harness, not the answers.
+fn small_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
+    let local = std::fs::read_to_string(support::root().join("pipelines/local.toml")).unwrap();
+    let small = local
+        .replace("name = \"local\"", "name = \"local-0.5b\"")
+        .replace(
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        );
+    assert_ne!(small, local, "pipelines/local.toml changed shape");
+    let path = dir.join("local-0.5b.toml");
+    std::fs::write(&path, small).unwrap();
+    path
+}
+
+fn bench(args: &[&str], spec: &std::path::Path, out: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .arg("bench")
+        .arg("--pipelines")
+        .arg(spec)
+        .args(args)
+        .arg("--out")
+        .arg(out)
+        .current_dir(support::root())
+        .output()
+        .expect("run parlor bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    eprintln!("{stdout}");
+    stdout
+}
+
+#[test]
+fn two_tasks_as_two_calls_at_once_each_talked_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = small_pipeline(dir.path());
+    let out = dir.path().join("out");
+    let stdout = bench(
+        &["--limit", "2", "--concurrency", "2", "--barge-in"],
+        &spec,
+        &out,
+    );
+
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(stdout.contains(&md), "the table is printed");
+    assert!(md.contains("2 call(s) at once"), "{md}");
+    assert!(md.contains("| barge-in p50 | barge-in p90 |"), "{md}");
+    assert!(md.contains("| local-0.5b | 2 |"), "{md}");
+    assert!(md.contains("Barge-in ("), "{md}");
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["concurrency"], 2);
+    let p = &json["pipelines"][0];
+    assert_eq!(p["turns"], 2);
+    let results = p["results"].as_array().unwrap();
+    // Both tasks, once each, in task order whichever call finished first.
+    let ids: Vec<&str> = results
+        .iter()
+        .map(|r| r["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["order-1042", "hours-sunday"]);
+    let mut reactions = Vec::new();
+    for r in results {
+        assert!(r["error"].is_null(), "{r:#}");
+        assert!(r["voice_to_voice_ms"].as_f64().unwrap() > 0.0, "{r:#}");
+        assert!(!r["heard"].as_str().unwrap().is_empty(), "{r:#}");
+        let barge = &r["barge_in"];
+        match barge["outcome"].as_str().unwrap() {
+            "reacted" => {
+                let ms = barge["reaction_ms"].as_f64().unwrap();
+                // The echo guard wants 400 ms of speech before it cuts in;
+                // anything under that was not this interruption.
+                assert!(ms >= 400.0, "{barge}");
+                reactions.push(ms);
+            }
+            "reply_finished_first" | "missed" => {
+                assert!(barge["reaction_ms"].is_null(), "{barge}")
+            }
+            other => panic!("barge-in {other}: {r:#}"),
+        }
+    }
+    // Both replies run several seconds: parlor stops at least one of them.
+    assert!(!reactions.is_empty(), "{:#}", p["barge_in_outcomes"]);
+    let counted: u64 = p["barge_in_outcomes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 2);
+    let b = &p["barge_in_ms"];
+    let (p50, p90) = (b["p50"].as_f64().unwrap(), b["p90"].as_f64().unwrap());
+    assert!(reactions.contains(&p50) && p50 <= p90, "{b}");
+    // Overlapping calls: the CPU figure is the run's, spread over the turns.
+    assert!(p["cpu_s_per_turn"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn load_mode_ramps_one_then_two_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = small_pipeline(dir.path());
+    let out = dir.path().join("out");
+    let stdout = bench(&["--load", "--max-calls", "2", "--limit", "2"], &spec, &out);
+
+    let md = std::fs::read_to_string(out.join("load.md")).unwrap();
+    assert!(stdout.contains(&md), "the table is printed");
+    assert!(
+        md.contains("| calls at once | turns | errors | v2v p50 | v2v p90 | p50 × 1 call |"),
+        "{md}"
+    );
+    assert!(md.contains("| 1 | 1 | 0 |"), "{md}");
+    assert!(md.contains("| 2 | 2 | 0 |"), "{md}");
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("load.json")).unwrap()).unwrap();
+    assert_eq!(json["pipeline"], "local-0.5b");
+    let steps = json["steps"].as_array().unwrap();
+    let calls: Vec<u64> = steps.iter().map(|s| s["calls"].as_u64().unwrap()).collect();
+    assert_eq!(calls, [1, 2]);
+    for s in steps {
+        assert_eq!(s["errors"], 0, "{s:#}");
+        assert_eq!(s["turns"], s["calls"], "{s:#}");
+        let p50 = s["voice_to_voice_ms"]["p50"].as_f64().unwrap();
+        let p90 = s["voice_to_voice_ms"]["p90"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 <= p90, "{s:#}");
+        // The ratio is this step's p50 over the first step's.
+        let first = steps[0]["voice_to_voice_ms"]["p50"].as_f64().unwrap();
+        let ratio = s["p50_vs_one_call"].as_f64().unwrap();
+        assert!((ratio - p50 / first).abs() < 1e-9, "{s:#}");
+        // Whisper, the LLM and the voice are loaded: well over 100 MiB.
+        assert!(s["peak_rss_mib"].as_f64().unwrap() > 100.0, "{s:#}");
+        for r in s["results"].as_array().unwrap() {
+            assert!(!r["transcript"].as_str().unwrap().is_empty(), "{r:#}");
+        }
+    }
+    assert_eq!(steps[0]["p50_vs_one_call"], 1.0);
+
+    let svg = std::fs::read_to_string(out.join("load.svg")).unwrap();
+    assert!(svg.starts_with("<svg"));
+    assert!(svg.contains("<polyline"), "latency and memory lines");
+    assert!(svg.contains("calls at once") && svg.contains("p90"));
+}
+
+#[test]
+fn load_mode_takes_one_pipeline() {
+    let output = Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args([
+            "bench",
+            "--load",
+            "--pipelines",
+            "pipelines/local.toml",
+            "pipelines/remote-mcp.toml",
+        ])
+        .current_dir(support::root())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("one pipeline; 2 were given"), "{stderr}");
+}

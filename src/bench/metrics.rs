@@ -263,6 +263,27 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
+/// How many times `base` `value` is (a load step's latency over the
+/// 1-call step's): `None` when either is missing or `base` is not above 0.
+pub fn ratio_to(value: Option<f64>, base: Option<f64>) -> Option<f64> {
+    match (value, base) {
+        (Some(v), Some(b)) if b > 0.0 => Some(v / b),
+        _ => None,
+    }
+}
+
+/// The load ramp: 1, 2, 4, ... doubling while at most `max`, then `max`
+/// itself if the doubling skipped it. Empty for 0.
+pub fn doubling_steps(max: usize) -> Vec<usize> {
+    let mut steps: Vec<usize> = std::iter::successors(Some(1usize), |n| n.checked_mul(2))
+        .take_while(|&n| n <= max)
+        .collect();
+    if steps.last().is_some_and(|&last| last < max) {
+        steps.push(max);
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +503,24 @@ mod tests {
         assert_eq!(percentile(&ten, 90.0), Some(9.0));
         assert_eq!(percentile(&ten, 99.0), Some(10.0));
         assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn ratios_to_a_baseline_by_hand() {
+        assert_eq!(ratio_to(Some(1500.0), Some(1000.0)), Some(1.5));
+        assert_eq!(ratio_to(Some(1000.0), Some(1000.0)), Some(1.0));
+        assert_eq!(ratio_to(Some(500.0), Some(1000.0)), Some(0.5));
+        assert_eq!(ratio_to(None, Some(1000.0)), None);
+        assert_eq!(ratio_to(Some(1000.0), None), None);
+        assert_eq!(ratio_to(Some(1000.0), Some(0.0)), None);
+    }
+
+    #[test]
+    fn the_load_ramp_doubles_up_to_the_maximum() {
+        assert_eq!(doubling_steps(16), [1, 2, 4, 8, 16]);
+        assert_eq!(doubling_steps(2), [1, 2]);
+        assert_eq!(doubling_steps(1), [1]);
+        assert_eq!(doubling_steps(6), [1, 2, 4, 6]);
+        assert!(doubling_steps(0).is_empty());
     }
 }

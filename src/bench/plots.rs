@@ -6,12 +6,15 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+use super::load::LoadReport;
 use super::report::PipelineReport;
 
 /// The CDF plot's file name in `--out`.
 pub const LATENCY_CDF: &str = "latency_cdf.svg";
 /// The stage bars' file name in `--out`.
 pub const STAGE_BARS: &str = "stage_bars.svg";
+/// The load ramp's file name in `--out`.
+pub const LOAD: &str = "load.svg";
 
 fn err(e: impl std::fmt::Debug) -> String {
     format!("cannot draw a plot: {e:?}")
@@ -154,6 +157,111 @@ pub fn stage_bars(path: &Path, pipelines: &[PipelineReport]) -> Result<(), Strin
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+/// The load ramp, side by side: voice-to-voice p50 and p90 against calls
+/// at once (left), and the process's peak resident memory (right).
+///
+/// # Errors
+/// A message when the file cannot be written.
+pub fn load(path: &Path, report: &LoadReport) -> Result<(), String> {
+    let root = SVGBackend::new(path, (1000, 440)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let (left, right) = root.split_horizontally(500);
+    let max_calls = report.steps.iter().map(|s| s.calls).max().unwrap_or(1) as f64;
+    let x_range = 0.5f64..max_calls + 0.5;
+
+    let percentile_lines = [
+        (
+            "p50",
+            report
+                .steps
+                .iter()
+                .map(|s| (s.calls as f64, s.voice_to_voice_ms.p50))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "p90",
+            report
+                .steps
+                .iter()
+                .map(|s| (s.calls as f64, s.voice_to_voice_ms.p90))
+                .collect(),
+        ),
+    ];
+    let top_ms = percentile_lines
+        .iter()
+        .flat_map(|(_, points)| points.iter().filter_map(|p| p.1))
+        .fold(100.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&left)
+        .caption(
+            format!("Voice to voice under load ({})", report.pipeline),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(x_range.clone(), 0f64..top_ms)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("calls at once")
+        .y_desc("end of speech to first reply audio (ms)")
+        .draw()
+        .map_err(err)?;
+    for (i, (name, points)) in percentile_lines.into_iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = points
+            .into_iter()
+            .filter_map(|(x, y)| Some((x, y?)))
+            .collect();
+        chart
+            .draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(err)?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+
+    let memory: Vec<(f64, f64)> = report
+        .steps
+        .iter()
+        .filter_map(|s| Some((s.calls as f64, s.peak_rss_mib?)))
+        .collect();
+    let top_mib = memory.iter().map(|p| p.1).fold(100.0, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&right)
+        .caption("Peak resident memory", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(x_range, 0f64..top_mib)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("calls at once")
+        .y_desc("peak RSS during the step (MiB)")
+        .draw()
+        .map_err(err)?;
+    let color = Palette99::pick(2).to_rgba();
+    chart
+        .draw_series(memory.iter().map(|&p| Circle::new(p, 4, color.filled())))
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(memory, color.stroke_width(2)))
         .map_err(err)?;
     root.present().map_err(err)
 }

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::barge::Outcome;
 use super::metrics::{percentile, ToolScore, WordErrors};
 use super::run::TurnResult;
 
@@ -51,8 +52,17 @@ pub struct PipelineReport {
     pub tool_precision: Option<f64>,
     pub tool_recall: Option<f64>,
     pub tools: ToolScore,
+    /// CPU seconds per turn: each call's own when calls ran one at a time;
+    /// with `--concurrency` above 1 the calls overlap, so it is the
+    /// process's CPU over the whole run (hearing back included) per turn.
     pub cpu_s_per_turn: f64,
     pub peak_rss_mib: f64,
+    /// Barge-in reaction times (`--barge-in`), over the attempts parlor
+    /// reacted to.
+    pub barge_in_ms: Percentiles,
+    /// Each barge-in attempt's outcome, counted (empty without
+    /// `--barge-in`).
+    pub barge_in_outcomes: BTreeMap<Outcome, usize>,
     pub results: Vec<TurnResult>,
 }
 
@@ -71,6 +81,12 @@ impl PipelineReport {
             tools.add(r.tools);
         }
         let turns = results.len();
+        let mut barge_in_outcomes = BTreeMap::new();
+        let mut reactions = Vec::new();
+        for sample in results.iter().filter_map(|r| r.barge_in.as_ref()) {
+            *barge_in_outcomes.entry(sample.outcome).or_default() += 1;
+            reactions.extend(sample.reaction_ms);
+        }
         Self {
             pipeline,
             spec,
@@ -90,8 +106,19 @@ impl PipelineReport {
             tools,
             cpu_s_per_turn: results.iter().map(|r| r.cpu_s).sum::<f64>() / turns.max(1) as f64,
             peak_rss_mib: results.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max),
+            barge_in_ms: Percentiles::of(&reactions),
+            barge_in_outcomes,
             results,
         }
+    }
+
+    /// Correct the CPU figure for a run of `concurrency` calls at once that
+    /// used `run_cpu_s` in all: overlapping calls each count the others'.
+    pub fn ran_at(mut self, concurrency: usize, run_cpu_s: f64) -> Self {
+        if concurrency > 1 {
+            self.cpu_s_per_turn = run_cpu_s / self.turns.max(1) as f64;
+        }
+        self
     }
 }
 
@@ -100,11 +127,17 @@ impl PipelineReport {
 pub struct Report {
     pub tasks: usize,
     pub repeat: usize,
+    /// Calls at once (`--concurrency`).
+    pub concurrency: usize,
     pub pipelines: Vec<PipelineReport>,
 }
 
 fn ms(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| format!("{v:.0}"))
+}
+
+fn humantime(d: std::time::Duration) -> String {
+    format!("{} ms", d.as_millis())
 }
 
 fn ratio(v: Option<f64>) -> String {
@@ -117,17 +150,24 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# parlor bench\n\n{} tasks × {} round(s), live calls at real-time pace. Latencies in ms (nearest-rank percentiles); voice to voice is the end of the caller's speech (the VAD's decision) to the first reply audio sent.\n",
-            self.tasks, self.repeat
+            "# parlor bench\n\n{} tasks × {} round(s), {} call(s) at once, live calls at real-time pace. Latencies in ms (nearest-rank percentiles); voice to voice is the end of the caller's speech (the VAD's decision) to the first reply audio sent.{}\n",
+            self.tasks,
+            self.repeat,
+            self.concurrency,
+            if self.concurrency > 1 {
+                " CPU s/turn is the process's CPU over the run per turn (calls overlap)."
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,
-            "| pipeline | turns | success | v2v p50 | v2v p90 | v2v p99 | WER | tool precision | tool recall | CPU s/turn | peak RSS MiB | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| pipeline | turns | success | v2v p50 | v2v p90 | v2v p99 | barge-in p50 | barge-in p90 | WER | tool precision | tool recall | CPU s/turn | peak RSS MiB | errors |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for p in &self.pipelines {
             let _ = writeln!(
                 out,
-                "| {} | {} | {}/{} | {} | {} | {} | {:.3} | {} | {} | {:.2} | {:.0} | {} |",
+                "| {} | {} | {}/{} | {} | {} | {} | {} | {} | {:.3} | {} | {} | {:.2} | {:.0} | {} |",
                 p.pipeline,
                 p.turns,
                 p.successes,
@@ -135,6 +175,8 @@ impl Report {
                 ms(p.voice_to_voice_ms.p50),
                 ms(p.voice_to_voice_ms.p90),
                 ms(p.voice_to_voice_ms.p99),
+                ms(p.barge_in_ms.p50),
+                ms(p.barge_in_ms.p90),
                 p.wer,
                 ratio(p.tool_precision),
                 ratio(p.tool_recall),
@@ -151,6 +193,19 @@ impl Report {
             );
             for (stage, ms) in &p.stage_first_output_p50_ms {
                 let _ = writeln!(out, "| {stage} | {ms:.0} |");
+            }
+            if !p.barge_in_outcomes.is_empty() {
+                let counts: Vec<String> = p
+                    .barge_in_outcomes
+                    .iter()
+                    .map(|(outcome, n)| format!("{} {n}", outcome.label()))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "\nBarge-in ({} after the first reply audio the caller talks over it; reaction is its first frame sent to the `barge_in` event; a reply already over is no sample): {}.",
+                    humantime(super::barge::BARGE_IN_AFTER),
+                    counts.join(", ")
+                );
             }
         }
         out
@@ -187,6 +242,7 @@ mod tests {
             cpu_s: 1.0,
             peak_rss_mib: 10.0,
             error: None,
+            barge_in: None,
         }
     }
 
@@ -209,13 +265,63 @@ mod tests {
         let md = Report {
             tasks: 3,
             repeat: 1,
+            concurrency: 1,
             pipelines: vec![p],
         }
         .markdown();
         assert!(
-            md.contains("| local | 3 | 1/3 | 300 | 900 | 900 | 0.250 | 0.50 | 1.00 |"),
+            md.contains("| local | 3 | 1/3 | 300 | 900 | 900 | – | – | 0.250 | 0.50 | 1.00 |"),
             "{md}"
         );
         assert!(md.contains("| stt | 100 |"), "{md}");
+    }
+
+    #[test]
+    fn barge_in_reactions_count_only_replies_that_were_stopped() {
+        use crate::bench::barge::BargeInSample;
+        let sample = |outcome, reaction_ms| BargeInSample {
+            outcome,
+            reaction_ms,
+            error: None,
+        };
+        let mut turns = vec![
+            turn("a", Some(900.0), true),
+            turn("b", Some(300.0), true),
+            turn("c", Some(300.0), true),
+            turn("d", Some(300.0), true),
+            turn("e", Some(300.0), true),
+        ];
+        turns[0].barge_in = Some(sample(Outcome::Reacted, Some(700.0)));
+        turns[1].barge_in = Some(sample(Outcome::Reacted, Some(500.0)));
+        turns[2].barge_in = Some(sample(Outcome::Reacted, Some(600.0)));
+        turns[3].barge_in = Some(sample(Outcome::ReplyFinishedFirst, None));
+        turns[4].barge_in = Some(sample(Outcome::Missed, None));
+        let p = PipelineReport::new("local".into(), "local.toml".into(), turns);
+        assert_eq!(p.barge_in_ms.p50, Some(600.0));
+        assert_eq!(p.barge_in_ms.p90, Some(700.0));
+        assert_eq!(
+            p.barge_in_outcomes,
+            [
+                (Outcome::Reacted, 3),
+                (Outcome::ReplyFinishedFirst, 1),
+                (Outcome::Missed, 1)
+            ]
+            .into()
+        );
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["barge_in_outcomes"]["reply_finished_first"], 1);
+        let md = Report {
+            tasks: 5,
+            repeat: 1,
+            concurrency: 2,
+            pipelines: vec![p],
+        }
+        .markdown();
+        assert!(md.contains("| 300 | 900 | 900 | 600 | 700 |"), "{md}");
+        assert!(md.contains("2 call(s) at once"), "{md}");
+        assert!(
+            md.contains("reacted 3, reply finished first 1, missed 1"),
+            "{md}"
+        );
     }
 }

@@ -6,9 +6,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::barge::{self, BargeInSample};
 use super::metrics::{facts_present, MadeCall, ToolScore, WordErrors};
 use super::tasks::{Dataset, Task};
 use crate::audio::{decode_file, resample, DecodeLimits};
+use crate::frame::AudioChunk;
 use crate::live::client::{play_file, PlayOptions};
 use crate::live::ServerEvent;
 use crate::stages::stt::{WhisperEngine, WhisperSettings};
@@ -47,6 +49,9 @@ pub struct TurnResult {
     pub peak_rss_mib: f64,
     /// Why the call failed, if it did (the turn then scores nothing).
     pub error: Option<String>,
+    /// With `--barge-in`: a second call of the task in which the caller
+    /// talks over the reply (see [`barge`]).
+    pub barge_in: Option<BargeInSample>,
 }
 
 /// Hears reply audio back with Whisper tiny.en, as the voice tests do.
@@ -99,15 +104,38 @@ pub fn rusage() -> (f64, f64) {
     )
 }
 
-/// Play `task` into a call at `url` (`ws://…/v1/calls`) and score it.
-/// Whisper hears the reply after the call, outside its CPU count.
+/// A task's call, scored but for what the reply said.
+#[derive(Debug)]
+pub struct Played {
+    pub result: TurnResult,
+    /// The reply audio, at `reply_rate`.
+    pub reply: Vec<f32>,
+    pub reply_rate: u32,
+}
+
+impl Played {
+    /// Hear the reply back with Whisper and score its facts. Done after
+    /// every call of a run has ended, so Whisper's CPU neither counts
+    /// against a call nor slows the calls still running.
+    pub fn hear(self, task: &Task, hearer: &mut Hearer) -> TurnResult {
+        let mut result = self.result;
+        result.heard = hearer.hear(&self.reply, self.reply_rate.max(1));
+        result.facts = facts_present(&result.heard, &task.facts);
+        result.success = !result.heard.trim().is_empty() && result.facts.iter().all(|&f| f);
+        result
+    }
+}
+
+/// Play `task` into a call at `url` (`ws://…/v1/calls`) and score what
+/// the call showed ([`Played::hear`] scores the reply); with `barge_in`,
+/// call it again and talk over the reply (see [`barge`]).
 pub async fn run_task(
     url: &str,
     data: &Dataset,
     task: &Task,
     round: usize,
-    hearer: &mut Hearer,
-) -> TurnResult {
+    barge_in: bool,
+) -> Played {
     let mut result = TurnResult {
         task: task.id.clone(),
         round,
@@ -126,19 +154,39 @@ pub async fn run_task(
         cpu_s: 0.0,
         peak_rss_mib: 0.0,
         error: None,
+        barge_in: None,
     };
     let audio = match decode_file(data.audio_path(task), &DecodeLimits::default()) {
         Ok(audio) => audio,
         Err(e) => {
             result.error = Some(format!("{}: {e}", data.audio_path(task).display()));
-            return result;
+            return Played {
+                result,
+                reply: Vec::new(),
+                reply_rate: 0,
+            };
         }
     };
     let (cpu_before, _) = rusage();
+    let mut played = play_and_score(url, task, &audio, result, cpu_before).await;
+    if barge_in {
+        played.result.barge_in = Some(barge::measure(url, &audio).await);
+    }
+    played
+}
+
+/// The scored call of [`run_task`].
+async fn play_and_score(
+    url: &str,
+    task: &Task,
+    audio: &AudioChunk,
+    mut result: TurnResult,
+    cpu_before: f64,
+) -> Played {
     let mut transcripts = Vec::new();
     let mut replies = Vec::new();
     let mut errors = Vec::new();
-    let recording = play_file(url, &audio, &PlayOptions::default(), |event| match event {
+    let recording = play_file(url, audio, &PlayOptions::default(), |event| match event {
         ServerEvent::Transcript {
             text,
             is_final: true,
@@ -184,7 +232,11 @@ pub async fn run_task(
         Ok(r) => r,
         Err(e) => {
             result.error = Some(e.to_string());
-            return result;
+            return Played {
+                result,
+                reply: Vec::new(),
+                reply_rate: 0,
+            };
         }
     };
     if !errors.is_empty() {
@@ -194,8 +246,9 @@ pub async fn run_task(
     result.word_errors = WordErrors::between(&task.text, &result.transcript);
     result.tools = ToolScore::score(&task.expect_tools, &result.calls);
     result.reply = replies.join(" ");
-    result.heard = hearer.hear(&recording.audio, recording.output_rate.max(1));
-    result.facts = facts_present(&result.heard, &task.facts);
-    result.success = !result.heard.trim().is_empty() && result.facts.iter().all(|&f| f);
-    result
+    Played {
+        result,
+        reply: recording.audio,
+        reply_rate: recording.output_rate,
+    }
 }
