@@ -122,7 +122,7 @@ async fn main() {
             let (sum_before, count_before) = backend_v2v(&backend).await;
             let through = v2v_of(&front.url(), audio).await;
             let (sum_after, count_after) = backend_v2v(&backend).await;
-            let inner = (count_after == count_before + 1).then(|| (sum_after - sum_before) * 1e3);
+            let inner = (count_after == count_before + 1).then_some((sum_after - sum_before) * 1e3);
             println!(
                 "run {run}: {question:?}: chained {} ms, realtime {} ms (backend's own {} ms)",
                 direct.map_or("-".into(), |v| format!("{v:.1}")),

@@ -354,7 +354,8 @@ struct Call<'s> {
 enum Wake {
     Shutdown,
     Input(Option<Frame>),
-    Server(Result<Option<ServerEvent>, ClientError>),
+    /// Boxed: a server event is far bigger than the other wake-ups.
+    Server(Box<Result<Option<ServerEvent>, ClientError>>),
     Tool(ToolDone),
     Tick,
 }
@@ -380,7 +381,7 @@ impl<'s> Call<'s> {
                         continue;
                     }
                 },
-                event = async { conn.as_mut().expect("guarded").rx.next().await }, if connected => Wake::Server(event),
+                event = async { conn.as_mut().expect("guarded").rx.next().await }, if connected => Wake::Server(Box::new(event)),
                 frame = self.io.recv(), if input_open => Wake::Input(frame),
                 () = tokio::time::sleep(TICK), if ticking => Wake::Tick,
             };
@@ -393,18 +394,20 @@ impl<'s> Call<'s> {
                     self.last_event = Instant::now();
                     self.end_of_input().await;
                 }
-                Wake::Server(Ok(Some(event))) => {
-                    self.last_event = Instant::now();
-                    self.on_server(event).await?;
-                }
-                Wake::Server(Ok(None)) => self.lost("closed the connection", None).await?,
-                Wake::Server(Err(e)) => {
-                    let detail = match e {
-                        ClientError::Socket(detail) => detail,
-                        other => other.to_string(),
-                    };
-                    self.lost("dropped the connection", Some(&detail)).await?
-                }
+                Wake::Server(event) => match *event {
+                    Ok(Some(event)) => {
+                        self.last_event = Instant::now();
+                        self.on_server(event).await?;
+                    }
+                    Ok(None) => self.lost("closed the connection", None).await?,
+                    Err(e) => {
+                        let detail = match e {
+                            ClientError::Socket(detail) => detail,
+                            other => other.to_string(),
+                        };
+                        self.lost("dropped the connection", Some(&detail)).await?
+                    }
+                },
                 Wake::Tool(done) => self.on_tool(done).await?,
                 Wake::Tick => {}
             }
@@ -438,7 +441,7 @@ impl<'s> Call<'s> {
             // whatever comes.
             return self.io.forward(frame).await;
         };
-        let samples = self.to_model_rate(chunk);
+        let samples = self.at_model_rate(chunk);
         if samples.is_empty() {
             return Ok(());
         }
@@ -449,7 +452,7 @@ impl<'s> Call<'s> {
 
     /// Caller audio at the protocol's 24 kHz (resampled here, once, when
     /// the edge delivered another rate).
-    fn to_model_rate(&mut self, chunk: AudioChunk) -> Vec<f32> {
+    fn at_model_rate(&mut self, chunk: AudioChunk) -> Vec<f32> {
         if chunk.sample_rate == PCM_RATE {
             return chunk.samples;
         }
