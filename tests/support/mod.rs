@@ -218,7 +218,7 @@ pub fn mentions_any(text: &str, facts: &[&str]) -> bool {
 
 /// Where the default pipeline keeps the orders database (relative to the
 /// root), as pipelines/local.toml names it.
-pub const ORDERS_DB: &str = "data/orders.db";
+pub const ORDERS_DB: &str = "pipelines/data/orders.db";
 
 /// The default pipeline with `orders__cancel_order` marked sensitive, the
 /// shop's settings resource in the prompt (untrusted text from the first
