@@ -59,7 +59,8 @@ async fn names(tools: &dyn Toolbox) -> Vec<String> {
 
 #[tokio::test]
 async fn admin_only_tool_is_denied_to_callers_and_allowed_for_admins() {
-    let dir = support::log_dir("access-admin_only_tool_is_denied_to_callers_and_allowed_for_admins");
+    let dir =
+        support::log_dir("access-admin_only_tool_is_denied_to_callers_and_allowed_for_admins");
     let (shared, pool, path) = policed_orders(
         &dir,
         r#"
@@ -122,7 +123,8 @@ async fn admin_only_tool_is_denied_to_callers_and_allowed_for_admins() {
 
 #[tokio::test]
 async fn over_limit_calls_are_polite_audited_and_prompt_per_principal() {
-    let dir = support::log_dir("access-over_limit_calls_are_polite_audited_and_prompt_per_principal");
+    let dir =
+        support::log_dir("access-over_limit_calls_are_polite_audited_and_prompt_per_principal");
     let (shared, pool, path) = policed_orders(
         &dir,
         r#"
@@ -357,7 +359,9 @@ async fn order_status(tools: &dyn Toolbox, id: u64) -> String {
 
 #[tokio::test]
 async fn a_sensitive_tool_needs_the_callers_yes_once_tool_output_is_in_context() {
-    let dir = support::log_dir("access-a_sensitive_tool_needs_the_callers_yes_once_tool_output_is_in_context");
+    let dir = support::log_dir(
+        "access-a_sensitive_tool_needs_the_callers_yes_once_tool_output_is_in_context",
+    );
     let (shared, pool, path) = policed_orders(&dir, SENSITIVE_CANCEL).await;
     let cancel = |id: u64| {
         (
@@ -439,7 +443,9 @@ async fn a_sensitive_tool_needs_the_callers_yes_once_tool_output_is_in_context()
 
 #[tokio::test]
 async fn resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no() {
-    let dir = support::log_dir("access-resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no");
+    let dir = support::log_dir(
+        "access-resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no",
+    );
     let (shared, pool, path) = policed_orders(&dir, SENSITIVE_CANCEL).await;
     let shared = shared.with_untrusted_prompt(true);
     let person = Person::answering(None);
@@ -473,7 +479,8 @@ async fn resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no()
 #[tokio::test]
 async fn a_tool_call_carrying_a_secret_is_refused_and_recorded_redacted() {
     const SECRET: &str = "orders-db-password-7f3e9a";
-    let dir = support::log_dir("access-a_tool_call_carrying_a_secret_is_refused_and_recorded_redacted");
+    let dir =
+        support::log_dir("access-a_tool_call_carrying_a_secret_is_refused_and_recorded_redacted");
     let (shared, pool, path) = policed_orders(&dir, "").await;
     let tools = shared
         .clone()

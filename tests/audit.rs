@@ -246,10 +246,8 @@ async fn the_chain_survives_kill_9_mid_write() {
 #[tokio::test]
 async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
     let dir = support::log_dir("audit-tool_calls_through_the_pool_are_audited_before_the_answer");
-    let specs = std::collections::BTreeMap::from([(
-        "orders".to_string(),
-        support::orders_server(&dir),
-    )]);
+    let specs =
+        std::collections::BTreeMap::from([("orders".to_string(), support::orders_server(&dir))]);
     let pool = Arc::new(McpPool::connect(&specs, &["orders".into()]).await.unwrap());
     let path = dir.join("audit/tools.jsonl");
     let log = Arc::new(AuditLog::open(&path).unwrap());
@@ -332,7 +330,11 @@ async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
 /// and exit 1 on a tampered one; `--json` is one object.
 #[tokio::test]
 async fn the_verify_command_reports_and_exits_1_on_tampering() {
-    let path = log_of("audit-the_verify_command_reports_and_exits_1_on_tampering", 4).await;
+    let path = log_of(
+        "audit-the_verify_command_reports_and_exits_1_on_tampering",
+        4,
+    )
+    .await;
     let run = |json: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"));
         cmd.args(["audit", "verify"]).arg(&path);

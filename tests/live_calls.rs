@@ -631,10 +631,8 @@ async fn a_sensitive_tool_call_waits_for_the_callers_answer_on_the_socket() {
     // Under the suite's log directory: the secrets check reads its audit log.
     let dir = support::log_dir("live_calls-sensitive");
     let server = Server::serving(
-        support::VoiceServer::start_with(
-            support::sensitive_spec(&dir),
-            CallLimits::default(),
-        ).await,
+        support::VoiceServer::start_with(support::sensitive_spec(&dir), CallLimits::default())
+            .await,
     );
     let asking = espeak("Please cancel order 1043. I changed my mind.").await;
     let options = PlayOptions {

@@ -259,7 +259,10 @@ async fn each_upload_is_a_session_its_audit_records_name() {
     let audit = dir.join("audit/tools.jsonl");
     let root = support::root();
     let local = std::fs::read_to_string(root.join("pipelines/local.toml")).unwrap();
-    let text = format!("{local}\n[audit]\npath = {:?}\n", audit.display().to_string());
+    let text = format!(
+        "{local}\n[audit]\npath = {:?}\n",
+        audit.display().to_string()
+    );
     let spec = PipelineSpec::parse(&text, &root.join("pipelines/local.toml"), root).unwrap();
     let pipeline = Arc::new(LoadedPipeline::load(&spec, root).await.expect("load"));
     let path = support::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
@@ -274,9 +277,14 @@ async fn each_upload_is_a_session_its_audit_records_name() {
         let (status, answer) = post(&url, "audio/wav", wav.clone(), None).await;
         let answer = json(&answer);
         assert_eq!(status, StatusCode::OK, "{answer}");
-        let session = answer["session"].as_str().unwrap_or_else(|| panic!("no session: {answer}"));
+        let session = answer["session"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {answer}"));
         assert!(session.starts_with("upload_"), "{session}");
-        assert_eq!(answer["turns"][0]["tool_calls"][0]["tool"], "get_order", "{answer}");
+        assert_eq!(
+            answer["turns"][0]["tool_calls"][0]["tool"], "get_order",
+            "{answer}"
+        );
         sessions.push(session.to_string());
     }
     assert_ne!(sessions[0], sessions[1], "each upload has its own session");

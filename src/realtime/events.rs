@@ -767,7 +767,8 @@ mod tests {
 
     #[test]
     fn parlors_confirmation_events_are_read_and_written() {
-        let text = r#"{"type":"parlor.tool.confirm","event_id":"e9","id":"confirm_1","approved":true}"#;
+        let text =
+            r#"{"type":"parlor.tool.confirm","event_id":"e9","id":"confirm_1","approved":true}"#;
         let Ok(Parsed::Event(event)) = ClientEvent::parse(text) else {
             panic!("not read: {text}")
         };
@@ -781,8 +782,8 @@ mod tests {
             }
         );
         // An answer must say yes or no.
-        let err = ClientEvent::parse(r#"{"type":"parlor.tool.confirm","id":"confirm_1"}"#)
-            .unwrap_err();
+        let err =
+            ClientEvent::parse(r#"{"type":"parlor.tool.confirm","id":"confirm_1"}"#).unwrap_err();
         assert!(err.message.contains("approved"), "{}", err.message);
 
         let question = ServerMessage {

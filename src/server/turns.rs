@@ -26,8 +26,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::upload::Upload;
-use crate::access::Caller;
 use super::{start_call, ApiError, AppState, CallKind};
+use crate::access::Caller;
 use crate::audio::{wav_bytes, DecodeLimits};
 use crate::file_call::{self, TurnReport};
 use crate::frame::AudioChunk;
