@@ -214,8 +214,9 @@ impl LoadedPipeline {
         self.stages(caller, &confirmer, None, |_| true)
     }
 
-    /// [`Self::call_as`] with the planner's tools (bound to `caller`)
-    /// behind `wrap`'s toolbox: a Realtime session's client tools.
+    /// [`Self::call_with`] with the planner's tools (bound to `caller`,
+    /// confirmed through `confirmer`) behind `wrap`'s toolbox: a Realtime
+    /// session's client tools.
     ///
     /// # Errors
     /// As [`Self::call`].
@@ -223,8 +224,9 @@ impl LoadedPipeline {
         &self,
         caller: &Caller,
         wrap: &crate::realtime::tools::ClientToolsHandle,
+        confirmer: Arc<dyn Confirmer>,
     ) -> Result<Pipeline, LoadError> {
-        self.stages(caller, &(Arc::new(NoPerson) as _), Some(wrap), |_| true)
+        self.stages(caller, &confirmer, Some(wrap), |_| true)
     }
 
     /// Fresh stages for transcribing only: the vad and stt of the spec.

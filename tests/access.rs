@@ -59,9 +59,10 @@ async fn names(tools: &dyn Toolbox) -> Vec<String> {
 
 #[tokio::test]
 async fn admin_only_tool_is_denied_to_callers_and_allowed_for_admins() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir =
+        support::log_dir("access-admin_only_tool_is_denied_to_callers_and_allowed_for_admins");
     let (shared, pool, path) = policed_orders(
-        dir.path(),
+        &dir,
         r#"
         [[tool]]
         tool = "orders__cancel_order"
@@ -122,9 +123,10 @@ async fn admin_only_tool_is_denied_to_callers_and_allowed_for_admins() {
 
 #[tokio::test]
 async fn over_limit_calls_are_polite_audited_and_prompt_per_principal() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir =
+        support::log_dir("access-over_limit_calls_are_polite_audited_and_prompt_per_principal");
     let (shared, pool, path) = policed_orders(
-        dir.path(),
+        &dir,
         r#"
         [[limit]]
         tool = "orders__get_order"
@@ -357,8 +359,10 @@ async fn order_status(tools: &dyn Toolbox, id: u64) -> String {
 
 #[tokio::test]
 async fn a_sensitive_tool_needs_the_callers_yes_once_tool_output_is_in_context() {
-    let dir = tempfile::tempdir().unwrap();
-    let (shared, pool, path) = policed_orders(dir.path(), SENSITIVE_CANCEL).await;
+    let dir = support::log_dir(
+        "access-a_sensitive_tool_needs_the_callers_yes_once_tool_output_is_in_context",
+    );
+    let (shared, pool, path) = policed_orders(&dir, SENSITIVE_CANCEL).await;
     let cancel = |id: u64| {
         (
             "orders__cancel_order",
@@ -439,8 +443,10 @@ async fn a_sensitive_tool_needs_the_callers_yes_once_tool_output_is_in_context()
 
 #[tokio::test]
 async fn resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no() {
-    let dir = tempfile::tempdir().unwrap();
-    let (shared, pool, path) = policed_orders(dir.path(), SENSITIVE_CANCEL).await;
+    let dir = support::log_dir(
+        "access-resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no",
+    );
+    let (shared, pool, path) = policed_orders(&dir, SENSITIVE_CANCEL).await;
     let shared = shared.with_untrusted_prompt(true);
     let person = Person::answering(None);
     let bob = shared
@@ -473,8 +479,9 @@ async fn resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no()
 #[tokio::test]
 async fn a_tool_call_carrying_a_secret_is_refused_and_recorded_redacted() {
     const SECRET: &str = "orders-db-password-7f3e9a";
-    let dir = tempfile::tempdir().unwrap();
-    let (shared, pool, path) = policed_orders(dir.path(), "").await;
+    let dir =
+        support::log_dir("access-a_tool_call_carrying_a_secret_is_refused_and_recorded_redacted");
+    let (shared, pool, path) = policed_orders(&dir, "").await;
     let tools = shared
         .clone()
         .with_secrets(Arc::new(parlor::secrets::Secrets::new(

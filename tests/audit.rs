@@ -30,16 +30,16 @@ fn entry<'a>(context: &'a AuditContext, arguments: &'a Value) -> AuditEntry<'a> 
     }
 }
 
-/// A log of `n` records appended one after another.
-async fn log_of(n: usize) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.jsonl");
+/// A log of `n` records appended one after another, in the suite's log
+/// directory `name` (so the secrets check reads it).
+async fn log_of(name: &str, n: usize) -> PathBuf {
+    let path = support::log_dir(name).join("audit.jsonl");
     let log = AuditLog::open(&path).unwrap();
     let (ctx, args) = (AuditContext::default(), json!({"i": 1}));
     for _ in 0..n {
         log.append(&entry(&ctx, &args)).await.unwrap();
     }
-    (dir, path)
+    path
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -67,8 +67,8 @@ fn records(path: &Path) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_appends_chain_and_share_fsyncs() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nested/dir/audit.jsonl");
+    let dir = support::log_dir("audit-concurrent_appends_chain_and_share_fsyncs");
+    let path = dir.join("nested/dir/audit.jsonl");
     let log = Arc::new(AuditLog::open(&path).unwrap());
     let tasks = (0..8).map(|task| {
         let log = log.clone();
@@ -102,7 +102,7 @@ async fn concurrent_appends_chain_and_share_fsyncs() {
 
 #[tokio::test]
 async fn an_edited_record_is_named_by_seq() {
-    let (_dir, path) = log_of(10).await;
+    let path = log_of("audit-an_edited_record_is_named_by_seq", 10).await;
     let mut l = lines(&path);
     assert!(l[4].contains("\"tool\":\"t\""));
     l[4] = l[4].replace("\"tool\":\"t\"", "\"tool\":\"x\"");
@@ -119,7 +119,7 @@ async fn an_edited_record_is_named_by_seq() {
 
 #[tokio::test]
 async fn a_deleted_record_breaks_the_link() {
-    let (_dir, path) = log_of(10).await;
+    let path = log_of("audit-a_deleted_record_breaks_the_link", 10).await;
     let mut l = lines(&path);
     l.remove(4);
     write_lines(&path, &l);
@@ -130,7 +130,7 @@ async fn a_deleted_record_breaks_the_link() {
 
 #[tokio::test]
 async fn a_cut_tail_is_truncation_by_the_head() {
-    let (_dir, path) = log_of(10).await;
+    let path = log_of("audit-a_cut_tail_is_truncation_by_the_head", 10).await;
     let l = lines(&path);
     write_lines(&path, &l[..7]);
     let err = verify(&path).unwrap_err();
@@ -152,7 +152,7 @@ async fn a_cut_tail_is_truncation_by_the_head() {
 
 #[tokio::test]
 async fn a_torn_tail_is_accepted_and_the_chain_continues() {
-    let (_dir, path) = log_of(5).await;
+    let path = log_of("audit-a_torn_tail_is_accepted_and_the_chain_continues", 5).await;
     let last = lines(&path)[4].clone();
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -174,8 +174,8 @@ async fn a_torn_tail_is_accepted_and_the_chain_continues() {
 
 #[tokio::test]
 async fn secrets_in_arguments_and_reasons_never_reach_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.jsonl");
+    let dir = support::log_dir("audit-secrets_in_arguments_and_reasons_never_reach_the_file");
+    let path = dir.join("audit.jsonl");
     let log = AuditLog::open(&path).unwrap();
     let ctx = AuditContext::default();
     let args =
@@ -187,7 +187,7 @@ async fn secrets_in_arguments_and_reasons_never_reach_the_file() {
     log.append(&entry(&ctx, &args)).await.unwrap();
     log.append(&failed).await.unwrap();
     drop(log);
-    for file in std::fs::read_dir(dir.path()).unwrap() {
+    for file in std::fs::read_dir(&dir).unwrap() {
         let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
         for secret in SECRETS {
             assert!(!text.contains(secret), "{secret} written: {text}");
@@ -206,8 +206,8 @@ async fn secrets_in_arguments_and_reasons_never_reach_the_file() {
 /// torn tail, and that a new writer continues.
 #[tokio::test]
 async fn the_chain_survives_kill_9_mid_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.jsonl");
+    let dir = support::log_dir("audit-the_chain_survives_kill_9_mid_write");
+    let path = dir.join("audit.jsonl");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
         .args(["audit", "stress"])
         .arg(&path)
@@ -245,13 +245,11 @@ async fn the_chain_survives_kill_9_mid_write() {
 /// each is on disk, with the right fields, when the answer comes back.
 #[tokio::test]
 async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
-    let dir = tempfile::tempdir().unwrap();
-    let specs = std::collections::BTreeMap::from([(
-        "orders".to_string(),
-        support::orders_server(dir.path()),
-    )]);
+    let dir = support::log_dir("audit-tool_calls_through_the_pool_are_audited_before_the_answer");
+    let specs =
+        std::collections::BTreeMap::from([("orders".to_string(), support::orders_server(&dir))]);
     let pool = Arc::new(McpPool::connect(&specs, &["orders".into()]).await.unwrap());
-    let path = dir.path().join("audit/tools.jsonl");
+    let path = dir.join("audit/tools.jsonl");
     let log = Arc::new(AuditLog::open(&path).unwrap());
     let context = AuditContext {
         session: Some("call_1".into()),
@@ -332,7 +330,11 @@ async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
 /// and exit 1 on a tampered one; `--json` is one object.
 #[tokio::test]
 async fn the_verify_command_reports_and_exits_1_on_tampering() {
-    let (_dir, path) = log_of(4).await;
+    let path = log_of(
+        "audit-the_verify_command_reports_and_exits_1_on_tampering",
+        4,
+    )
+    .await;
     let run = |json: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"));
         cmd.args(["audit", "verify"]).arg(&path);

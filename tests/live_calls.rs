@@ -625,34 +625,14 @@ async fn a_caller_who_hangs_up_or_stops_reading_leaves_nothing_running() {
     server.shutdown().await;
 }
 
-/// The default pipeline with `orders__cancel_order` marked sensitive, the
-/// shop's settings resource in the prompt (untrusted text from the first
-/// turn), an audit log, and its own copy of the orders database.
-fn sensitive_spec(dir: &std::path::Path) -> parlor::spec::PipelineSpec {
-    let root = support::root();
-    let db = dir.join("orders.db");
-    let local = std::fs::read_to_string(root.join("pipelines/local.toml")).unwrap();
-    let mcp_line = r#"mcp = ["orders", "knowledge"]"#;
-    assert!(local.contains(mcp_line) && local.contains("data/orders.db"));
-    let text = format!(
-        "{}\n[audit]\npath = {:?}\n\n[[access.tool]]\ntool = \"orders__cancel_order\"\nsensitive = true\n",
-        local
-            .replace("data/orders.db", &db.display().to_string())
-            .replace(
-                mcp_line,
-                &format!("{mcp_line}\nresources = [\"knowledge:config://settings\"]")
-            ),
-        dir.join("audit/tools.jsonl").display().to_string(),
-    );
-    parlor::spec::PipelineSpec::parse(&text, &root.join("pipelines/local.toml"), root).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sensitive_tool_call_waits_for_the_callers_answer_on_the_socket() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let dir = tempfile::tempdir().unwrap();
+    // Under the suite's log directory: the secrets check reads its audit log.
+    let dir = support::log_dir("live_calls-sensitive");
     let server = Server::serving(
-        support::VoiceServer::start_with(sensitive_spec(dir.path()), CallLimits::default()).await,
+        support::VoiceServer::start_with(support::sensitive_spec(&dir), CallLimits::default())
+            .await,
     );
     let asking = espeak("Please cancel order 1043. I changed my mind.").await;
     let options = PlayOptions {
@@ -688,16 +668,11 @@ async fn a_sensitive_tool_call_waits_for_the_callers_answer_on_the_socket() {
             .any(|e| matches!(e, ServerEvent::TurnDone { reply, .. } if !reply.is_empty())),
         "the turn still ends with an answer: {events:?}"
     );
-    let audit = std::fs::read_to_string(dir.path().join("audit/tools.jsonl")).unwrap();
-    let cancels: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["tool"] == "cancel_order")
-        .collect();
-    assert!(!cancels.is_empty(), "{audit}");
+    let cancels = support::audited(&dir, "cancel_order");
+    assert!(!cancels.is_empty(), "no cancel_order in the audit log");
     assert!(
         cancels.iter().all(|r| r["decision"] == "denied"),
-        "no cancel ran: {audit}"
+        "no cancel ran: {cancels:?}"
     );
     assert!(cancels[0]["reason"].as_str().unwrap().contains("declined"));
     server.shutdown().await;

@@ -18,6 +18,8 @@ use parlor::mcp::{McpPool, McpPoolOptions};
 use parlor::spec::{McpServerSpec, OAuthGrant, OAuthSpec};
 use serde_json::{json, Value};
 
+mod support;
+
 /// Every wait in these tests: a hung server fails the test, not CI.
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -178,13 +180,30 @@ impl Drop for Process {
 struct Servers {
     auth: Process,
     kb: Process,
-    _dir: tempfile::TempDir,
+    /// In the suite's log directory: the servers' stderr is written here
+    /// when they stop, for the suite's secrets check.
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("parlor-mcp-auth.stderr.log"), self.auth.log());
+        let _ = std::fs::write(
+            self.dir.join("parlor-mcp-knowledge.stderr.log"),
+            self.kb.log(),
+        );
+        let parlor = captured().lock().unwrap().clone();
+        let _ = std::fs::write(self.dir.join("parlor-tracing.log"), parlor);
+    }
 }
 
 impl Servers {
     fn start() -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let clients = dir.path().join("clients.toml");
+        // One directory per set of servers: the tests run in parallel.
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = support::log_dir(&format!("oauth-servers-{n}"));
+        let clients = dir.join("clients.toml");
         let mut file = std::fs::File::create(&clients)?;
         for ((id, _, secret), scopes, ttl) in [
             (PARLOR, SCOPE, None),
@@ -220,11 +239,7 @@ impl Servers {
                 format!("http://{addr}"),
             ]
         })?;
-        Ok(Self {
-            auth,
-            kb,
-            _dir: dir,
-        })
+        Ok(Self { auth, kb, dir })
     }
 
     fn audience(&self) -> String {
@@ -665,9 +680,9 @@ fn finished(child: &mut Child) -> Result<std::process::ExitStatus> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_signs_in_once_with_pkce_and_later_runs_renew_without_them() -> Result<()> {
     let servers = Servers::start()?;
-    let dir = tempfile::tempdir()?;
-    let creds = dir.path().join("credentials");
-    let spec = person_spec(dir.path(), &servers)?;
+    let dir = support::log_dir("oauth-person-signs-in");
+    let creds = dir.join("credentials");
+    let spec = person_spec(&dir, &servers)?;
 
     // Before any sign-in, connecting says what to run.
     std::env::set_var("PARLOR_CREDENTIALS", &creds);

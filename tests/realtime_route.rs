@@ -320,3 +320,153 @@ async fn an_output_for_an_unknown_call_is_an_error_and_the_session_goes_on() {
     assert_eq!(answers[3]["error"]["event_id"], "upd_2");
     server.stop.cancel();
 }
+
+/// What a Realtime session that says `wav` saw: every server event, in
+/// order, until the response of its turn is done.
+///
+/// The caller is a plain WebSocket client: `wav` at real-time pace as 24 kHz
+/// `input_audio_buffer.append` events, then silence (an open microphone);
+/// every `parlor.tool.confirm` question is answered with `approved`.
+async fn realtime_turn_answering(
+    addr: std::net::SocketAddr,
+    wav: &std::path::Path,
+    approved: bool,
+) -> Vec<Value> {
+    use base64::Engine;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let said = parlor::audio::decode_file(wav, &parlor::audio::DecodeLimits::default()).unwrap();
+    let said = parlor::audio::resample(&said.samples, said.sample_rate, 24_000).unwrap();
+    let frame = 24_000 / 50; // 20 ms
+    let speech_frames = said.len().div_ceil(frame);
+    let mut frames = said
+        .chunks(frame)
+        .map(<[f32]>::to_vec)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .chain(std::iter::repeat(vec![0.0; frame]));
+    let mut sent = 0;
+
+    let url = format!("ws://{addr}/v1/realtime?model=gpt-realtime");
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut sink, mut stream) = socket.split();
+    let json = |value: Value| Message::Text(value.to_string().into());
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    let mut events = Vec::new();
+    let give_up = tokio::time::sleep(std::time::Duration::from_secs(240));
+    tokio::pin!(give_up);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let pcm = parlor::audio::pcm16_le_bytes(&frames.next().unwrap());
+                let audio = base64::engine::general_purpose::STANDARD.encode(pcm);
+                let append = serde_json::json!({"type": "input_audio_buffer.append", "audio": audio});
+                sink.send(json(append)).await.expect("the session reads");
+                sent += 1;
+            }
+            message = stream.next() => {
+                let Some(Ok(message)) = message else {
+                    panic!("the session ended early: {events:#?}")
+                };
+                let Message::Text(text) = message else { continue };
+                let event: Value = serde_json::from_str(&text).unwrap();
+                if event["type"] != "response.output_audio.delta" {
+                    eprintln!("{event}");
+                }
+                if event["type"] == "parlor.tool.confirm" {
+                    let answer = serde_json::json!({
+                        "type": "parlor.tool.confirm", "id": event["id"], "approved": approved});
+                    sink.send(json(answer)).await.expect("the session reads");
+                }
+                let done = event["type"] == "response.done";
+                events.push(event);
+                // The turn that asked is over, or every turn heard is
+                // answered and nothing was asked (the caller is done).
+                let count = |kind: &str| events.iter().filter(|e| e["type"] == kind).count();
+                let asked = count("parlor.tool.confirm") > 0;
+                let all_answered = sent >= speech_frames
+                    && count("response.done") >= count("input_audio_buffer.speech_started");
+                if done && (asked || all_answered) {
+                    break;
+                }
+            }
+            () = &mut give_up => panic!("no response.done within 4 minutes: {events:#?}"),
+        }
+    }
+    let _ = sink.close().await;
+    events
+}
+
+/// The order's status in the orders database at `db`.
+fn order_status(db: &std::path::Path, order: i64) -> String {
+    let db = rusqlite::Connection::open(db).unwrap();
+    db.query_row("SELECT status FROM orders WHERE id = ?1", [order], |row| {
+        row.get(0)
+    })
+    .unwrap()
+}
+
+/// A sensitive tool of the pipeline's (cancel_order, with untrusted text
+/// in the context) asks the Realtime client with `parlor.tool.confirm`:
+/// approved, it runs and the audit log says the caller confirmed it;
+/// declined, it does not run and the audit log says the caller declined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensitive_tool_runs_only_when_the_realtime_client_approves() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let said = tempfile::tempdir().unwrap();
+    let wav = espeak_wav(said.path(), "Please cancel order 1043. I changed my mind.");
+    for approved in [true, false] {
+        // Under the suite's log directory: the secrets check reads its
+        // audit log.
+        let dir = support::log_dir(&format!("realtime_route-confirm-{approved}"));
+        let server =
+            support::VoiceServer::start_with(support::sensitive_spec(&dir), CallLimits::default())
+                .await;
+        let events = realtime_turn_answering(server.addr, &wav, approved).await;
+        server.stop.cancel();
+        drop(server.state);
+        if let Ok(pipeline) = Arc::try_unwrap(server.pipeline) {
+            pipeline.shutdown().await;
+        }
+
+        let asked = events
+            .iter()
+            .find(|e| e["type"] == "parlor.tool.confirm")
+            .unwrap_or_else(|| {
+                panic!("the planner did not try to cancel, so nothing was asked: {events:#?}")
+            });
+        assert_eq!(asked["tool"], "orders__cancel_order", "{asked}");
+        assert_eq!(asked["server"], "orders", "{asked}");
+        assert_eq!(asked["arguments"]["order_id"], 1043, "{asked}");
+        assert!(asked["timeout_ms"].as_u64().unwrap() > 0, "{asked}");
+        let done = events.last().unwrap();
+        assert_eq!(done["response"]["status"], "completed", "{done}");
+        assert!(
+            !events.iter().any(|e| e["type"] == "error"),
+            "the answer was taken: {events:#?}"
+        );
+
+        let cancels = support::audited(&dir, "cancel_order");
+        let status = order_status(&dir.join("orders.db"), 1043);
+        if approved {
+            let ran = cancels
+                .iter()
+                .find(|r| r["decision"] == "allowed")
+                .unwrap_or_else(|| panic!("the approved cancel did not run: {cancels:?}"));
+            assert_eq!(ran["reason"], "confirmed by the caller", "{ran}");
+            assert_eq!(status, "cancelled");
+        } else {
+            assert!(!cancels.is_empty(), "the refusal is audited");
+            assert!(
+                cancels.iter().all(|r| r["decision"] == "denied"),
+                "no cancel ran: {cancels:?}"
+            );
+            assert!(
+                cancels[0]["reason"].as_str().unwrap().contains("declined"),
+                "{cancels:?}"
+            );
+            assert_eq!(status, "processing");
+        }
+    }
+}

@@ -45,7 +45,7 @@ fn allow_list_refuses_unlisted_servers_at_spec_load() {
     // Same command, other args.
     let msg = refused(
         "[mcp.a]\ntransport = \"stdio\"\ncommand = \"srv\"\nargs = [\"--db\", \"/etc/other.db\"]\n\
-         [trust]\nallow = [{ command = \"srv\", args = [\"--db\", \"data/orders.db\"] }]\n",
+         [trust]\nallow = [{ command = \"srv\", args = [\"--db\", \"pipelines/data/orders.db\"] }]\n",
     );
     assert!(msg.contains("1 problem"), "{msg}");
     assert!(

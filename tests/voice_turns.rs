@@ -249,6 +249,63 @@ async fn the_upload_route_answers_with_transcript_tools_reply_timings_and_audio(
     );
 }
 
+/// Each upload is a session of its own: the answer names it and so do the
+/// audit records of its tool calls, as a live call's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_upload_is_a_session_its_audit_records_name() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // Under the suite's log directory: the secrets check reads its audit log.
+    let dir = support::log_dir("voice_turns-sessions");
+    let audit = dir.join("audit/tools.jsonl");
+    let root = support::root();
+    let local = std::fs::read_to_string(root.join("pipelines/local.toml")).unwrap();
+    let text = format!(
+        "{local}\n[audit]\npath = {:?}\n",
+        audit.display().to_string()
+    );
+    let spec = PipelineSpec::parse(&text, &root.join("pipelines/local.toml"), root).unwrap();
+    let pipeline = Arc::new(LoadedPipeline::load(&spec, root).await.expect("load"));
+    let path = support::model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let llm = LocalLlm::load(&path, LocalLlmOptions::default()).unwrap();
+    let state = AppState::new(ServedModel::new(llm, &path)).with_pipeline(pipeline, 1);
+    let base = support::serve_state(state);
+    let url = format!("{base}/v1/turns?audio=none");
+    let wav = std::fs::read(question()).unwrap();
+
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let (status, answer) = post(&url, "audio/wav", wav.clone(), None).await;
+        let answer = json(&answer);
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let session = answer["session"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {answer}"));
+        assert!(session.starts_with("upload_"), "{session}");
+        assert_eq!(
+            answer["turns"][0]["tool_calls"][0]["tool"], "get_order",
+            "{answer}"
+        );
+        sessions.push(session.to_string());
+    }
+    assert_ne!(sessions[0], sessions[1], "each upload has its own session");
+    let records: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for session in &sessions {
+        let mut named = records.iter().filter(|r| r["session"] == session.as_str());
+        assert!(
+            named.any(|r| r["tool"] == "get_order" && r["decision"] == "allowed"),
+            "no get_order of {session} in {records:#?}"
+        );
+    }
+    assert!(
+        records.iter().all(|r| r["session"].is_string()),
+        "every record names its upload: {records:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_uploads_get_precise_errors_and_the_server_keeps_serving() {
     let _one = ONE_AT_A_TIME.lock().await;

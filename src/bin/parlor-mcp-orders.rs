@@ -11,7 +11,7 @@ use clap::Parser;
 #[command(name = "parlor-mcp-orders", version)]
 struct Args {
     /// The SQLite database; created and seeded with the bundled demo data when missing.
-    #[arg(long, env = "ORDERS_DB", default_value = "data/orders.db")]
+    #[arg(long, env = "ORDERS_DB", default_value = "pipelines/data/orders.db")]
     db: PathBuf,
 }
 

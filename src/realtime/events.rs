@@ -79,6 +79,15 @@ pub enum ClientEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         response_id: Option<String>,
     },
+    /// parlor's extension: the caller's answer to a `parlor.tool.confirm`
+    /// server event with the same `id`.
+    #[serde(rename = "parlor.tool.confirm")]
+    ParlorToolConfirm {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_id: Option<String>,
+        id: String,
+        approved: bool,
+    },
 }
 
 /// The client event types [`ClientEvent`] reads.
@@ -91,6 +100,7 @@ const KNOWN: &[&str] = &[
     "conversation.item.truncate",
     "response.create",
     "response.cancel",
+    "parlor.tool.confirm",
 ];
 
 /// What a text frame from the client was.
@@ -156,7 +166,8 @@ impl ClientEvent {
             | ClientEvent::ConversationItemCreate { event_id, .. }
             | ClientEvent::ConversationItemTruncate { event_id, .. }
             | ClientEvent::ResponseCreate { event_id, .. }
-            | ClientEvent::ResponseCancel { event_id, .. } => event_id.as_deref(),
+            | ClientEvent::ResponseCancel { event_id, .. }
+            | ClientEvent::ParlorToolConfirm { event_id, .. } => event_id.as_deref(),
         }
     }
 }
@@ -537,6 +548,20 @@ pub enum ServerEvent {
     ResponseDone { response: Response },
     #[serde(rename = "error")]
     Error { error: ErrorDetail },
+    /// parlor's extension: a sensitive tool call of the pipeline's waits
+    /// for the caller's approval. Answer with a `parlor.tool.confirm`
+    /// client event carrying the same `id` within `timeout_ms`, or it is
+    /// not done (a client that ignores this event declines by silence).
+    #[serde(rename = "parlor.tool.confirm")]
+    ParlorToolConfirm {
+        id: String,
+        server: String,
+        /// The tool as the planner names it (`server__tool`).
+        tool: String,
+        /// The call's arguments, a JSON object.
+        arguments: Value,
+        timeout_ms: u64,
+    },
 }
 
 /// The transcription's cost: parlor's Whisper is billed by nobody, so the
@@ -749,6 +774,45 @@ mod tests {
             panic!("not an item")
         };
         assert!(matches!(item, Item::FunctionCallOutput { call_id, .. } if call_id == "c1"));
+    }
+
+    #[test]
+    fn parlors_confirmation_events_are_read_and_written() {
+        let text =
+            r#"{"type":"parlor.tool.confirm","event_id":"e9","id":"confirm_1","approved":true}"#;
+        let Ok(Parsed::Event(event)) = ClientEvent::parse(text) else {
+            panic!("not read: {text}")
+        };
+        assert_eq!(event.event_id(), Some("e9"));
+        assert_eq!(
+            event,
+            ClientEvent::ParlorToolConfirm {
+                event_id: Some("e9".into()),
+                id: "confirm_1".into(),
+                approved: true
+            }
+        );
+        // An answer must say yes or no.
+        let err =
+            ClientEvent::parse(r#"{"type":"parlor.tool.confirm","id":"confirm_1"}"#).unwrap_err();
+        assert!(err.message.contains("approved"), "{}", err.message);
+
+        let question = ServerMessage {
+            event_id: "event_5".into(),
+            event: ServerEvent::ParlorToolConfirm {
+                id: "confirm_1".into(),
+                server: "orders".into(),
+                tool: "orders__cancel_order".into(),
+                arguments: json!({"order_id": 1043}),
+                timeout_ms: 30_000,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&question).unwrap(),
+            json!({"event_id": "event_5", "type": "parlor.tool.confirm", "id": "confirm_1",
+                   "server": "orders", "tool": "orders__cancel_order",
+                   "arguments": {"order_id": 1043}, "timeout_ms": 30000})
+        );
     }
 
     #[test]

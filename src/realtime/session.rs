@@ -10,6 +10,15 @@
 //! resampled from the voice's rate to the protocol's 24 kHz here, once, as
 //! the caller's 24 kHz is resampled to the pipeline rate by the call's input.
 //!
+//! One parlor extension: a tool the spec marks `sensitive` runs, once
+//! untrusted text is in the turn's context, only if the caller approves
+//! that exact call (as on `/v1/calls` with `tool.confirm`). The question
+//! is a `parlor.tool.confirm` server event `{id, server, tool, arguments,
+//! timeout_ms}`; the answer a `parlor.tool.confirm` client event `{id,
+//! approved}`. Official clients ignore server event types they do not
+//! know, and no answer within the timeout is a no, so a client that knows
+//! nothing of this only ever sees such calls refused.
+//!
 //! No carrier: `server/realtime.rs` puts this on a WebSocket.
 
 use std::collections::VecDeque;
@@ -27,7 +36,7 @@ use super::events::{
 use super::tools::{ClientToolsHandle, ToolRequest};
 use crate::audio::{pcm16_le_bytes, pcm16_le_samples, StreamResampler};
 use crate::frame::TurnId;
-use crate::live::{Outbound, ServerEvent as CallEvent};
+use crate::live::{LiveConfirmer, Outbound, ServerEvent as CallEvent};
 use crate::llm::ToolSpec;
 use crate::planner::ToolAnswer;
 use crate::turns::Turns;
@@ -113,6 +122,9 @@ pub struct Session {
     client_tools: Option<ClientToolsHandle>,
     /// Function calls sent to the client, waiting for its output.
     calls: Vec<ClientCall>,
+    /// Where the caller's `parlor.tool.confirm` answers go (none until
+    /// [`Self::with_confirmer`]: every sensitive call is refused).
+    confirmer: Option<Arc<LiveConfirmer>>,
 }
 
 impl Session {
@@ -162,6 +174,7 @@ impl Session {
             spoken: VecDeque::new(),
             client_tools: None,
             calls: Vec::new(),
+            confirmer: None,
         };
         let id = session.id("sess");
         session.config.id = Some(id);
@@ -172,6 +185,14 @@ impl Session {
     /// declares, through `tools` (see `realtime::tools`).
     pub fn with_client_tools(mut self, tools: ClientToolsHandle) -> Self {
         self.client_tools = Some(tools);
+        self
+    }
+
+    /// The caller answers the session's sensitive tool calls through
+    /// `confirmer`, whose questions the carrier passes to
+    /// [`Self::on_outbound`].
+    pub fn with_confirmer(mut self, confirmer: Arc<LiveConfirmer>) -> Self {
+        self.confirmer = Some(confirmer);
         self
     }
 
@@ -258,6 +279,17 @@ impl Session {
             ))),
             ClientEvent::ResponseCancel { response_id, .. } => {
                 reply.messages = self.cancel(response_id.as_deref(), event_id.as_deref());
+            }
+            ClientEvent::ParlorToolConfirm { id, approved, .. } => {
+                let answered = match &self.confirmer {
+                    Some(confirmer) => confirmer.answer(&id, approved).map_err(|e| e.to_string()),
+                    None => Err("no tool call on this session asks for confirmation".into()),
+                };
+                if let Err(message) = answered {
+                    reply
+                        .messages
+                        .push(self.error(invalid(&format!("{message}."), Some("id"))));
+                }
             }
             ClientEvent::ConversationItemTruncate {
                 item_id,
@@ -563,11 +595,22 @@ impl Session {
                 detail.code = Some(code);
                 out.push(self.error(detail));
             }
-            // The route's calls have no person to confirm sensitive tools
-            // (the Realtime protocol has no such question yet): they are
-            // refused, and this never comes.
+            // A sensitive tool call asks the caller (parlor's extension
+            // to the protocol; see the module docs).
+            CallEvent::ToolConfirm {
+                id,
+                server,
+                tool,
+                arguments,
+                timeout_ms,
+            } => out.push(self.message(ServerEvent::ParlorToolConfirm {
+                id,
+                server,
+                tool,
+                arguments,
+                timeout_ms,
+            })),
             CallEvent::Transcript { .. }
-            | CallEvent::ToolConfirm { .. }
             | CallEvent::CallStarted { .. }
             | CallEvent::CallEnded { .. } => {}
         }
@@ -1447,6 +1490,65 @@ mod tests {
             },
         );
         assert_eq!(said, ["response.output_audio_transcript.delta"]);
+    }
+
+    /// A `parlor.tool.confirm` client event.
+    fn confirm(id: &str, approved: bool) -> ClientEvent {
+        ClientEvent::ParlorToolConfirm {
+            event_id: Some("answer_1".into()),
+            id: id.into(),
+            approved,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sensitive_call_is_asked_about_and_the_callers_answer_decides() {
+        use crate::planner::{ConfirmRequest, Confirmation, Confirmer};
+
+        let (confirmer, mut questions) = LiveConfirmer::new(Duration::from_secs(30));
+        let (s, _turns) = session();
+        let mut s = s.with_confirmer(confirmer.clone());
+        let request = ConfirmRequest {
+            server: "orders".into(),
+            tool: "orders__cancel_order".into(),
+            arguments: serde_json::json!({"order_id": 1043}),
+        };
+        for approved in [true, false] {
+            let waiting = tokio::spawn({
+                let (confirmer, request) = (confirmer.clone(), request.clone());
+                async move { confirmer.confirm(request).await }
+            });
+            let question = questions.recv().await.expect("a question");
+            let asked = s.on_outbound(Outbound::Event(question));
+            let asked = serde_json::to_value(&asked[0]).unwrap();
+            assert_eq!(asked["type"], "parlor.tool.confirm");
+            assert_eq!(asked["tool"], "orders__cancel_order");
+            assert_eq!(asked["arguments"]["order_id"], 1043);
+            assert_eq!(asked["timeout_ms"], 30_000);
+            let id = asked["id"].as_str().unwrap().to_string();
+            assert!(s.on_client(confirm(&id, approved)).messages.is_empty());
+            let expected = if approved {
+                Confirmation::Approved
+            } else {
+                Confirmation::Declined
+            };
+            assert_eq!(waiting.await.unwrap(), expected);
+            // The same question cannot be answered twice.
+            let again = s.on_client(confirm(&id, true)).messages;
+            let again = serde_json::to_value(&again[0]).unwrap();
+            assert_eq!(again["type"], "error");
+            assert_eq!(again["error"]["param"], "id");
+            assert_eq!(again["error"]["event_id"], "answer_1");
+        }
+    }
+
+    #[test]
+    fn an_answer_on_a_session_that_asks_nothing_is_an_error() {
+        let (mut s, _turns) = session();
+        let answered = s.on_client(confirm("confirm_1", true)).messages;
+        let answered = serde_json::to_value(&answered[0]).unwrap();
+        assert_eq!(answered["type"], "error");
+        assert_eq!(answered["error"]["param"], "id");
     }
 
     #[test]

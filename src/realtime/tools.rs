@@ -14,6 +14,7 @@
 //! an output nobody will read.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -191,6 +192,17 @@ impl Toolbox for ClientTools {
         })
     }
 
+    /// A call the client runs waits on the client alone, which the
+    /// planner's deadline already covers; a call of the pipeline's tools
+    /// may wait for the caller's confirmation on top, as `inner` says.
+    fn allowance(&self, name: &str) -> Duration {
+        if self.handle.client_runs() {
+            Duration::ZERO
+        } else {
+            self.inner.allowance(name)
+        }
+    }
+
     fn for_caller(&self, caller: &AuditContext) -> Option<Arc<dyn Toolbox>> {
         let inner = self.inner.for_caller(caller)?;
         Some(self.handle.wrap(inner))
@@ -271,13 +283,48 @@ mod tests {
         assert!(tools.specs().await.is_empty());
     }
 
+    /// A pipeline toolbox whose every tool may wait for a confirmation.
+    struct Confirming;
+
+    #[async_trait]
+    impl Toolbox for Confirming {
+        async fn specs(&self) -> Vec<ToolSpec> {
+            Vec::new()
+        }
+
+        async fn call(&self, name: &str, _arguments: Value) -> ToolAnswer {
+            ToolAnswer::error(format!("{name} is not run here"))
+        }
+
+        fn allowance(&self, _name: &str) -> Duration {
+            Duration::from_secs(30)
+        }
+    }
+
+    #[test]
+    fn the_pipelines_allowance_holds_until_the_client_declares_tools() {
+        let (handle, _asked) = ClientToolsHandle::new();
+        let tools = handle.wrap(Arc::new(Confirming));
+        assert_eq!(
+            tools.allowance("orders__cancel_order"),
+            Duration::from_secs(30)
+        );
+        handle.declare(Some(vec![weather()]));
+        assert_eq!(tools.allowance("get_weather"), Duration::ZERO);
+        handle.declare(None);
+        assert_eq!(
+            tools.allowance("orders__cancel_order"),
+            Duration::from_secs(30)
+        );
+    }
+
     #[tokio::test]
     async fn a_call_given_up_is_withdrawn() {
         let (handle, mut asked) = ClientToolsHandle::new();
         let tools = handle.wrap(Arc::new(NoTools));
         handle.declare(Some(vec![weather()]));
         let given_up = tokio::time::timeout(
-            std::time::Duration::from_millis(10),
+            Duration::from_millis(10),
             tools.call("get_weather", Value::Null),
         )
         .await;

@@ -140,6 +140,12 @@ impl CallRegistry {
     pub(super) fn next_id(&self) -> String {
         format!("call_{}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
+
+    /// A session id for one `POST /v1/turns` upload, from the same count
+    /// as the calls' so no two sessions of a server share one.
+    pub(super) fn next_upload_id(&self) -> String {
+        format!("upload_{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 impl Default for CallRegistry {

@@ -205,14 +205,16 @@ pub(crate) async fn start_live_call(
 }
 
 /// [`start_call`] for a Realtime session, whose client may declare
-/// function tools it runs itself (see `realtime::tools`).
+/// function tools it runs itself (see `realtime::tools`) and confirms
+/// sensitive calls of the pipeline's tools through `confirmer`.
 pub(crate) async fn start_realtime_call(
     pipeline: &Arc<LoadedPipeline>,
     caller: crate::access::Caller,
     tools: crate::realtime::tools::ClientToolsHandle,
+    confirmer: Arc<dyn crate::planner::Confirmer>,
 ) -> Result<crate::runner::Pipeline, ApiError> {
     built(pipeline, CallKind::Full, move |p| {
-        p.call_wrapped(&caller, &tools)
+        p.call_wrapped(&caller, &tools, confirmer)
     })
     .await
 }

@@ -11,7 +11,10 @@
 //! `input_audio_buffer.append` events and reply audio goes out as
 //! `response.output_audio.delta` events, paced to playback so a barge-in
 //! is heard at once. A bad event gets an `error` event and the session
-//! goes on; an event type parlor does not use is ignored.
+//! goes on; an event type parlor does not use is ignored. A sensitive tool
+//! call asks the caller with parlor's `parlor.tool.confirm` event (see
+//! `realtime/session.rs`), answered on this same socket: a channel the
+//! model cannot write to.
 //!
 //! `model` is taken as any Realtime client sends it and reported back in
 //! `session.created`; the pipeline answering is the server's.
@@ -38,7 +41,7 @@ use super::turns::{at_capacity, no_pipeline};
 use super::{start_realtime_call, ApiError, AppState};
 use crate::access::Caller;
 use crate::frame::PIPELINE_SAMPLE_RATE;
-use crate::live::{self, InputError};
+use crate::live::{self, InputError, LiveConfirmer};
 use crate::realtime::events::{ErrorDetail, PCM_RATE};
 use crate::realtime::tools::{ClientToolsHandle, ToolRequest};
 use crate::realtime::{ClientEvent, Parsed, ServerMessage, Session};
@@ -75,7 +78,8 @@ pub async fn realtime(
         ..caller.map(|Extension(c)| c).unwrap_or_default()
     };
     let (tools, requests) = ClientToolsHandle::new();
-    let call = start_realtime_call(&pipeline, caller, tools.clone()).await?;
+    let (confirmer, questions) = LiveConfirmer::new(registry.limits.confirm_timeout);
+    let call = start_realtime_call(&pipeline, caller, tools.clone(), confirmer.clone()).await?;
     let voice_rate = pipeline.output_rate().unwrap_or(PIPELINE_SAMPLE_RATE);
     let name = pipeline.spec().name.clone();
     let model = query.get("model").cloned().unwrap_or_else(|| name.clone());
@@ -104,6 +108,8 @@ pub async fn realtime(
                 voice_rate,
                 tools,
                 requests,
+                confirmer,
+                questions,
             };
             run_session(socket, &state, call, &id, session, about, slot)
                 .instrument(span)
@@ -119,6 +125,9 @@ struct About {
     /// The client's function tools, and their calls to send it.
     tools: ClientToolsHandle,
     requests: mpsc::UnboundedReceiver<ToolRequest>,
+    /// The caller's answers to sensitive tool calls, and the questions.
+    confirmer: Arc<LiveConfirmer>,
+    questions: mpsc::Receiver<live::ServerEvent>,
 }
 
 async fn run_session(
@@ -155,9 +164,11 @@ async fn run_session(
     };
     let protocol = Arc::new(Mutex::new(
         Session::new(output.turns(), about.voice_rate, &about.model, &about.voice)
-            .with_client_tools(about.tools),
+            .with_client_tools(about.tools)
+            .with_confirmer(about.confirmer),
     ));
     let mut requests = about.requests;
+    let mut questions = about.questions;
     let created = protocol.lock().expect("session poisoned").created();
     if send(&mut sink, text(&created), limits.write_timeout)
         .await
@@ -272,6 +283,10 @@ async fn run_session(
                     None => break,
                 },
                 Some(answer) = answered.recv() => vec![answer],
+                Some(question) = questions.recv() => protocol
+                    .lock()
+                    .expect("session poisoned")
+                    .on_outbound(live::Outbound::Event(question)),
                 Some(request) = requests.recv() => {
                     // The planner's parallel calls of one step arrive
                     // together: they go out in one response.

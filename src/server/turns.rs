@@ -7,6 +7,10 @@
 //! reply audio as base64 WAV (`audio=none` leaves it out); with
 //! `Accept: audio/wav` the answer is the reply audio itself.
 //!
+//! Each upload is a session of its own (`upload_N`), as a live call is:
+//! its tool calls' audit records name it, and the answer carries it
+//! (`session` in the JSON, the `parlor-session` header on the WAV).
+//!
 //! Capacity is bounded: beyond [`AppState::turn_slots`] turns at once a
 //! request gets a 429 at once instead of waiting in an unbounded queue.
 
@@ -15,7 +19,7 @@ use std::time::Instant;
 
 use axum::extract::{Query, Request, State};
 use axum::http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
@@ -23,10 +27,14 @@ use serde_json::{json, Value};
 
 use super::upload::Upload;
 use super::{start_call, ApiError, AppState, CallKind};
+use crate::access::Caller;
 use crate::audio::{wav_bytes, DecodeLimits};
 use crate::file_call::{self, TurnReport};
 use crate::frame::AudioChunk;
 use crate::loaded::LoadedPipeline;
+
+/// The header naming an upload's session on a WAV answer.
+const SESSION_HEADER: &str = "parlor-session";
 
 /// Longest upload a turn accepts: a question, not a podcast.
 const MAX_TURN_AUDIO: std::time::Duration = std::time::Duration::from_secs(120);
@@ -44,7 +52,11 @@ pub async fn turns(
         .get(ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|accept| accept.contains("audio/wav") || accept.contains("audio/x-wav"));
-    let caller = super::auth::caller_of(request.extensions());
+    let session = state.calls.next_upload_id();
+    let caller = Caller {
+        session: Some(session.clone()),
+        ..super::auth::caller_of(request.extensions())
+    };
     let upload = Upload::read(request).await?;
     check_pipeline(&pipeline, upload.option(&query, "pipeline"))?;
     let with_audio = match upload.option(&query, "audio").unwrap_or("base64") {
@@ -71,7 +83,7 @@ pub async fn turns(
     let started = Instant::now();
     let call = start_call(&pipeline, CallKind::Full, caller).await?;
     let reports = file_call::play(call, audio).await.map_err(|e| {
-        tracing::error!(message = "Turn failed.", error = %e);
+        tracing::error!(message = "Turn failed.", session = %session, error = %e);
         ApiError {
             message: format!("the pipeline failed: {e}"),
             ..ApiError::server_error()
@@ -83,12 +95,13 @@ pub async fn turns(
     }
 
     if wants_wav {
-        return spoken_wav(&reports);
+        return spoken_wav(&reports, &session);
     }
     let turns: Vec<Value> = reports.iter().map(|r| turn_json(r, with_audio)).collect();
     Ok(Json(json!({
         "object": "parlor.turns",
         "pipeline": pipeline.spec().name,
+        "session": session,
         "turns": turns,
         "total_ms": round_ms(total_ms),
     }))
@@ -148,7 +161,7 @@ fn audio_json(audio: &AudioChunk) -> Value {
 }
 
 /// The reply audio of every turn, in order, as one WAV.
-fn spoken_wav(reports: &[TurnReport]) -> Result<Response, ApiError> {
+fn spoken_wav(reports: &[TurnReport], session: &str) -> Result<Response, ApiError> {
     let mut spoken = reports.iter().filter_map(|r| r.audio.as_ref());
     let Some(first) = spoken.next() else {
         return Err(ApiError {
@@ -169,7 +182,14 @@ fn spoken_wav(reports: &[TurnReport]) -> Result<Response, ApiError> {
         all.samples.extend_from_slice(&more.samples);
     }
     let wav = wav_bytes(&all).map_err(|_| ApiError::server_error())?;
-    Ok(([(CONTENT_TYPE, "audio/wav")], wav).into_response())
+    Ok((
+        [
+            (CONTENT_TYPE, "audio/wav"),
+            (HeaderName::from_static(SESSION_HEADER), session),
+        ],
+        wav,
+    )
+        .into_response())
 }
 
 /// A 404 unless `asked` (if given) names the pipeline this server runs.

@@ -216,6 +216,41 @@ pub fn mentions_any(text: &str, facts: &[&str]) -> bool {
     facts.iter().any(|f| text.contains(f))
 }
 
+/// Where the default pipeline keeps the orders database (relative to the
+/// root), as pipelines/local.toml names it.
+pub const ORDERS_DB: &str = "pipelines/data/orders.db";
+
+/// The default pipeline with `orders__cancel_order` marked sensitive, the
+/// shop's settings resource in the prompt (untrusted text from the first
+/// turn), an audit log at `dir/audit/tools.jsonl`, and its own orders
+/// database at `dir/orders.db` (created from the demo data).
+pub fn sensitive_spec(dir: &Path) -> parlor::spec::PipelineSpec {
+    let db = dir.join("orders.db");
+    let local = std::fs::read_to_string(root().join("pipelines/local.toml")).unwrap();
+    let mcp_line = r#"mcp = ["orders", "knowledge"]"#;
+    assert!(local.contains(mcp_line) && local.contains(ORDERS_DB));
+    let text = format!(
+        "{}\n[audit]\npath = {:?}\n\n[[access.tool]]\ntool = \"orders__cancel_order\"\nsensitive = true\n",
+        local.replace(ORDERS_DB, &db.display().to_string()).replace(
+            mcp_line,
+            &format!("{mcp_line}\nresources = [\"knowledge:config://settings\"]")
+        ),
+        dir.join("audit/tools.jsonl").display().to_string(),
+    );
+    parlor::spec::PipelineSpec::parse(&text, &root().join("pipelines/local.toml"), root()).unwrap()
+}
+
+/// The audit records of `tool` in `dir/audit/tools.jsonl` (see
+/// [`sensitive_spec`]).
+pub fn audited(dir: &Path, tool: &str) -> Vec<serde_json::Value> {
+    let audit = std::fs::read_to_string(dir.join("audit/tools.jsonl")).unwrap_or_default();
+    audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["tool"] == tool)
+        .collect()
+}
+
 /// parlor serving the local default pipeline (and the small chat model) on
 /// 127.0.0.1:0, on the caller's runtime so its tasks can be counted.
 pub struct VoiceServer {
