@@ -571,9 +571,14 @@ async fn build_server(
         let keyring = parlor::access::Keyring::from_env(auth).map_err(Failure::input)?;
         state = state.with_keyring(keyring);
     }
-    // The voice pipeline behind /v1/turns: a spec that listens (has a VAD).
+    // The voice pipeline behind /v1/turns and the calls: a spec that
+    // listens (a VAD, or a realtime model that finds turns itself).
+    let listens = spec
+        .stages
+        .iter()
+        .any(|s| matches!(s.kind(), "vad" | "realtime"));
     let mut loaded = None;
-    if let Some(max_turns) = voice_turns.filter(|_| spec.stages.iter().any(|s| s.kind() == "vad")) {
+    if let Some(max_turns) = voice_turns.filter(|_| listens) {
         let cwd = std::env::current_dir().map_err(Failure::usage)?;
         let pipeline = std::sync::Arc::new(
             LoadedPipeline::load(&spec, &cwd)

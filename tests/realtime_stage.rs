@@ -38,11 +38,11 @@ fn realtime_spec(url: &str, dir: &std::path::Path) -> parlor::spec::PipelineSpec
     let path = root.join("pipelines/local-realtime.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let shipped_url = "ws://127.0.0.1:8080/v1/realtime";
-    assert!(text.contains(shipped_url) && text.contains("data/orders.db"));
+    assert!(text.contains(shipped_url) && text.contains(support::ORDERS_DB));
     let text = format!(
         "{}\n[audit]\npath = {:?}\n",
         text.replace(shipped_url, url).replace(
-            "data/orders.db",
+            support::ORDERS_DB,
             &dir.join("orders.db").display().to_string()
         ),
         dir.join("audit.jsonl").display().to_string()
