@@ -14,10 +14,13 @@
 //! the overhead is isolated per realtime turn: the backend measures its own
 //! voice-to-voice for the very turn it served (its `/metrics` histogram,
 //! read before and after the call), and the overhead is the front's figure
-//! minus the backend's. The front's clock starts when the stage receives
-//! `speech_stopped`, so the hop that event makes (loopback, well under a
-//! millisecond) is not counted; the way back (reply audio through the
-//! stage, the front's call edge and its socket) is.
+//! minus the backend's. Both clocks start at the same moment: the route
+//! sends `speech_stopped` when its VAD decides the turn is over (the stt
+//! stage passes the end of speech on before transcribing), and the front's
+//! clock starts when the stage receives it, so only that event's hop
+//! (loopback, well under a millisecond) is not counted; the way back (reply
+//! audio through the route, the stage, the front's call edge and its
+//! socket) is.
 //!
 //! `PARLOR_BENCH_RUNS` (default 2) rounds over the questions. Needs
 //! `bash models/setup.sh` and espeak-ng. Run: `cargo bench --bench

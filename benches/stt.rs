@@ -177,9 +177,13 @@ impl StageRig {
             .send(Frame::SpeechEnded(utterance))
             .await
             .unwrap();
-        match self.output.recv().await {
-            Some(Frame::Transcript { text, .. }) => text,
-            other => panic!("expected a transcript, got {:?}", other.map(|f| f.kind())),
+        loop {
+            match self.output.recv().await {
+                Some(Frame::Transcript { text, .. }) => return text,
+                // The end of speech, passed on ahead of the words.
+                Some(Frame::SpeechEnded(_)) => {}
+                other => panic!("expected a transcript, got {:?}", other.map(|f| f.kind())),
+            }
         }
     }
 }

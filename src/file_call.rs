@@ -11,12 +11,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::frame::{AudioChunk, Frame, TurnId, TurnMetrics, PIPELINE_SAMPLE_RATE};
+use crate::frame::{AudioChunk, Frame, TurnId, TurnMetrics};
 use crate::planner::ToolRecord;
 use crate::runner::Pipeline;
-
-/// 20 ms at the pipeline rate.
-const FRAME_SAMPLES: usize = PIPELINE_SAMPLE_RATE as usize / 50;
 
 /// How long stages may take to finish after the last frame before they are
 /// named and aborted (a turn with tool calls on a slow model takes a while).
@@ -63,7 +60,9 @@ impl TurnReport {
     }
 }
 
-/// Play `audio` (16 kHz mono) into a started-fresh `pipeline`; one report
+/// Play `audio` (mono, at the pipeline's input rate: see
+/// [`PipelineSpec::input_rate`](crate::spec::PipelineSpec::input_rate)) into
+/// a started-fresh `pipeline`; one report
 /// per detected turn, in order. Silence gives no turns, not an error.
 ///
 /// # Errors
@@ -93,14 +92,15 @@ pub async fn play_each(
     audio: AudioChunk,
     each: mpsc::UnboundedSender<TurnReport>,
 ) -> anyhow::Result<()> {
-    debug_assert_eq!(audio.sample_rate, PIPELINE_SAMPLE_RATE);
     let mut running = pipeline.barge_in(false).start();
     let input = running.input_handle();
     running.close_input();
     // Feed from its own task: the output must be read while feeding, or a
     // full pipeline would stop the feeder forever.
     let feeder = tokio::spawn(async move {
-        for chunk in audio.samples.chunks(FRAME_SAMPLES) {
+        // 20 ms frames, as a caller's device sends them.
+        let frame_samples = (audio.sample_rate as usize / 50).max(1);
+        for chunk in audio.samples.chunks(frame_samples) {
             let frame = Frame::Audio(AudioChunk::new(audio.sample_rate, chunk.to_vec()));
             if input.send(frame).await.is_err() {
                 break;

@@ -32,6 +32,7 @@
 pub mod access;
 pub mod audio;
 pub mod bench;
+mod dial;
 pub mod file_call;
 pub mod frame;
 pub mod live;

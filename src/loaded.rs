@@ -157,6 +157,11 @@ impl LoadedPipeline {
     }
 
     /// The rate reply audio comes out at, if the pipeline speaks.
+    /// The rate caller audio is taken at (see [`PipelineSpec::input_rate`]).
+    pub fn input_rate(&self) -> u32 {
+        self.spec.input_rate()
+    }
+
     pub fn output_rate(&self) -> Option<u32> {
         self.parts.iter().find_map(|p| match p {
             Part::Tts { rate, .. } => Some(*rate),
@@ -255,7 +260,7 @@ impl LoadedPipeline {
             .iter()
             .any(|p| keep(p) && matches!(p, Part::Realtime { .. }))
         {
-            pipeline = pipeline.input_rate(crate::realtime::events::PCM_RATE);
+            pipeline = pipeline.input_rate(self.spec.input_rate());
         }
         for (i, part) in self.parts.iter().enumerate() {
             if !keep(part) {

@@ -1310,7 +1310,11 @@ async fn run_turn(
     use parlor::loaded::LoadedPipeline;
 
     let spec = load_spec(pipeline)?;
-    let audio = decode_file(file, &DecodeLimits::default())
+    let limits = DecodeLimits {
+        rate: spec.input_rate(),
+        ..DecodeLimits::default()
+    };
+    let audio = decode_file(file, &limits)
         .map_err(|e| Failure::input(format!("{}: {e}", file.display())))?;
     let cwd = std::env::current_dir().map_err(Failure::usage)?;
     let loaded = LoadedPipeline::load(&spec, &cwd)

@@ -592,6 +592,21 @@ impl fmt::Display for SpecError {
 }
 
 impl PipelineSpec {
+    /// The rate the pipeline takes caller audio at: the Realtime protocol's
+    /// 24 kHz for a realtime stage, 16 kHz (the VAD's and Whisper's) for the
+    /// rest. Uploads and live calls are resampled to it once, at the edge.
+    pub fn input_rate(&self) -> u32 {
+        if self
+            .stages
+            .iter()
+            .any(|s| matches!(s, StageSpec::Realtime(_)))
+        {
+            crate::realtime::events::PCM_RATE
+        } else {
+            crate::frame::PIPELINE_SAMPLE_RATE
+        }
+    }
+
     /// Load and validate a spec file. Relative model paths resolve against
     /// `base_dir` (normally the working directory).
     pub fn load(path: &Path, base_dir: &Path) -> Result<Self, SpecError> {

@@ -171,6 +171,29 @@ fn wav_every_sample_format_rate_and_layout_decodes_to_16k_mono() {
 }
 
 #[test]
+fn a_realtime_pipelines_rate_is_decoded_to_directly() {
+    // A realtime stage takes 24 kHz: a 48 kHz upload goes there in one
+    // step, and a 24 kHz one is not resampled at all.
+    let dir = tempfile::tempdir().unwrap();
+    let at_24k = DecodeLimits {
+        rate: 24_000,
+        ..limits()
+    };
+    for rate in [48_000, 24_000, 16_000] {
+        let name = format!("tone_{rate}.wav");
+        let path = tone_wav(dir.path(), &name, rate, Fmt::I16, 1, 1.0);
+        let chunk = decode_file(&path, &at_24k).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(chunk.sample_rate, 24_000, "{name}");
+        assert_eq!(chunk.samples.len(), 24_000, "{name}");
+        let (amp, snr) = tone_fit(&chunk.samples, 24_000, TONE_HZ);
+        assert!(
+            (amp - TONE_AMP).abs() < 0.01 && snr > 50.0,
+            "{name}: {amp} {snr}"
+        );
+    }
+}
+
+#[test]
 fn stereo_is_downmixed_by_averaging_channels() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lr.wav");

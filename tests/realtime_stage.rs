@@ -5,6 +5,8 @@
 //! - Against parlor's own `GET /v1/realtime` (the local chained pipeline
 //!   behind the protocol, real models): a spoken question is answered
 //!   aloud, the tool call made by the stage through its own MCP servers.
+//! - Through a relay to that route: talking over the reply cancels it
+//!   there and truncates it at what the caller heard.
 //! - Against a scripted server, for what a real one cannot be made to do
 //!   on demand: talking over the reply (the stage cancels and truncates at
 //!   what the caller heard), events parlor does not know or cannot read
@@ -138,6 +140,166 @@ async fn a_spoken_question_through_parlors_own_realtime_route_is_answered_with_t
     assert!(
         support::mentions_any(&heard, support::ORDER_1042_FACTS),
         "heard {heard:?} for {reply:?}"
+    );
+    shutdown(front).await;
+    shutdown(backend).await;
+}
+
+/// One event that crossed the relay: who sent it and what it said (a
+/// summary: the audio is left out).
+#[derive(Debug, Clone)]
+struct Relayed {
+    from_client: bool,
+    kind: String,
+    event: Value,
+}
+
+/// A WebSocket relay between the realtime stage and a real `/v1/realtime`
+/// (`upstream`), keeping a log of the text events each way: it sees what
+/// the stage and the route said to each other without changing a byte.
+async fn recording_relay(upstream: String, log: Arc<StdMutex<Vec<Relayed>>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (upstream, log) = (upstream.clone(), log.clone());
+            tokio::spawn(async move {
+                let client = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                let (server, _) = tokio_tungstenite::connect_async(upstream.as_str())
+                    .await
+                    .unwrap();
+                let (mut to_client, mut from_client) = client.split();
+                let (mut to_server, mut from_server) = server.split();
+                let note = |from_client: bool, message: &Message| {
+                    let Message::Text(text) = message else {
+                        return;
+                    };
+                    let Ok(mut event) = serde_json::from_str::<Value>(text) else {
+                        return;
+                    };
+                    for big in ["audio", "delta"] {
+                        if event.get(big).is_some() {
+                            event[big] = json!("…");
+                        }
+                    }
+                    let kind = event["type"].as_str().unwrap_or_default().to_string();
+                    log.lock().unwrap().push(Relayed {
+                        from_client,
+                        kind,
+                        event,
+                    });
+                };
+                let up = async {
+                    while let Some(Ok(message)) = from_client.next().await {
+                        note(true, &message);
+                        if to_server.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async {
+                    while let Some(Ok(message)) = from_server.next().await {
+                        note(false, &message);
+                        if to_client.send(message).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! { () = up => {}, () = down => {} }
+            });
+        }
+    });
+    format!("ws://{addr}/v1/realtime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talking_over_a_reply_from_parlors_own_route_cancels_it_and_truncates_it_there() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let backend = support::VoiceServer::start(CallLimits::default()).await;
+    let log: Arc<StdMutex<Vec<Relayed>>> = Arc::default();
+    let relay = recording_relay(format!("ws://{}/v1/realtime", backend.addr), log.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let front =
+        support::VoiceServer::start_with(realtime_spec(&relay, dir.path()), CallLimits::default())
+            .await;
+
+    // The caller asks, lets the reply play half a second, then talks over
+    // it (the bench's barge-in measurement, a real caller's timing).
+    let question = support::root().join("models/speech/samples/question.wav");
+    let audio = parlor::audio::decode_file(&question, &Default::default()).unwrap();
+    let sample =
+        parlor::bench::barge::measure(&format!("ws://{}/v1/calls", front.addr), &audio).await;
+    assert_eq!(
+        sample.outcome,
+        parlor::bench::barge::Outcome::Reacted,
+        "the reply stopped for the caller: {sample:?}"
+    );
+
+    // The stage told the route what the caller heard, and the route took it.
+    let truncated = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| !r.from_client && r.kind == "conversation.item.truncated")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let log = log.lock().unwrap().clone();
+    let summary: Vec<String> = log
+        .iter()
+        .map(|r| format!("{} {}", if r.from_client { "→" } else { "←" }, r.kind))
+        .collect();
+    assert!(
+        truncated.is_ok(),
+        "no conversation.item.truncated: {summary:#?}"
+    );
+    let truncate = log
+        .iter()
+        .find(|r| r.from_client && r.kind == "conversation.item.truncate")
+        .expect("the stage sent conversation.item.truncate");
+    let played = truncate.event["audio_end_ms"].as_u64().unwrap();
+    assert!(played > 0, "{:?}", truncate.event);
+    // The item it cut is the reply the route was speaking.
+    let item = truncate.event["item_id"].as_str().unwrap();
+    assert!(
+        log.iter().any(|r| !r.from_client
+            && r.kind == "response.output_item.added"
+            && r.event["item"]["id"] == item),
+        "{item} is not an item of the route's: {summary:#?}"
+    );
+    // The reply that was talked over ended cancelled, not completed, and
+    // no error answered the stage's cancel or truncate.
+    let spoken_done = log
+        .iter()
+        .find(|r| {
+            !r.from_client
+                && r.kind == "response.done"
+                && r.event["response"]["output"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|i| i["id"] == item))
+        })
+        .unwrap_or_else(|| panic!("the spoken reply ended: {summary:#?}"));
+    assert_eq!(
+        spoken_done.event["response"]["status"], "cancelled",
+        "{:#}",
+        spoken_done.event
+    );
+    let errors: Vec<&Value> = log
+        .iter()
+        .filter(|r| !r.from_client && r.kind == "error")
+        .map(|r| &r.event)
+        .filter(|e| e["error"]["code"] != "response_cancel_not_active")
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    eprintln!(
+        "barge-in reaction {:?} ms, truncated at {played} ms",
+        sample.reaction_ms
     );
     shutdown(front).await;
     shutdown(backend).await;

@@ -336,10 +336,11 @@ async fn a_pause_with_no_more_speech_is_transcribed_once_from_the_pause() {
     drop(h.input);
     let seen = drain(&mut h.output).await;
     h.task.await.unwrap().expect("clean stop");
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    let text = seen[0].strip_prefix("transcript:1:").expect("a transcript");
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0], "speech_ended:1", "the end of speech goes on first");
+    let text = seen[1].strip_prefix("transcript:1:").expect("a transcript");
     assert!(word_error_rate(&clip.reference, text) < 0.5, "{text:?}");
-    assert_eq!(seen[1], "end_of_turn:1");
+    assert_eq!(seen[2], "end_of_turn:1");
     assert_eq!(
         started.load(Ordering::SeqCst),
         1,
@@ -382,8 +383,13 @@ async fn speech_after_a_pause_is_transcribed_again_in_full() {
     drop(h.input);
     let seen = drain(&mut h.output).await;
     h.task.await.unwrap().expect("clean stop");
-    assert_eq!(seen.len(), 1, "{seen:?}");
-    let text = seen[0].strip_prefix("transcript:1:").expect("a transcript");
+    assert_eq!(
+        seen.len(),
+        2,
+        "only the live turn's end and words: {seen:?}"
+    );
+    assert_eq!(seen[0], "speech_ended:1");
+    let text = seen[1].strip_prefix("transcript:1:").expect("a transcript");
     assert!(
         word_error_rate(&clip.reference, text) < 0.5,
         "{text:?} is not all of {:?}",
@@ -493,6 +499,8 @@ async fn corpus_wer(audio_ctx: Option<u32>) -> f64 {
                 transcripts.push((turn, text));
             }
             Frame::EndOfTurn(m) => ends.push(m),
+            // Passed on for the call's edge.
+            Frame::SpeechEnded(_) => {}
             other => panic!("unexpected {} frame", other.kind()),
         }
     }
@@ -588,8 +596,10 @@ async fn drops_cancelled_turns_and_passes_other_frames_through() {
             "end_of_turn:1",
             "audio:0",
             "speech_started:2",
+            "speech_ended:2",
             "transcript:2",
             "end_of_turn:2",
+            "speech_ended:3",
             "end_of_turn:3",
         ],
         "the stale turn's speech is dropped, everything else passes in order"
@@ -630,7 +640,16 @@ async fn cancelling_a_turn_mid_transcription_drops_it_and_the_next_turn_still_wo
         ));
     }
     h.task.await.unwrap().expect("clean stop");
-    assert_eq!(seen, ["end_of_turn:1", "transcript:2", "end_of_turn:2"]);
+    assert_eq!(
+        seen,
+        [
+            "speech_ended:1",
+            "end_of_turn:1",
+            "speech_ended:2",
+            "transcript:2",
+            "end_of_turn:2"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

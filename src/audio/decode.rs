@@ -42,6 +42,9 @@ pub struct DecodeLimits {
     /// Longest audio accepted. Ten minutes of 16 kHz f32 is 38 MB in
     /// memory and minutes of Whisper time on a small machine.
     pub max_duration: Duration,
+    /// The rate to decode to: the pipeline's input rate (16 kHz, or 24 kHz
+    /// for a realtime stage), so an upload is resampled once, here.
+    pub rate: u32,
 }
 
 impl DecodeLimits {
@@ -54,11 +57,13 @@ impl Default for DecodeLimits {
         Self {
             max_bytes: Self::DEFAULT_MAX_BYTES,
             max_duration: Self::DEFAULT_MAX_DURATION,
+            rate: PIPELINE_SAMPLE_RATE,
         }
     }
 }
 
-/// Decodes the audio file at `path` to [`PIPELINE_SAMPLE_RATE`] mono.
+/// Decodes the audio file at `path` to mono at `limits.rate`
+/// ([`PIPELINE_SAMPLE_RATE`] by default).
 /// The extension, if any, is a hint; the content decides.
 ///
 /// # Errors
@@ -88,8 +93,8 @@ pub fn decode_file(
     decode_source(Box::new(file), size, &head, ext, limits)
 }
 
-/// Decodes audio held in memory (an HTTP upload, say) to
-/// [`PIPELINE_SAMPLE_RATE`] mono. `hint` is a file extension (`"mp3"`,
+/// Decodes audio held in memory (an HTTP upload, say) to mono at
+/// `limits.rate`. `hint` is a file extension (`"mp3"`,
 /// `".wav"`) or a MIME type (`"audio/flac"`); the content decides.
 ///
 /// Takes anything that owns its bytes (`Vec<u8>`, `bytes::Bytes`,
@@ -257,7 +262,10 @@ fn decode_inner(
             },
         })?;
 
-    let mut state = Decoding::default();
+    let mut state = Decoding {
+        rate: limits.rate,
+        ..Decoding::default()
+    };
     loop {
         let packet = match format.next_packet() {
             Ok(p) => p,
@@ -308,6 +316,8 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 32;
 
 #[derive(Default)]
 struct Decoding {
+    /// The rate decoded to.
+    rate: u32,
     resampler: Option<StreamResampler>,
     /// Reused across packets to avoid an allocation per packet.
     buf: Option<AudioBuffer<f32>>,
@@ -344,7 +354,8 @@ impl Decoding {
             }
             None => {
                 check_rate(spec.rate)?;
-                self.resampler.insert(resample::batch(spec.rate)?)
+                self.resampler
+                    .insert(resample::batch(spec.rate, limits.rate)?)
             }
         };
 
@@ -410,7 +421,7 @@ impl Decoding {
                         "the header promises {n} sample frames but the data is missing"
                     ),
                 }),
-                (None, _) => Ok(AudioChunk::new(PIPELINE_SAMPLE_RATE, Vec::new())),
+                (None, _) => Ok(AudioChunk::new(self.rate, Vec::new())),
             };
         };
         resampler.finish(&mut self.out)?;
@@ -433,7 +444,7 @@ impl Decoding {
                 header_s = expected as f64 / rate as f64,
             );
         }
-        Ok(AudioChunk::new(PIPELINE_SAMPLE_RATE, self.out))
+        Ok(AudioChunk::new(self.rate, self.out))
     }
 }
 

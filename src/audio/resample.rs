@@ -324,6 +324,6 @@ pub fn to_pipeline_rate(chunk: AudioChunk) -> Result<AudioChunk, AudioError> {
 }
 
 /// Used by the decoder, which feeds whole packets: batch-sized chunks.
-pub(super) fn batch(from: u32) -> Result<StreamResampler, AudioError> {
-    StreamResampler::with_chunk(from, PIPELINE_SAMPLE_RATE, BATCH_CHUNK)
+pub(super) fn batch(from: u32, to: u32) -> Result<StreamResampler, AudioError> {
+    StreamResampler::with_chunk(from, to, BATCH_CHUNK)
 }

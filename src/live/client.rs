@@ -8,15 +8,12 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::protocol::{ClientMessage, ServerEvent};
 use crate::audio::{pcm16_le_bytes, pcm16_le_samples};
+use crate::dial::{dial, DialError, Socket};
 use crate::frame::{AudioChunk, PIPELINE_SAMPLE_RATE};
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// 20 ms at the pipeline rate: the frame a caller sends.
 const FRAME: usize = PIPELINE_SAMPLE_RATE as usize / 50;
@@ -89,43 +86,19 @@ pub async fn connect_with_key(
     url: &str,
     key: Option<&str>,
 ) -> Result<(CallerTx, CallerRx), ClientError> {
-    use tungstenite::client::IntoClientRequest;
     let url = if url.contains("sample_rate=") {
         url.to_string()
     } else {
         let sep = if url.contains('?') { '&' } else { '?' };
         format!("{url}{sep}sample_rate={PIPELINE_SAMPLE_RATE}")
     };
-    let connect_error = |message: String| ClientError::Connect {
-        url: url.clone(),
-        message,
-    };
-    let mut request = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| connect_error(e.to_string()))?;
-    if let Some(key) = key {
-        let value = format!("Bearer {key}")
-            .parse()
-            .map_err(|_| connect_error("the API key is not a valid header value".into()))?;
-        request.headers_mut().insert("authorization", value);
-    }
-    let (socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| match e {
-            tungstenite::Error::Http(response) => ClientError::Refused {
-                status: response.status().as_u16(),
-                body: response
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default(),
-            },
-            other => ClientError::Connect {
-                url: url.clone(),
-                message: other.to_string(),
-            },
-        })?;
+    let socket = dial(&url, key).await.map_err(|e| match e {
+        DialError::Unreachable(message) => ClientError::Connect {
+            url: url.clone(),
+            message,
+        },
+        DialError::Refused { status, body } => ClientError::Refused { status, body },
+    })?;
     let (sink, stream) = socket.split();
     Ok((CallerTx { sink }, CallerRx { stream }))
 }

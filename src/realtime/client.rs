@@ -11,13 +11,10 @@
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::Message;
 
 use super::events::{ClientEvent, ServerEvent};
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::dial::{dial, DialError, Socket};
 
 /// Why the server could not be reached or stopped answering.
 #[derive(Debug, thiserror::Error)]
@@ -55,33 +52,17 @@ pub async fn connect(
     url: &str,
     key: Option<&str>,
 ) -> Result<(RealtimeTx, RealtimeRx), ClientError> {
-    let connect_error = |message: String| ClientError::Connect {
-        url: url.to_string(),
-        message,
-    };
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| connect_error(e.to_string()))?;
-    if let Some(key) = key.filter(|k| !k.is_empty()) {
-        let value = format!("Bearer {key}")
-            .parse()
-            .map_err(|_| connect_error("the API key is not a valid header value".into()))?;
-        request.headers_mut().insert("authorization", value);
-    }
-    let (socket, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| match e {
-            tungstenite::Error::Http(response) => ClientError::Refused {
-                url: url.to_string(),
-                status: response.status().as_u16(),
-                body: response
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default(),
-            },
-            other => connect_error(other.to_string()),
-        })?;
+    let socket = dial(url, key).await.map_err(|e| match e {
+        DialError::Unreachable(message) => ClientError::Connect {
+            url: url.to_string(),
+            message,
+        },
+        DialError::Refused { status, body } => ClientError::Refused {
+            url: url.to_string(),
+            status,
+            body,
+        },
+    })?;
     let (sink, stream) = socket.split();
     Ok((RealtimeTx { sink }, RealtimeRx { stream }))
 }

@@ -72,6 +72,7 @@ pub async fn turns(
     let audio = upload
         .decode(DecodeLimits {
             max_duration: MAX_TURN_AUDIO,
+            rate: pipeline.input_rate(),
             ..DecodeLimits::default()
         })
         .await?;

@@ -7,7 +7,8 @@
 //! [`Frame::Transcript`](crate::frame::Frame::Transcript) per live turn with
 //! speech in it (nothing for silence or a cancelled turn), then the frames
 //! that followed, `EndOfTurn` included, unchanged. `SpeechPaused` and
-//! `SpeechEnded` are consumed: the audio stops here.
+//! `SpeechEnded` are consumed: the audio stops here (a live turn's
+//! `SpeechEnded` is passed on too, so the edge learns of it at once).
 
 pub mod openai;
 pub mod whisper_local;
@@ -171,6 +172,11 @@ pub async fn run_stt(
         if let Err(e) = check_rate(&utterance) {
             return Err(StageError::failed("stt", e.to_string()));
         }
+        // The end of speech goes on as well: the call's edge reports it as
+        // soon as the VAD decided, not once the words are known (the
+        // `/v1/realtime` route's `speech_stopped`, the caller's page).
+        io.forward_consumed(Frame::SpeechEnded(utterance.clone()))
+            .await?;
         let seconds = utterance.audio.duration().as_secs_f64();
         let result = match started_early {
             Some(job) => {
