@@ -158,6 +158,9 @@ pub struct TurnMetrics {
     #[serde(skip)]
     pub speech_ended_at: Instant,
     pub stages: Vec<StageTiming>,
+    /// What the turn consumed, summed over the stages: what an API would
+    /// bill for it (see [`crate::prices::Prices`]).
+    pub usage: Usage,
 }
 
 impl TurnMetrics {
@@ -167,11 +170,53 @@ impl TurnMetrics {
             speech,
             speech_ended_at,
             stages: Vec::new(),
+            usage: Usage::default(),
         }
     }
 
     pub fn stage(&self, name: &str) -> Option<&StageTiming> {
         self.stages.iter().find(|s| s.stage == name)
+    }
+}
+
+/// What a turn consumed, in the units API providers bill by. Local stages
+/// count the same things (they cost nothing, but the figures show how big a
+/// turn is).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Usage {
+    /// Text tokens read by a language model (prompt tokens, summed over
+    /// every model request of the turn: the tool loop asks more than once).
+    pub input_text_tokens: u64,
+    /// Text tokens the model wrote (completion tokens).
+    pub output_text_tokens: u64,
+    /// Audio tokens a realtime model heard.
+    pub input_audio_tokens: u64,
+    /// Audio tokens a realtime model spoke.
+    pub output_audio_tokens: u64,
+    /// Seconds of speech sent to speech-to-text.
+    pub transcribed_seconds: f64,
+    /// Characters of text sent to text-to-speech.
+    pub spoken_characters: u64,
+    /// Seconds of speech text-to-speech produced.
+    pub spoken_seconds: f64,
+}
+
+impl Usage {
+    pub fn is_zero(&self) -> bool {
+        *self == Usage::default()
+    }
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.input_text_tokens += other.input_text_tokens;
+        self.output_text_tokens += other.output_text_tokens;
+        self.input_audio_tokens += other.input_audio_tokens;
+        self.output_audio_tokens += other.output_audio_tokens;
+        self.transcribed_seconds += other.transcribed_seconds;
+        self.spoken_characters += other.spoken_characters;
+        self.spoken_seconds += other.spoken_seconds;
     }
 }
 

@@ -40,6 +40,7 @@ pub mod llm;
 pub mod loaded;
 pub mod mcp;
 pub mod planner;
+pub mod prices;
 pub mod realtime;
 pub mod runner;
 pub mod secrets;

@@ -457,7 +457,7 @@ async fn run_ask(question: &str, path: Option<&Path>, json: bool) -> Result<(), 
                     print!("{piece}");
                     mid_line = true;
                 }
-                PlannerEvent::ToolStarted(_) => {}
+                PlannerEvent::ToolStarted(_) | PlannerEvent::Usage(_) => {}
                 PlannerEvent::ToolFinished(r) => {
                     if mid_line {
                         println!();
@@ -1175,7 +1175,8 @@ async fn run_bench(
     );
     let mut reports = Vec::new();
     for path in pipelines {
-        let name = load_spec(Some(path))?.name;
+        let spec = load_spec(Some(path))?;
+        let name = spec.name;
         progress.set_prefix(name.clone());
         let served = BenchServer::start(path, options.concurrency).await?;
         let run =
@@ -1183,7 +1184,8 @@ async fn run_bench(
         served.stop().await;
         reports.push(
             PipelineReport::new(name, path.display().to_string(), run.results)
-                .ran_at(options.concurrency, run.cpu_s),
+                .ran_at(options.concurrency, run.cpu_s)
+                .priced(spec.prices),
         );
     }
     progress.finish_and_clear();

@@ -48,6 +48,9 @@ pub struct PipelineSpec {
     /// `[access]`: role rules and rate limits for tool calls (none: all
     /// allowed).
     pub access: AccessSpec,
+    /// `[prices]`: what the API stages' units cost, for `parlor bench`'s
+    /// cost per turn. `None`: a local pipeline, nothing billed.
+    pub prices: Option<crate::prices::Prices>,
     /// Where the spec came from, for messages.
     pub source: PathBuf,
 }
@@ -786,6 +789,26 @@ impl PipelineSpec {
                 AccessSpec::default()
             }),
         };
+        let prices = match table.remove("prices") {
+            None => None,
+            Some(value) => match crate::prices::Prices::deserialize(value.clone()) {
+                Ok(p) => {
+                    for (field, message) in p.problems() {
+                        problems.push(problem(
+                            "prices".into(),
+                            field,
+                            message,
+                            "a price in US dollars, 0 or more (e.g. 0.40)",
+                        ));
+                    }
+                    Some(p)
+                }
+                Err(e) => {
+                    problems.push(serde_problem("prices".into(), e.message(), &value));
+                    None
+                }
+            },
+        };
         for (key, _) in table {
             problems.push(Problem {
                 place: "top level".into(),
@@ -793,7 +816,7 @@ impl PipelineSpec {
                 message: "unknown field".into(),
                 fix: Some(
                     "expected one of `name`, `channel_capacity`, `stage`, `mcp`, `audit`, `trust`, \
-                     `auth`, `access`"
+                     `auth`, `access`, `prices`"
                         .into(),
                 ),
             });
@@ -807,6 +830,7 @@ impl PipelineSpec {
             trust,
             auth,
             access,
+            prices,
             source: source.to_path_buf(),
         }
     }

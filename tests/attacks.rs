@@ -249,6 +249,7 @@ async fn turn(planner: &Planner, question: &str) -> (TurnOutcome, Option<String>
                 tools,
                 steps: 0,
                 hit_step_limit: false,
+                usage: Default::default(),
             };
             (outcome, Some(e.to_string()))
         }

@@ -86,6 +86,35 @@ fn bench_on_three_tasks_writes_the_table_the_json_and_the_plots() {
     }
     // The first task asks for an order, so the planner was expected to call.
     assert_eq!(p["tools"]["expected"], 2);
+    // Usage and cost: a local pipeline has no [prices], so costs 0 and
+    // says "local", but its stages still count what they used.
+    assert_eq!(
+        p["cost_per_turn_usd"].as_f64(),
+        Some(0.0),
+        "{}",
+        p["cost_per_turn_usd"]
+    );
+    assert!(p["prices"].is_null());
+    let usage = &p["usage_per_turn"];
+    for key in [
+        "input_text_tokens",
+        "output_text_tokens",
+        "spoken_characters",
+    ] {
+        assert!(usage[key].as_u64().unwrap() > 0, "{key}: {usage}");
+    }
+    for key in ["transcribed_seconds", "spoken_seconds"] {
+        assert!(usage[key].as_f64().unwrap() > 0.0, "{key}: {usage}");
+    }
+    assert_eq!(usage["input_audio_tokens"], 0, "{usage}");
+    for r in results {
+        assert!(
+            r["usage"]["input_text_tokens"].as_u64().unwrap() > 0,
+            "{r:#}"
+        );
+    }
+    assert!(md.contains("est. cost/turn (USD) |"), "{md}");
+    assert!(md.contains(" | local |\n"), "{md}");
     let v2v = &p["voice_to_voice_ms"];
     let (p50, p99) = (v2v["p50"].as_f64().unwrap(), v2v["p99"].as_f64().unwrap());
     assert!(p50 > 0.0 && p50 <= p99, "{v2v}");

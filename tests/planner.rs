@@ -211,10 +211,11 @@ async fn parallel_calls_run_together_and_their_results_reach_the_model() {
     let kinds: Vec<&str> = t
         .events
         .iter()
-        .map(|e| match e {
-            PlannerEvent::ToolStarted(_) => "start",
-            PlannerEvent::ToolFinished(_) => "finish",
-            PlannerEvent::Text(_) => "text",
+        .filter_map(|e| match e {
+            PlannerEvent::ToolStarted(_) => Some("start"),
+            PlannerEvent::ToolFinished(_) => Some("finish"),
+            PlannerEvent::Text(_) => Some("text"),
+            PlannerEvent::Usage(_) => None,
         })
         .collect();
     assert_eq!(

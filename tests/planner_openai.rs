@@ -101,6 +101,9 @@ async fn the_backend_gets_structured_calls_and_streamed_text_over_http() {
     assert_eq!(reply.calls[0].name, "orders__get_order");
     assert_eq!(reply.calls[0].arguments["order_id"].as_i64(), Some(1042));
     assert!(!reply.calls[0].id.is_empty());
+    // The route reports the request's token counts (stream_options.include_usage).
+    assert!(reply.usage.input_text_tokens > 0, "{:?}", reply.usage);
+    assert!(reply.usage.output_text_tokens > 0, "{:?}", reply.usage);
 
     // tool_choice "none": words only, streamed in more than one piece.
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -118,6 +121,7 @@ async fn the_backend_gets_structured_calls_and_streamed_text_over_http() {
     assert!(reply.calls.is_empty(), "{reply:?}");
     assert!(pieces.len() > 1, "{pieces:?}");
     assert_eq!(pieces.concat(), reply.text);
+    assert!(reply.usage.output_text_tokens > 0, "{:?}", reply.usage);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,3 +380,61 @@ fn misspelt_audit_field_is_named() {
         "{msg}"
     );
 }
+
+#[test]
+fn prices_are_optional_and_the_openai_specs_carry_list_prices() {
+    let base = base_with_models();
+    let local = PipelineSpec::local_default(base.path()).unwrap();
+    assert_eq!(local.prices, None, "a local pipeline is billed nothing");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["openai-chained.toml", "openai-realtime.toml"] {
+        let spec = PipelineSpec::load(&root.join("pipelines").join(name), base.path()).unwrap();
+        let prices = spec
+            .prices
+            .unwrap_or_else(|| panic!("{name} has no [prices]"));
+        assert!(prices.input_text_per_1m_tokens > 0.0, "{name}: {prices:?}");
+        assert!(prices.output_text_per_1m_tokens > 0.0, "{name}: {prices:?}");
+    }
+    let spec = parse(
+        &format!("name = \"x\"\n{VAD}{STT}[prices]\ntranscription_per_minute = 0.006\nspeech_per_1m_characters = 15\n"),
+        base.path(),
+    )
+    .expect("an integer price is a price");
+    let prices = spec.prices.unwrap();
+    assert_eq!(prices.transcription_per_minute, 0.006);
+    assert_eq!(prices.speech_per_1m_characters, 15.0);
+    assert_eq!(prices.output_text_per_1m_tokens, 0.0, "unset prices are 0");
+}
+
+#[test]
+fn bad_prices_name_the_field() {
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n{VAD}{STT}[prices]\ninput_text_per_1m_tokens = -0.4\n"
+    ));
+    assert_eq!(err.problems.len(), 1, "{msg}");
+    assert_eq!(err.problems[0].place, "prices");
+    assert_eq!(
+        err.problems[0].field.as_deref(),
+        Some("input_text_per_1m_tokens")
+    );
+    assert!(msg.contains("must not be negative"), "{msg}");
+
+    let (msg, err) = problems(&format!(
+        "name = \"x\"\n{VAD}{STT}[prices]\ninput_per_1m_tokens = 0.4\n"
+    ));
+    assert_eq!(
+        err.problems[0].field.as_deref(),
+        Some("input_per_1m_tokens"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("input_text_per_1m_tokens"),
+        "lists the valid fields: {msg}"
+    );
+
+    let (msg, _) = problems(&format!(
+        "name = \"x\"\n{VAD}{STT}[prices]\ninput_text_per_1m_tokens = \"cheap\"\n"
+    ));
+    assert!(msg.contains("prices"), "{msg}");
+    assert!(msg.contains("invalid type"), "{msg}");
+}

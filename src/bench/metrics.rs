@@ -1,5 +1,6 @@
 //! The scores `parlor bench` gives a turn: word error rate, tool-call
-//! precision and recall, fact presence, and latency percentiles.
+//! precision and recall, fact presence, latency percentiles, and the mean
+//! usage a cost per turn is priced from.
 //!
 //! Everything here is pure (text and numbers in, numbers out) so the unit
 //! tests below check each against examples worked by hand.
@@ -8,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::frame::Usage;
 
 /// Text as Whisper and a reference transcript are compared:
 ///
@@ -235,6 +238,27 @@ impl ToolScore {
 /// `$378.98`, `cancel` finds `cancelled`, but `shipped` does not find
 /// `unshipped`).
 pub type Fact = Vec<String>;
+
+/// The usage of a mean turn: each count summed over `turns` and divided
+/// by how many there are (so a mean token count may be fractional, and is
+/// rounded to the nearest token). Zero for no turns.
+pub fn mean_usage(turns: &[Usage]) -> Usage {
+    let mut total = Usage::default();
+    for u in turns {
+        total += *u;
+    }
+    let n = turns.len().max(1) as f64;
+    let mean = |count: u64| (count as f64 / n).round() as u64;
+    Usage {
+        input_text_tokens: mean(total.input_text_tokens),
+        output_text_tokens: mean(total.output_text_tokens),
+        input_audio_tokens: mean(total.input_audio_tokens),
+        output_audio_tokens: mean(total.output_audio_tokens),
+        transcribed_seconds: total.transcribed_seconds / n,
+        spoken_characters: mean(total.spoken_characters),
+        spoken_seconds: total.spoken_seconds / n,
+    }
+}
 
 /// Which of `facts` `answer` contains, in order.
 pub fn facts_present(answer: &str, facts: &[Fact]) -> Vec<bool> {
@@ -482,6 +506,33 @@ mod tests {
             [true]
         );
         assert!(facts_present("anything", &[]).is_empty());
+    }
+
+    #[test]
+    fn mean_usage_by_hand() {
+        let a = Usage {
+            input_text_tokens: 1_000,
+            output_text_tokens: 11,
+            transcribed_seconds: 2.0,
+            spoken_characters: 40,
+            ..Usage::default()
+        };
+        let b = Usage {
+            input_text_tokens: 3_000,
+            output_text_tokens: 20,
+            transcribed_seconds: 3.0,
+            spoken_seconds: 5.0,
+            ..Usage::default()
+        };
+        let mean = mean_usage(&[a, b]);
+        assert_eq!(mean.input_text_tokens, 2_000);
+        // 31 / 2 = 15.5 rounds to 16.
+        assert_eq!(mean.output_text_tokens, 16);
+        assert_eq!(mean.transcribed_seconds, 2.5);
+        assert_eq!(mean.spoken_characters, 20);
+        assert_eq!(mean.spoken_seconds, 2.5);
+        assert_eq!(mean.input_audio_tokens, 0);
+        assert_eq!(mean_usage(&[]), Usage::default());
     }
 
     #[test]

@@ -8,8 +8,10 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::barge::Outcome;
-use super::metrics::{percentile, ToolScore, WordErrors};
+use super::metrics::{mean_usage, percentile, ToolScore, WordErrors};
 use super::run::TurnResult;
+use crate::frame::Usage;
+use crate::prices::Prices;
 
 /// Latency percentiles in ms (nearest rank, see [`percentile`]).
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -63,6 +65,14 @@ pub struct PipelineReport {
     /// Each barge-in attempt's outcome, counted (empty without
     /// `--barge-in`).
     pub barge_in_outcomes: BTreeMap<Outcome, usize>,
+    /// What a turn consumed on average: tokens, seconds of audio,
+    /// characters (local stages count them too).
+    pub usage_per_turn: Usage,
+    /// The spec's `[prices]`; `None` for a local pipeline.
+    pub prices: Option<Prices>,
+    /// Estimated USD per turn: the mean of each turn's usage priced by
+    /// `prices`; 0 for a local pipeline (nothing billed).
+    pub cost_per_turn_usd: f64,
     pub results: Vec<TurnResult>,
 }
 
@@ -108,7 +118,32 @@ impl PipelineReport {
             peak_rss_mib: results.iter().map(|r| r.peak_rss_mib).fold(0.0, f64::max),
             barge_in_ms: Percentiles::of(&reactions),
             barge_in_outcomes,
+            usage_per_turn: mean_usage(&results.iter().map(|r| r.usage).collect::<Vec<_>>()),
+            prices: None,
+            cost_per_turn_usd: 0.0,
             results,
+        }
+    }
+
+    /// Price the turns with the spec's `[prices]` (none: a local
+    /// pipeline, which costs nothing per turn).
+    pub fn priced(mut self, prices: Option<Prices>) -> Self {
+        self.prices = prices;
+        self.cost_per_turn_usd = match &prices {
+            Some(p) => {
+                self.results.iter().map(|r| p.cost(&r.usage)).sum::<f64>()
+                    / self.turns.max(1) as f64
+            }
+            None => 0.0,
+        };
+        self
+    }
+
+    /// The cost column: dollars, or "local" when nothing is billed.
+    fn cost_label(&self) -> String {
+        match self.prices {
+            Some(_) => format!("${:.4}", self.cost_per_turn_usd),
+            None => "local".into(),
         }
     }
 
@@ -185,6 +220,26 @@ impl Report {
                 p.errors
             );
         }
+        let _ = writeln!(
+            out,
+            "\nUsage per turn (mean) and estimated cost per turn: tokens a language model read and wrote (text; audio for a realtime model), seconds of speech transcribed, characters and seconds of speech synthesised, priced by the spec's `[prices]` (list prices; a pipeline with none is local and billed nothing).\n\n| pipeline | text tokens in | text tokens out | audio tokens in | audio tokens out | STT s | TTS chars | TTS s | est. cost/turn (USD) |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for p in &self.pipelines {
+            let u = &p.usage_per_turn;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {} |",
+                p.pipeline,
+                u.input_text_tokens,
+                u.output_text_tokens,
+                u.input_audio_tokens,
+                u.output_audio_tokens,
+                u.transcribed_seconds,
+                u.spoken_characters,
+                u.spoken_seconds,
+                p.cost_label()
+            );
+        }
         for p in &self.pipelines {
             let _ = writeln!(
                 out,
@@ -239,6 +294,12 @@ mod tests {
             success,
             voice_to_voice_ms: v2v,
             stage_first_output_ms: [("stt".to_string(), 100.0)].into(),
+            usage: Usage {
+                input_text_tokens: 1_000,
+                output_text_tokens: 20,
+                transcribed_seconds: 2.0,
+                ..Usage::default()
+            },
             cpu_s: 1.0,
             peak_rss_mib: 10.0,
             error: None,
@@ -274,6 +335,47 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| stt | 100 |"), "{md}");
+        // No [prices]: local, and the usage is still shown.
+        assert!(
+            md.contains("| local | 1000 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | local |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_priced_pipeline_costs_the_mean_of_its_turns() {
+        let mut turns = vec![turn("a", Some(900.0), true), turn("b", Some(300.0), true)];
+        turns[1].usage.input_text_tokens = 3_000;
+        let prices = Prices {
+            input_text_per_1m_tokens: 0.40,
+            output_text_per_1m_tokens: 1.60,
+            transcription_per_minute: 0.006,
+            ..Prices::default()
+        };
+        let p = PipelineReport::new("api".into(), "api.toml".into(), turns).priced(Some(prices));
+        // a: 1000 × 0.40/1e6 + 20 × 1.60/1e6 + 2/60 × 0.006 = 0.000632
+        // b: 3000 × 0.40/1e6 + 20 × 1.60/1e6 + 2/60 × 0.006 = 0.001432
+        // mean 0.001032
+        assert!(
+            (p.cost_per_turn_usd - 0.001032).abs() < 1e-12,
+            "{}",
+            p.cost_per_turn_usd
+        );
+        assert_eq!(p.usage_per_turn.input_text_tokens, 2_000);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["prices"]["input_text_per_1m_tokens"], 0.40);
+        assert_eq!(json["usage_per_turn"]["output_text_tokens"], 20);
+        let md = Report {
+            tasks: 2,
+            repeat: 1,
+            concurrency: 1,
+            pipelines: vec![p],
+        }
+        .markdown();
+        assert!(
+            md.contains("| api | 2000 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | $0.0010 |"),
+            "{md}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::barge::{self, BargeInSample};
 use super::metrics::{facts_present, MadeCall, ToolScore, WordErrors};
 use super::tasks::{Dataset, Task};
 use crate::audio::{decode_file, resample, DecodeLimits};
-use crate::frame::AudioChunk;
+use crate::frame::{AudioChunk, Usage};
 use crate::live::client::{play_file, PlayOptions};
 use crate::live::ServerEvent;
 use crate::stages::stt::{WhisperEngine, WhisperSettings};
@@ -42,6 +42,9 @@ pub struct TurnResult {
     pub voice_to_voice_ms: Option<f64>,
     /// Each stage's first output after the end of speech, same turn.
     pub stage_first_output_ms: BTreeMap<String, f64>,
+    /// What the call's turns consumed (tokens, seconds of audio,
+    /// characters), summed over its `turn.done` events.
+    pub usage: Usage,
     /// CPU seconds (user + system) of the parlor process during the call:
     /// server and caller, not the MCP servers' child processes.
     pub cpu_s: f64,
@@ -151,6 +154,7 @@ pub async fn run_task(
         success: false,
         voice_to_voice_ms: None,
         stage_first_output_ms: BTreeMap::new(),
+        usage: Usage::default(),
         cpu_s: 0.0,
         peak_rss_mib: 0.0,
         error: None,
@@ -207,9 +211,11 @@ async fn play_and_score(
             reply,
             voice_to_voice_ms,
             stages,
+            usage,
             ..
         } => {
             replies.push(reply.trim().to_string());
+            result.usage += *usage;
             if result.voice_to_voice_ms.is_none() && voice_to_voice_ms.is_some() {
                 result.voice_to_voice_ms = *voice_to_voice_ms;
                 for s in stages.as_array().into_iter().flatten() {

@@ -462,6 +462,7 @@ impl CallOutput {
             interrupted,
             voice_to_voice_ms: voice_to_voice.map(ms),
             stages: serde_json::to_value(&report.metrics.stages).unwrap_or_default(),
+            usage: report.metrics.usage,
         };
         Outbound::TurnDone {
             event,

@@ -101,6 +101,10 @@ pub enum ServerEvent {
         voice_to_voice_ms: Option<f64>,
         /// Each stage's timings (see `TurnMetrics`).
         stages: Value,
+        /// What the turn consumed: tokens, seconds of audio, characters
+        /// (what an API would bill; see `TurnMetrics`).
+        #[serde(default)]
+        usage: crate::frame::Usage,
     },
     /// Something the caller sent was wrong; the call goes on.
     #[serde(rename = "error")]

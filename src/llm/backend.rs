@@ -34,6 +34,9 @@ pub struct ModelReply {
     /// Calls the provider already made to hosted MCP servers while
     /// answering (Responses API): for the record, nothing left to run.
     pub hosted: Vec<HostedCall>,
+    /// Tokens the request read and wrote, as the model counted them (zero
+    /// when a server does not say).
+    pub usage: crate::frame::Usage,
 }
 
 /// A hosted MCP tool call the provider ran.
@@ -128,20 +131,29 @@ impl PlannerModel for LocalPlanner {
                 return Err(LlmError::Cancelled);
             }
             let mut llm = llm.lock().unwrap_or_else(|e| e.into_inner());
-            llm.decide_with(&messages, &tools, choice, |piece| {
+            let decision = llm.decide_with(&messages, &tools, choice, |piece| {
                 let _ = text.send(piece.to_string());
                 if cancel.is_cancelled() {
                     ControlFlow::Break(())
                 } else {
                     ControlFlow::Continue(())
                 }
-            })
+            })?;
+            let stats = llm.last_stats();
+            let usage = crate::frame::Usage {
+                input_text_tokens: stats.prompt_tokens as u64,
+                output_text_tokens: stats.generated_tokens as u64,
+                ..Default::default()
+            };
+            Ok::<_, LlmError>((decision, usage))
         })
         .await
         .map_err(|e| LlmError::Backend(format!("the model thread panicked: {e}")))??;
+        let (decision, usage) = decision;
         Ok(match decision {
             Decision::Say(text) => ModelReply {
                 text,
+                usage,
                 ..ModelReply::default()
             },
             Decision::Call { name, arguments } => ModelReply {
@@ -151,6 +163,7 @@ impl PlannerModel for LocalPlanner {
                     name,
                     arguments,
                 }],
+                usage,
                 ..ModelReply::default()
             },
         })

@@ -10,9 +10,9 @@ use async_openai::types::chat::{
     ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls,
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestToolMessage,
-    ChatCompletionRequestUserMessage, ChatCompletionTool, ChatCompletionToolChoiceOption,
-    ChatCompletionTools, CreateChatCompletionRequest, FunctionCall, FunctionObject,
-    ToolChoiceOptions,
+    ChatCompletionRequestUserMessage, ChatCompletionStreamOptions, ChatCompletionTool,
+    ChatCompletionToolChoiceOption, ChatCompletionTools, CreateChatCompletionRequest, FunctionCall,
+    FunctionObject, ToolChoiceOptions,
 };
 
 use async_openai::Client;
@@ -55,6 +55,12 @@ impl OpenAiPlanner {
             model: self.model.clone(),
             messages: to_openai_messages(request.messages),
             stream: Some(true),
+            // The last chunk then carries the request's token counts (for
+            // the cost estimate); servers that ignore it just send none.
+            stream_options: Some(ChatCompletionStreamOptions {
+                include_usage: Some(true),
+                ..Default::default()
+            }),
             tools: offer_tools.then(|| request.tools.iter().map(to_openai_tool).collect()),
             tool_choice: offer_tools.then_some(ChatCompletionToolChoiceOption::Mode(match request
                 .choice
@@ -92,6 +98,13 @@ impl PlannerModel for OpenAiPlanner {
             let mut reply = ReplyBuilder::default();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(remote_error)?;
+                if let Some(usage) = &chunk.usage {
+                    reply.usage = crate::frame::Usage {
+                        input_text_tokens: u64::from(usage.prompt_tokens),
+                        output_text_tokens: u64::from(usage.completion_tokens),
+                        ..Default::default()
+                    };
+                }
                 for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
                     if let Some(piece) = choice.delta.content.filter(|p| !p.is_empty()) {
                         let _ = text.send(piece.clone());
@@ -121,6 +134,7 @@ impl PlannerModel for OpenAiPlanner {
 #[derive(Default)]
 struct ReplyBuilder {
     text: String,
+    usage: crate::frame::Usage,
     calls: BTreeMap<u32, PartialCall>,
 }
 
@@ -155,6 +169,7 @@ impl ReplyBuilder {
         Ok(ModelReply {
             text: self.text,
             calls,
+            usage: self.usage,
             ..ModelReply::default()
         })
     }

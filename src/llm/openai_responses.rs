@@ -144,6 +144,17 @@ impl PlannerModel for ResponsesPlanner {
     }
 }
 
+/// The token counts of a finished response (zeros where the server gave
+/// none).
+fn usage(usage: &Value) -> crate::frame::Usage {
+    let count = |key: &str| usage[key].as_u64().unwrap_or(0);
+    crate::frame::Usage {
+        input_text_tokens: count("input_tokens"),
+        output_text_tokens: count("output_tokens"),
+        ..Default::default()
+    }
+}
+
 /// Apply one stream event to `reply`; `Ok(true)` when the response is done.
 fn read_event(
     event: &Value,
@@ -158,8 +169,12 @@ fn read_event(
             }
         }
         "response.output_item.done" => read_item(&event["item"], reply)?,
-        "response.completed" => return Ok(true),
+        "response.completed" => {
+            reply.usage = usage(&event["response"]["usage"]);
+            return Ok(true);
+        }
         "response.incomplete" => {
+            reply.usage = usage(&event["response"]["usage"]);
             // Cut short (e.g. the token limit): what was said stands.
             tracing::warn!(
                 reason = %event["response"]["incomplete_details"]["reason"],

@@ -77,6 +77,8 @@ pub enum PlannerEvent {
     Text(String),
     ToolStarted(ToolCall),
     ToolFinished(ToolRecord),
+    /// What one model request of the turn consumed (tokens).
+    Usage(crate::frame::Usage),
 }
 
 /// One tool call of a turn and how it went.
@@ -122,6 +124,8 @@ pub struct TurnOutcome {
     pub steps: usize,
     /// The step limit forced a words-only answer.
     pub hit_step_limit: bool,
+    /// Tokens read and written, summed over the turn's model requests.
+    pub usage: crate::frame::Usage,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -268,6 +272,7 @@ impl Planner {
             tools: Vec::new(),
             steps: 0,
             hit_step_limit: false,
+            usage: crate::frame::Usage::default(),
         };
         let turn_cancel = cancel.child_token();
         let work = self.tool_loop(history, &mut turn, &mut outcome, events, &turn_cancel);
@@ -337,6 +342,7 @@ impl Planner {
                     other => break other?,
                 }
             };
+            outcome.usage += reply.usage;
             for call in reply.hosted {
                 let record = ToolRecord::hosted(call);
                 let _ = events.send(PlannerEvent::ToolFinished(record.clone()));
@@ -411,6 +417,7 @@ impl Planner {
             LlmError::Cancelled => PlannerError::Cancelled,
             other => PlannerError::Model(other),
         })?;
+        let _ = events.send(PlannerEvent::Usage(reply.usage));
         if let Some(said) = withheld {
             // What the caller heard is all the history keeps, and nothing
             // the model asked for alongside runs.

@@ -570,6 +570,9 @@ pub enum ServerEvent {
 pub struct TranscriptionUsage {
     #[serde(rename = "type")]
     pub kind: String,
+    /// Absent from OpenAI's `tokens` usage (its gpt-4o transcribe models):
+    /// the event must still read, or the caller's transcript is lost.
+    #[serde(default)]
     pub seconds: f64,
 }
 
@@ -641,6 +644,40 @@ pub struct Usage {
     pub total_tokens: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// The input split into text and audio (OpenAI bills them apart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_token_details: Option<TokenDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_token_details: Option<TokenDetails>,
+}
+
+/// Text and audio tokens of a response's input or output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenDetails {
+    #[serde(default)]
+    pub text_tokens: u64,
+    #[serde(default)]
+    pub audio_tokens: u64,
+}
+
+impl Usage {
+    /// In parlor's units: text and audio tokens apart where the server
+    /// split them, all counted as text where it did not.
+    pub fn to_turn_usage(&self) -> crate::frame::Usage {
+        let split = |details: &Option<TokenDetails>, total: u64| match details {
+            Some(d) => (d.text_tokens, d.audio_tokens),
+            None => (total, 0),
+        };
+        let (input_text, input_audio) = split(&self.input_token_details, self.input_tokens);
+        let (output_text, output_audio) = split(&self.output_token_details, self.output_tokens);
+        crate::frame::Usage {
+            input_text_tokens: input_text,
+            output_text_tokens: output_text,
+            input_audio_tokens: input_audio,
+            output_audio_tokens: output_audio,
+            ..Default::default()
+        }
+    }
 }
 
 /// The body of an `error` event.
@@ -854,5 +891,34 @@ mod tests {
                 "type": "invalid_request_error", "code": null, "message": "bad",
                 "param": "session.type", "event_id": "e1"}})
         );
+    }
+
+    #[test]
+    fn openai_usage_reads_with_text_and_audio_apart() {
+        // The shape of OpenAI's `response.done` usage.
+        let usage: Usage = serde_json::from_value(json!({
+            "total_tokens": 1234, "input_tokens": 1000, "output_tokens": 234,
+            "input_token_details": {"text_tokens": 900, "audio_tokens": 100,
+                "cached_tokens": 0, "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0}},
+            "output_token_details": {"text_tokens": 34, "audio_tokens": 200}
+        }))
+        .unwrap();
+        let u = usage.to_turn_usage();
+        assert_eq!((u.input_text_tokens, u.input_audio_tokens), (900, 100));
+        assert_eq!((u.output_text_tokens, u.output_audio_tokens), (34, 200));
+        // No split (parlor's own route): all of it is text.
+        let plain = Usage {
+            total_tokens: 15,
+            input_tokens: 10,
+            output_tokens: 5,
+            ..Usage::default()
+        };
+        let u = plain.to_turn_usage();
+        assert_eq!((u.input_text_tokens, u.output_text_tokens), (10, 5));
+        assert_eq!(u.input_audio_tokens + u.output_audio_tokens, 0);
+        // A transcription billed in tokens (no `seconds`) still reads.
+        let t: TranscriptionUsage =
+            serde_json::from_value(json!({"type": "tokens", "input_tokens": 14})).unwrap();
+        assert_eq!(t.seconds, 0.0);
     }
 }

@@ -1257,6 +1257,7 @@ mod tests {
             interrupted: false,
             voice_to_voice_ms: None,
             stages: serde_json::Value::Null,
+            usage: Default::default(),
         };
         let done = s.on_outbound(Outbound::Event(done));
         assert_eq!(

@@ -7,7 +7,7 @@ use tokio::sync::mpsc::{Receiver, Sender};
 use tokio_util::sync::CancellationToken;
 
 use super::StageError;
-use crate::frame::{Frame, StageTiming, TurnId};
+use crate::frame::{Frame, StageTiming, TurnId, Usage};
 
 /// The input and output of one stage. `recv`, `send` and `forward` are the
 /// only way a stage touches its channels, which lets this type keep the
@@ -100,12 +100,19 @@ impl StageIo {
         self.push(frame).await
     }
 
+    /// Count what this stage consumed for `turn` (tokens, seconds of
+    /// audio, characters): added to the turn's `EndOfTurn` as it passes.
+    pub fn add_usage(&mut self, turn: TurnId, usage: Usage) {
+        self.clock.marks(turn).usage += usage;
+    }
+
     async fn push(&mut self, mut frame: Frame) -> Result<(), StageError> {
         if let Frame::EndOfTurn(metrics) = &mut frame {
-            let timing = self
-                .clock
-                .finish_turn(&self.name, metrics.turn, metrics.speech_ended_at);
+            let (timing, usage) =
+                self.clock
+                    .finish_turn(&self.name, metrics.turn, metrics.speech_ended_at);
             metrics.stages.push(timing);
+            metrics.usage += usage;
         }
         self.output
             .send(frame)
@@ -131,6 +138,7 @@ struct TurnMarks {
     turn: TurnId,
     first_input: Option<Instant>,
     first_output: Option<Instant>,
+    usage: Usage,
 }
 
 impl StageClock {
@@ -156,6 +164,7 @@ impl StageClock {
                     turn,
                     first_input: None,
                     first_output: None,
+                    usage: Usage::default(),
                 });
                 self.turns.last_mut().expect("just pushed")
             }
@@ -178,7 +187,13 @@ impl StageClock {
         marks.first_output.get_or_insert_with(Instant::now);
     }
 
-    fn finish_turn(&mut self, stage: &str, turn: TurnId, speech_ended_at: Instant) -> StageTiming {
+    /// The stage's timing for `turn`, and what it consumed for it.
+    fn finish_turn(
+        &mut self,
+        stage: &str,
+        turn: TurnId,
+        speech_ended_at: Instant,
+    ) -> (StageTiming, Usage) {
         // Busy time up to now counts for this turn, even mid-frame.
         if let Some(since) = self.busy_since.replace(Instant::now()) {
             self.busy_total += since.elapsed();
@@ -189,10 +204,10 @@ impl StageClock {
             .iter()
             .position(|m| m.turn == turn)
             .map(|i| self.turns.remove(i));
-        let (first_input, first_output) = marks
-            .map(|m| (m.first_input, m.first_output))
-            .unwrap_or((None, None));
-        StageTiming {
+        let (first_input, first_output, usage) = marks
+            .map(|m| (m.first_input, m.first_output, m.usage))
+            .unwrap_or((None, None, Usage::default()));
+        let timing = StageTiming {
             stage: stage.to_string(),
             time_to_first_output: match (first_input, first_output) {
                 (Some(i), Some(o)) => Some(o.saturating_duration_since(i)),
@@ -201,6 +216,7 @@ impl StageClock {
             first_output_after_speech_end: first_output
                 .map(|o| o.saturating_duration_since(speech_ended_at)),
             busy,
-        }
+        };
+        (timing, usage)
     }
 }

@@ -98,6 +98,7 @@ impl PlannerStage {
                         filler_due = None;
                         io.send(Frame::ReplyDelta { turn, text }).await?
                     }
+                    PlannerEvent::Usage(usage) => io.add_usage(turn, usage),
                     PlannerEvent::ToolStarted(call) => {
                         tracing::info!(message = "Tool call.", turn = %turn, tool = %call.name, arguments = %call.arguments);
                         tools_running += 1;

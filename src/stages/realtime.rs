@@ -577,6 +577,12 @@ impl<'s> Call<'s> {
                 ..
             } => self.function_call(&response_id, call_id, name, arguments),
             ServerEvent::ResponseDone { response } => {
+                // What the response cost counts for its turn, however it ended.
+                if let (Some(usage), Some(turn)) = (&response.usage, &self.turn) {
+                    if turn.response.as_deref() == Some(response.id.as_str()) {
+                        self.io.add_usage(turn.id, usage.to_turn_usage());
+                    }
+                }
                 let details = response.status_details.clone();
                 self.response_done(&response.id, response.status, details)
                     .await?

@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::frame::{Frame, TurnId, Utterance, PIPELINE_SAMPLE_RATE};
+use crate::frame::{Frame, TurnId, Usage, Utterance, PIPELINE_SAMPLE_RATE};
 use crate::spec::{SttBackend, SttSpec};
 
 use super::{Stage, StageContext, StageError, StageIo};
@@ -192,7 +192,17 @@ pub async fn run_stt(
             }
         };
         let text = match result {
-            Ok(Some(text)) => text,
+            Ok(Some(text)) => {
+                // Billed by the second of audio sent, words or not.
+                io.add_usage(
+                    turn,
+                    Usage {
+                        transcribed_seconds: seconds,
+                        ..Usage::default()
+                    },
+                );
+                text
+            }
             Ok(None) | Err(SttError::Cancelled) => {
                 tracing::debug!(message = "Transcription cancelled with its turn.", %turn);
                 continue;

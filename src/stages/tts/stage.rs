@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use super::chunker::SentenceChunker;
 use super::voice::Voice;
 use crate::audio::StreamResampler;
-use crate::frame::{AudioChunk, Frame, TurnId};
+use crate::frame::{AudioChunk, Frame, TurnId, Usage};
 use crate::stages::{Stage, StageContext, StageError, StageIo};
 
 /// Audio pieces a voice may have made ahead of the stage sending them on.
@@ -125,6 +125,14 @@ impl TtsStage {
         if cancel.is_cancelled() {
             return Ok(());
         }
+        // Billed by the character sent, whether or not the caller hears it all.
+        io.add_usage(
+            turn,
+            Usage {
+                spoken_characters: text.chars().count() as u64,
+                ..Usage::default()
+            },
+        );
         let (tx, rx) = mpsc::channel(VOICE_BUFFER);
         let voice = self.voice.clone();
         let said = text.clone();
@@ -161,6 +169,13 @@ impl TtsStage {
         let mut resampler: Option<StreamResampler> = None;
         let mut out = Vec::new();
         while let Some(chunk) = rx.recv().await {
+            io.add_usage(
+                turn,
+                Usage {
+                    spoken_seconds: chunk.duration().as_secs_f64(),
+                    ..Usage::default()
+                },
+            );
             let resampler = match &mut resampler {
                 Some(r) if r.input_rate() == chunk.sample_rate => r,
                 slot => slot.insert(

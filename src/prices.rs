@@ -1,0 +1,183 @@
+//! A pipeline's `[prices]` table and the cost of a turn under it.
+//!
+//! API providers bill by the token, the minute of audio and the character;
+//! each stage counts what it consumed in those units ([`Usage`]), and the
+//! spec says what a unit costs. No table (a local pipeline) means the
+//! pipeline costs nothing to run per turn, shown as "local".
+
+use serde::{Deserialize, Serialize};
+
+use crate::frame::Usage;
+
+/// USD list prices for the units a pipeline's API stages consume. Every
+/// field defaults to 0 (a unit the pipeline's provider does not bill).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prices {
+    /// Per 1M text tokens a model reads (planner prompt, realtime text in).
+    #[serde(default)]
+    pub input_text_per_1m_tokens: f64,
+    /// Per 1M text tokens a model writes.
+    #[serde(default)]
+    pub output_text_per_1m_tokens: f64,
+    /// Per 1M audio tokens a realtime model hears.
+    #[serde(default)]
+    pub input_audio_per_1m_tokens: f64,
+    /// Per 1M audio tokens a realtime model speaks.
+    #[serde(default)]
+    pub output_audio_per_1m_tokens: f64,
+    /// Per minute of speech sent to speech-to-text.
+    #[serde(default)]
+    pub transcription_per_minute: f64,
+    /// Per 1M characters of text sent to text-to-speech.
+    #[serde(default)]
+    pub speech_per_1m_characters: f64,
+    /// Per minute of speech text-to-speech produced (models billed by the
+    /// audio they write, not the text they read).
+    #[serde(default)]
+    pub speech_per_minute: f64,
+}
+
+impl Prices {
+    /// Each price with its field name, for validation and reports.
+    pub fn fields(&self) -> [(&'static str, f64); 7] {
+        [
+            ("input_text_per_1m_tokens", self.input_text_per_1m_tokens),
+            ("output_text_per_1m_tokens", self.output_text_per_1m_tokens),
+            ("input_audio_per_1m_tokens", self.input_audio_per_1m_tokens),
+            (
+                "output_audio_per_1m_tokens",
+                self.output_audio_per_1m_tokens,
+            ),
+            ("transcription_per_minute", self.transcription_per_minute),
+            ("speech_per_1m_characters", self.speech_per_1m_characters),
+            ("speech_per_minute", self.speech_per_minute),
+        ]
+    }
+
+    /// The fields that are not a usable price: (field, why).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        self.fields()
+            .into_iter()
+            .filter_map(|(field, price)| {
+                if !price.is_finite() {
+                    Some((
+                        field,
+                        format!("must be a number of US dollars, got {price}"),
+                    ))
+                } else if price < 0.0 {
+                    Some((field, format!("must not be negative, got {price}")))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// What `usage` costs, in US dollars.
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        let per_1m = |count: u64, price: f64| count as f64 * price / 1e6;
+        per_1m(usage.input_text_tokens, self.input_text_per_1m_tokens)
+            + per_1m(usage.output_text_tokens, self.output_text_per_1m_tokens)
+            + per_1m(usage.input_audio_tokens, self.input_audio_per_1m_tokens)
+            + per_1m(usage.output_audio_tokens, self.output_audio_per_1m_tokens)
+            + usage.transcribed_seconds / 60.0 * self.transcription_per_minute
+            + per_1m(usage.spoken_characters, self.speech_per_1m_characters)
+            + usage.spoken_seconds / 60.0 * self.speech_per_minute
+    }
+}
+
+/// The estimated cost of a turn under a pipeline's prices, `None` for a
+/// pipeline with no `[prices]` table (local: nothing billed).
+pub fn turn_cost(prices: Option<&Prices>, usage: &Usage) -> Option<f64> {
+    prices.map(|p| p.cost(usage))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn a_chained_turn_costs_its_tokens_minutes_and_characters() {
+        // gpt-4.1-mini at $0.40 / $1.60 per 1M tokens, transcription at
+        // $0.006 a minute, speech at $0.60 per 1M characters and $0.015 a
+        // minute.
+        let prices = Prices {
+            input_text_per_1m_tokens: 0.40,
+            output_text_per_1m_tokens: 1.60,
+            transcription_per_minute: 0.006,
+            speech_per_1m_characters: 0.60,
+            speech_per_minute: 0.015,
+            ..Prices::default()
+        };
+        let usage = Usage {
+            input_text_tokens: 2_000, // 2000 × 0.40 / 1e6 = 0.0008
+            output_text_tokens: 50,   //   50 × 1.60 / 1e6 = 0.00008
+            transcribed_seconds: 3.0, // 3 / 60 × 0.006   = 0.0003
+            spoken_characters: 100,   //  100 × 0.60 / 1e6 = 0.00006
+            spoken_seconds: 6.0,      // 6 / 60 × 0.015   = 0.0015
+            ..Usage::default()
+        };
+        assert!(
+            close(prices.cost(&usage), 0.00274),
+            "{}",
+            prices.cost(&usage)
+        );
+    }
+
+    #[test]
+    fn a_realtime_turn_prices_text_and_audio_tokens_apart() {
+        // gpt-realtime: text $4 / $16, audio $32 / $64 per 1M tokens.
+        let prices = Prices {
+            input_text_per_1m_tokens: 4.0,
+            output_text_per_1m_tokens: 16.0,
+            input_audio_per_1m_tokens: 32.0,
+            output_audio_per_1m_tokens: 64.0,
+            ..Prices::default()
+        };
+        let usage = Usage {
+            input_text_tokens: 1_000, // 0.004
+            output_text_tokens: 30,   // 0.00048
+            input_audio_tokens: 30,   // 0.00096
+            output_audio_tokens: 100, // 0.0064
+            ..Usage::default()
+        };
+        assert!(
+            close(prices.cost(&usage), 0.01184),
+            "{}",
+            prices.cost(&usage)
+        );
+    }
+
+    #[test]
+    fn no_table_is_local_and_zero_usage_costs_nothing() {
+        let usage = Usage {
+            input_text_tokens: 500,
+            ..Usage::default()
+        };
+        assert_eq!(turn_cost(None, &usage), None);
+        let prices = Prices {
+            input_text_per_1m_tokens: 4.0,
+            ..Prices::default()
+        };
+        assert_eq!(turn_cost(Some(&prices), &Usage::default()), Some(0.0));
+    }
+
+    #[test]
+    fn negative_and_non_finite_prices_are_named() {
+        let prices = Prices {
+            input_text_per_1m_tokens: -1.0,
+            speech_per_minute: f64::NAN,
+            output_text_per_1m_tokens: 2.0,
+            ..Prices::default()
+        };
+        let problems = prices.problems();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["input_text_per_1m_tokens", "speech_per_minute"]);
+        assert!(problems[0].1.contains("negative"), "{problems:?}");
+    }
+}
