@@ -109,7 +109,8 @@ enum Cue {
 
 /// Ask `audio` (16 kHz) in a call at `url`, talk over the reply and time
 /// how long parlor takes to stop. The call is dropped once the outcome is
-/// known (parlor cancels the call's turns when the socket goes).
+/// known and the interruption has been said (parlor cancels the call's
+/// turns when the socket goes).
 pub async fn measure(url: &str, audio: &AudioChunk) -> BargeInSample {
     match attempt(url, audio).await {
         Ok(sample) => sample,
@@ -231,6 +232,15 @@ async fn attempt(url: &str, audio: &AudioChunk) -> Result<BargeInSample, ClientE
             },
         }
     };
+    if outcome.outcome == Outcome::Reacted {
+        // A person who talks over a reply finishes saying it: the call
+        // stays up until then, so what parlor does after the cut (a
+        // realtime stage truncating the model's reply) happens as on a
+        // real call.
+        if let Some(at) = spoke() {
+            tokio::time::sleep_until(at + INTERRUPTION).await;
+        }
+    }
     mic.abort();
     Ok(outcome)
 }

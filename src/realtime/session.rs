@@ -469,6 +469,11 @@ impl Session {
         }
         let heard = heard(&spoken.pieces, spoken.sent, end);
         let turn = TurnId(spoken.turn);
+        if audio_end_ms == 0 && self.turns.played_before_cut(turn).is_some() {
+            // A later item of a reply already cut (the answer after a
+            // filler the caller was hearing): it adds nothing heard.
+            return Ok(());
+        }
         // A barge-in may have recorded its own estimate; the client's
         // playback position is the better one.
         let _ = self.turns.take_heard(turn);

@@ -212,6 +212,7 @@ impl Stage for RealtimeStage {
             input: InputLog::default(),
             turn: None,
             closing: None,
+            last_reply: None,
             truncate: None,
             running: JoinSet::new(),
             last_event: Instant::now(),
@@ -305,9 +306,9 @@ struct Turn<'s> {
     response: Option<String>,
     /// A `response.create` was sent and its response is not created yet.
     awaiting_response: bool,
-    /// The assistant audio item, for a truncation.
-    assistant_item: Option<String>,
-    audio_sent: bool,
+    /// The reply's audio items in order (a filler, then the answer...),
+    /// with the samples received of each, for a truncation.
+    items: Vec<SpokenItem>,
     /// Transcript text not yet attached to reply audio.
     unspoken_text: String,
     guard: LeakGuard<'s>,
@@ -319,6 +320,31 @@ impl Turn<'_> {
     fn calls_pending(&self) -> bool {
         self.calls.iter().any(|c| c.output.is_none())
     }
+}
+
+/// An assistant item of the reply and how much audio of it came (24 kHz
+/// samples).
+#[derive(Debug, Clone)]
+struct SpokenItem {
+    id: String,
+    samples: u64,
+}
+
+/// Where to truncate each item of a reply the caller stopped hearing after
+/// `played`: the item playing then is cut there, later ones at 0 (never
+/// heard), earlier ones are left whole. `(item, audio_end_ms)` pairs.
+fn cuts(items: &[SpokenItem], played: Duration) -> Vec<(String, u64)> {
+    let played = (played.as_secs_f64() * f64::from(PCM_RATE)) as u64;
+    let mut start = 0;
+    let mut cuts = Vec::new();
+    for item in items.iter().filter(|i| i.samples > 0) {
+        if played < start + item.samples {
+            let heard = played.saturating_sub(start);
+            cuts.push((item.id.clone(), heard * 1000 / u64::from(PCM_RATE)));
+        }
+        start += item.samples;
+    }
+    cuts
 }
 
 /// A tool call that finished.
@@ -345,7 +371,10 @@ struct Call<'s> {
     closing: Option<(Turn<'s>, Instant)>,
     /// A reply cut by barge-in: its turn, its audio item, and how long to
     /// wait for the edge to say how much played.
-    truncate: Option<(TurnId, String, Instant)>,
+    truncate: Option<(TurnId, Vec<SpokenItem>, Instant)>,
+    /// The last turn that spoke, and its audio items, until the next turn
+    /// starts: barge-in can cut a reply the server has finished sending.
+    last_reply: Option<(TurnId, Vec<SpokenItem>)>,
     running: JoinSet<ToolDone>,
     last_event: Instant,
 }
@@ -557,10 +586,8 @@ impl<'s> Call<'s> {
                 item: Item::Message { id, .. },
                 ..
             } => {
-                if let Some(turn) = self.current(&response_id) {
-                    if turn.assistant_item.is_none() {
-                        turn.assistant_item = id;
-                    }
+                if let (Some(turn), Some(id)) = (self.current(&response_id), id) {
+                    turn.items.push(SpokenItem { id, samples: 0 });
                 }
             }
             ServerEvent::OutputAudioTranscriptDelta { at, delta } => {
@@ -618,10 +645,13 @@ impl<'s> Call<'s> {
                 })
                 .await;
             }
-            if let (Some(item), true) = (old.assistant_item.clone(), old.audio_sent) {
-                self.truncate = Some((old.id, item, Instant::now() + TRUNCATE_WAIT));
-            }
             self.end_turn(old).await?;
+        }
+        // The last reply may still be playing at the edge even when the
+        // server has finished sending it: if the edge cut it, the model
+        // learns where.
+        if let Some((turn, items)) = self.last_reply.take() {
+            self.truncate = Some((turn, items, Instant::now() + TRUNCATE_WAIT));
         }
         self.turn = Some(Turn {
             id,
@@ -631,8 +661,7 @@ impl<'s> Call<'s> {
             transcript_done: false,
             response: None,
             awaiting_response: false,
-            assistant_item: None,
-            audio_sent: false,
+            items: Vec::new(),
             unspoken_text: String::new(),
             guard: LeakGuard::new(self.secrets),
             calls: Vec::new(),
@@ -744,7 +773,11 @@ impl<'s> Call<'s> {
         if pcm16_le_samples(&bytes, &mut samples).is_err() || samples.is_empty() {
             return Ok(());
         }
-        turn.audio_sent = true;
+        let Some(item) = turn.items.last_mut() else {
+            tracing::warn!(message = "Reply audio outside any item; skipped.");
+            return Ok(());
+        };
+        item.samples += samples.len() as u64;
         let text = Some(std::mem::take(&mut turn.unspoken_text)).filter(|t| !t.is_empty());
         let id = turn.id;
         self.io
@@ -958,6 +991,9 @@ impl<'s> Call<'s> {
         if let Some((turn, _)) = self.closing.take() {
             self.end_turn(turn).await?;
         }
+        // Its items were the old session's.
+        self.last_reply = None;
+        self.truncate = None;
         Ok(())
     }
 
@@ -984,6 +1020,9 @@ impl<'s> Call<'s> {
     }
 
     async fn end_turn(&mut self, turn: Turn<'s>) -> Result<(), StageError> {
+        if turn.items.iter().any(|i| i.samples > 0) {
+            self.last_reply = Some((turn.id, turn.items.clone()));
+        }
         let (ended_at, speech) = turn
             .ended
             .unwrap_or_else(|| (Instant::now(), Duration::ZERO));
@@ -998,17 +1037,19 @@ impl<'s> Call<'s> {
 
     async fn on_timers(&mut self) -> Result<(), StageError> {
         let now = Instant::now();
-        if let Some((turn, item, until)) = self.truncate.clone() {
+        if let Some((turn, items, until)) = self.truncate.clone() {
             if let Some(played) = self.cx.turns.played_before_cut(turn) {
                 self.truncate = None;
                 tracing::info!(message = "Reply truncated at what was heard.", turn = %turn, played_ms = played.as_millis() as u64);
-                self.send(ClientEvent::ConversationItemTruncate {
-                    event_id: None,
-                    item_id: item,
-                    content_index: 0,
-                    audio_end_ms: played.as_millis() as u64,
-                })
-                .await;
+                for (item_id, audio_end_ms) in cuts(&items, played) {
+                    self.send(ClientEvent::ConversationItemTruncate {
+                        event_id: None,
+                        item_id,
+                        content_index: 0,
+                        audio_end_ms,
+                    })
+                    .await;
+                }
             } else if now >= until {
                 // Heard in full, or nobody listening: nothing to cut.
                 self.truncate = None;
@@ -1051,6 +1092,28 @@ impl<'s> Call<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_truncates_the_item_playing_and_silences_the_rest() {
+        let item = |id: &str, ms: u64| SpokenItem {
+            id: id.into(),
+            samples: ms * u64::from(PCM_RATE) / 1000,
+        };
+        // A 600 ms filler, an item with no audio, then a 3 s answer.
+        let items = [item("filler", 600), item("call", 0), item("answer", 3000)];
+        // Cut 1 s in: the filler was heard whole, 400 ms of the answer.
+        assert_eq!(
+            cuts(&items, Duration::from_millis(1000)),
+            [("answer".to_string(), 400)]
+        );
+        // Cut inside the filler: the answer was never heard.
+        assert_eq!(
+            cuts(&items, Duration::from_millis(250)),
+            [("filler".to_string(), 250), ("answer".to_string(), 0)]
+        );
+        // Heard to the end: nothing to cut.
+        assert!(cuts(&items, Duration::from_millis(3600)).is_empty());
+    }
 
     #[test]
     fn the_input_log_cuts_by_session_time_and_forgets_the_oldest() {
