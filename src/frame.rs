@@ -202,12 +202,6 @@ pub struct Usage {
     pub spoken_seconds: f64,
 }
 
-impl Usage {
-    pub fn is_zero(&self) -> bool {
-        *self == Usage::default()
-    }
-}
-
 impl std::ops::AddAssign for Usage {
     fn add_assign(&mut self, other: Usage) {
         self.input_text_tokens += other.input_text_tokens;

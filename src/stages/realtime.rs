@@ -1037,9 +1037,9 @@ impl<'s> Call<'s> {
 
     async fn on_timers(&mut self) -> Result<(), StageError> {
         let now = Instant::now();
-        if let Some((turn, items, until)) = self.truncate.clone() {
+        if let Some(&(turn, _, until)) = self.truncate.as_ref() {
             if let Some(played) = self.cx.turns.played_before_cut(turn) {
-                self.truncate = None;
+                let (_, items, _) = self.truncate.take().expect("just matched");
                 tracing::info!(message = "Reply truncated at what was heard.", turn = %turn, played_ms = played.as_millis() as u64);
                 for (item_id, audio_end_ms) in cuts(&items, played) {
                     self.send(ClientEvent::ConversationItemTruncate {
