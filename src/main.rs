@@ -175,6 +175,11 @@ enum Command {
         /// Where the report goes.
         #[arg(long, default_value = "bench-out")]
         out: PathBuf,
+        /// Peer frameworks to run the same tasks through, each a row of the
+        /// report: `pipecat` (Pipecat 1.14 on the first pipeline's models
+        /// and MCP servers; needs `bash benches/peers/setup.sh`).
+        #[arg(long, num_args = 1.., conflicts_with = "load")]
+        peers: Vec<Peer>,
     },
     /// The MCP servers of a pipeline.
     Mcp {
@@ -186,6 +191,12 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+/// A framework `parlor bench --peers` compares with.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Peer {
+    Pipecat,
 }
 
 #[derive(Subcommand)]
@@ -341,6 +352,7 @@ fn main() -> ExitCode {
                 load,
                 max_calls,
                 out,
+                peers,
             } => {
                 let options = parlor::bench::RunOptions {
                     limit: limit.unwrap_or(usize::MAX),
@@ -351,7 +363,7 @@ fn main() -> ExitCode {
                 if load {
                     run_bench_load(&pipelines, &tasks, options, usize::from(max_calls), &out).await
                 } else {
-                    run_bench(&pipelines, &tasks, options, &out).await
+                    run_bench(&pipelines, &tasks, options, &peers, &out).await
                 }
             }
             Command::Mcp {
@@ -1039,6 +1051,8 @@ async fn run_call_served(call: CallArgs<'_>, pipeline: Option<&Path>) -> Result<
 struct BenchServer {
     /// `ws://…/v1/calls`.
     url: String,
+    /// Where it listens (its HTTP routes are `http://{addr}/v1/...`).
+    addr: std::net::SocketAddr,
     stop: tokio_util::sync::CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     loaded: Option<Arc<parlor::loaded::LoadedPipeline>>,
@@ -1067,14 +1081,13 @@ impl BenchServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(Failure::input)?;
-        let url = format!(
-            "ws://{}/v1/calls",
-            listener.local_addr().map_err(Failure::input)?
-        );
+        let addr = listener.local_addr().map_err(Failure::input)?;
+        let url = format!("ws://{addr}/v1/calls");
         let stop = tokio_util::sync::CancellationToken::new();
         let server = tokio::spawn(serve(listener, state, stop.clone().cancelled_owned()));
         Ok(Self {
             url,
+            addr,
             stop,
             server,
             loaded,
@@ -1155,8 +1168,10 @@ async fn run_bench(
     pipelines: &[PathBuf],
     tasks: &Path,
     options: parlor::bench::RunOptions,
+    peers: &[Peer],
     out: &Path,
 ) -> Result<(), Failure> {
+    use parlor::bench::peers::{PipecatPeer, PIPECAT, PIPECAT_SCRIPT};
     use parlor::bench::report::{PipelineReport, Report};
     use parlor::bench::{run::Hearer, tasks::Dataset};
 
@@ -1164,9 +1179,23 @@ async fn run_bench(
     let limit = options.limit.min(data.tasks.len());
     let options = parlor::bench::RunOptions { limit, ..options };
     let repeat = options.repeat;
+    // A peer stands beside the first pipeline (its model, its MCP
+    // servers): checked before anything runs.
+    let pipecat = if peers.contains(&Peer::Pipecat) {
+        if options.concurrency > 1 {
+            return Err(Failure::usage(
+                "--peers plays the tasks one call at a time: drop --concurrency",
+            ));
+        }
+        let spec = load_spec(Some(&pipelines[0]))?;
+        Some(PipecatPeer::for_spec(&spec).map_err(Failure::usage)?)
+    } else {
+        None
+    };
     // Whisper hears the replies back, as the voice tests do.
     let mut hearer = Hearer::load(Path::new("models/ggml-tiny.en.bin")).map_err(Failure::input)?;
-    let progress = indicatif::ProgressBar::new((pipelines.len() * limit * repeat) as u64);
+    let rows = pipelines.len() + usize::from(pipecat.is_some());
+    let progress = indicatif::ProgressBar::new((rows * limit * repeat) as u64);
     progress.set_style(
         indicatif::ProgressStyle::with_template(
             "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
@@ -1186,6 +1215,22 @@ async fn run_bench(
             PipelineReport::new(name, path.display().to_string(), run.results)
                 .ran_at(options.concurrency, run.cpu_s)
                 .priced(spec.prices),
+        );
+    }
+    if let Some(peer) = pipecat {
+        progress.set_prefix(PIPECAT);
+        // Pipecat's LLM is the first pipeline's model on parlor's chat route.
+        let served = BenchServer::start(&pipelines[0], 1).await?;
+        let chat_url = format!("http://{}", served.addr);
+        let run = peer
+            .run(&chat_url, &data, options, out, &mut hearer, &progress)
+            .await;
+        served.stop().await;
+        let run = run.map_err(Failure::input)?;
+        reports.push(
+            PipelineReport::new(PIPECAT.into(), PIPECAT_SCRIPT.into(), run.results)
+                .ran_at(1, run.cpu_s)
+                .priced(None),
         );
     }
     progress.finish_and_clear();

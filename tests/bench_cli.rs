@@ -320,3 +320,98 @@ fn load_mode_takes_one_pipeline() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("one pipeline; 2 were given"), "{stderr}");
 }
+
+/// `--peers pipecat`: the same two tasks through Pipecat 1.14 on the same
+/// model (parlor's chat route), MCP servers and voice, as a row of the same
+/// report, scored the same way. Needs `bash benches/peers/setup.sh`
+/// (tests/run.sh runs it).
+#[test]
+fn pipecat_runs_the_same_tasks_as_a_row_of_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = small_pipeline(dir.path());
+    let out = dir.path().join("out");
+    let stdout = bench(&["--limit", "2", "--peers", "pipecat"], &spec, &out);
+    assert!(stdout.contains("| pipecat | 2 |"), "{stdout}");
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows = json["pipelines"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|p| p["pipeline"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["local-0.5b", "pipecat"]);
+    let pipecat = &rows[1];
+    assert_eq!(pipecat["spec"], "benches/peers/pipecat_tasks.py");
+    assert_eq!(pipecat["errors"], 0, "{pipecat:#}");
+    // Its own process: Silero, faster-whisper and Piper are loaded.
+    assert!(
+        pipecat["peak_rss_mib"].as_f64().unwrap() > 50.0,
+        "{pipecat:#}"
+    );
+    assert!(pipecat["cpu_s_per_turn"].as_f64().unwrap() > 0.0);
+    let results = pipecat["results"].as_array().unwrap();
+    let ids: Vec<&str> = results
+        .iter()
+        .map(|r| r["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["order-1042", "hours-sunday"]);
+    for r in results {
+        // Whisper heard the question, the model answered, Piper spoke it,
+        // and parlor's Whisper heard the spoken answer back.
+        let errors = r["word_errors"]["edits"].as_f64().unwrap();
+        let words = r["word_errors"]["reference_words"].as_f64().unwrap();
+        assert!(errors / words <= 0.5, "{r:#}");
+        assert!(!r["reply"].as_str().unwrap().trim().is_empty(), "{r:#}");
+        assert!(!r["heard"].as_str().unwrap().trim().is_empty(), "{r:#}");
+        let v2v = r["voice_to_voice_ms"].as_f64().unwrap();
+        let stage = |s: &str| r["stage_first_output_ms"][s].as_f64().unwrap();
+        assert!(stage("stt") > 0.0 && stage("stt") <= v2v, "{r:#}");
+        assert!(stage("planner") <= v2v, "{r:#}");
+        assert_eq!(stage("tts"), v2v, "first audio is the voice-to-voice mark");
+        assert!(
+            r["usage"]["input_text_tokens"].as_u64().unwrap() > 0,
+            "{r:#}"
+        );
+        assert!(
+            r["usage"]["spoken_seconds"].as_f64().unwrap() > 0.0,
+            "{r:#}"
+        );
+    }
+    // The order task's call went to the orders server, through Pipecat's
+    // MCP client, and is scored like parlor's.
+    let calls = results[0]["calls"].as_array().unwrap();
+    assert!(
+        calls
+            .iter()
+            .all(|c| c["server"] == "orders" || c["server"] == "knowledge"),
+        "{calls:?}"
+    );
+    assert!(out.join("pipecat.log").is_file());
+    assert!(out.join("pipecat-replies/order-1042.0.wav").is_file());
+}
+
+#[test]
+fn pipecat_needs_a_first_pipeline_with_a_local_planner() {
+    let out = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args([
+            "bench",
+            "--pipelines",
+            "pipelines/remote-mcp.toml",
+            "--peers",
+            "pipecat",
+            "--out",
+        ])
+        .arg(out.path())
+        .current_dir(support::root())
+        .output()
+        .expect("run parlor bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("has none: put a pipeline with a local planner first"),
+        "{stderr}"
+    );
+    assert!(!out.path().join("report.json").exists());
+}

@@ -15,6 +15,10 @@ cargo fmt --all --check
 step "cargo clippy -- -D warnings"
 cargo clippy --release --all-targets --locked -- -D warnings
 
+# Pipecat, for `parlor bench --peers pipecat` (tests/bench_cli.rs).
+step "peer frameworks (benches/peers/setup.sh)"
+bash benches/peers/setup.sh
+
 step "cargo test"
 target="${CARGO_TARGET_DIR:-target}"
 rm -rf "$target/tmp/test-logs"

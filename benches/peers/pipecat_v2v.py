@@ -24,25 +24,26 @@ model from local files; nothing is downloaded.
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
-import urllib.request
-import wave
 from pathlib import Path
 
-# Never reach for a model hub: every weight below is a local path.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from pipecat_common import (
+    DEFAULT_VOICE,
+    DEFAULT_WHISPER,
+    LiveSource,
+    LocalWhisper,
+    percentile,
+    read_wav,
+    served_model,
+)
 
-import numpy as np
 from loguru import logger
 
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
     EndFrame,
-    InputAudioRawFrame,
     LLMFullResponseEndFrame,
     TranscriptionFrame,
     TTSAudioRawFrame,
@@ -68,26 +69,6 @@ from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
 )
 from pipecat.turns.user_turn_strategies import UserTurnStrategies
 from pipecat.workers.runner import WorkerRunner
-
-RATE = 16_000
-FRAME = 320  # 20 ms at 16 kHz, what live_calls.rs sends
-VOICED = 0.01 * 32768  # live_calls.rs's trailing_silence threshold (-40 dBFS)
-
-
-class LocalWhisper(WhisperSTTService):
-    """WhisperSTTService with faster-whisper's thread count (Pipecat does
-    not pass one; its default is 4) and a local CTranslate2 directory."""
-
-    def __init__(self, *, threads: int, **kwargs):
-        self._threads = threads
-        super().__init__(**kwargs)
-
-    def _load(self):
-        from faster_whisper import WhisperModel
-
-        self._model = WhisperModel(
-            self._settings.model, device="cpu", compute_type="int8", cpu_threads=self._threads
-        )
 
 
 class Turn:
@@ -154,18 +135,6 @@ class Bench:
         self.turn = None
 
 
-def read_wav(path: str) -> np.ndarray:
-    with wave.open(path, "rb") as w:
-        assert w.getframerate() == RATE and w.getnchannels() == 1 and w.getsampwidth() == 2, path
-        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-
-
-def served_model(url: str) -> str:
-    """The id parlor serves its chat model under (`/v1/models`)."""
-    with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as r:
-        return json.load(r)["data"][0]["id"]
-
-
 async def run(args) -> list:
     bench = Bench()
     vad = VADProcessor(vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=args.stop_secs)))
@@ -209,51 +178,22 @@ async def run(args) -> list:
         started.set()
 
     questions = [(Path(p).stem, read_wav(p)) for p in args.wavs]
-    silence = bytes(FRAME * 2)
     results = []
 
     async def drive():
         await asyncio.wait_for(started.wait(), timeout=120)
-        # One clock for the whole call: frame k goes out at t0 + k * 20 ms,
-        # as a live microphone would deliver it.
-        t0 = time.perf_counter()
-        k = 0
-
-        async def send(chunk: bytes):
-            nonlocal k
-            k += 1
-            delay = t0 + k * FRAME / RATE - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await worker.queue_frame(
-                InputAudioRawFrame(audio=chunk, sample_rate=RATE, num_channels=1)
-            )
-            return time.perf_counter()
-
-        for _ in range(25):  # half a second of room tone before the first question
-            await send(silence)
+        source = LiveSource(worker)
+        await source.silence(0.5)  # room tone before the first question
         for run in range(args.runs):
             for name, samples in questions:
                 turn = Turn(name)
                 bench.turn = turn
-                loud = np.nonzero(np.abs(samples.astype(np.int32)) > VOICED)[0]
-                voiced_end = int(loud[-1]) + 1 if len(loud) else 0
-                padded = np.concatenate(
-                    [samples, np.zeros((-len(samples)) % FRAME, dtype=np.int16)]
-                )
-                for start in range(0, len(padded), FRAME):
-                    sent = await send(padded[start : start + FRAME].tobytes())
-                    end = start + FRAME
-                    if start < voiced_end <= end:
-                        # The last voiced sample was spoken (end - voiced_end)
-                        # samples before this frame was complete.
-                        turn.speech_end = sent - (end - voiced_end) / RATE
+                turn.speech_end = await source.speak(samples)
                 # Silence until the answer is spoken (or a timeout).
                 deadline = time.perf_counter() + args.turn_timeout
                 while not turn.done.is_set() and time.perf_counter() < deadline:
-                    await send(silence)
-                for _ in range(int(args.gap * RATE / FRAME)):
-                    await send(silence)
+                    await source.silence(0.02)
+                await source.silence(args.gap)
                 bench.turn = None
                 result = {
                     "peer": "pipecat",
@@ -278,21 +218,12 @@ async def run(args) -> list:
     return results
 
 
-def percentile(values, p):
-    """Nearest rank, as benches/support/mod.rs's `percentile`."""
-    if not values:
-        return None
-    s = sorted(values)
-    rank = max(1, min(len(s), -(-p * len(s) // 100)))
-    return s[int(rank) - 1]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("wavs", nargs="+", help="16 kHz mono 16-bit WAV questions, in order")
     ap.add_argument("--url", required=True, help="parlor serve's base URL (http://host:port)")
-    ap.add_argument("--whisper", default=os.path.expanduser("~/.cache/parlor/extract/whisper-tiny.en-ct2"))
-    ap.add_argument("--voice", default="models/en_US-joe-medium.onnx")
+    ap.add_argument("--whisper", default=DEFAULT_WHISPER)
+    ap.add_argument("--voice", default=DEFAULT_VOICE)
     ap.add_argument("--instructions", default="benches/pipelines/chat.md")
     ap.add_argument("--stop-secs", type=float, default=0.2, help="Silero VAD stop_secs")
     ap.add_argument("--threads", type=int, default=2, help="faster-whisper CPU threads")

@@ -6,6 +6,7 @@
 //!   percentiles; pure functions with hand-checked tests.
 //! - [`run`]: one task as a live call, scored.
 //! - [`barge`]: barge-in reaction time, a call talked over.
+//! - [`peers`]: `--peers pipecat`, the same tasks through Pipecat.
 //! - [`load`]: `--load`, calls at once ramped up.
 //! - [`report`]: per-pipeline summaries, markdown and JSON.
 //! - [`plots`]: the SVG plots.
@@ -16,6 +17,7 @@
 pub mod barge;
 pub mod load;
 pub mod metrics;
+pub mod peers;
 pub mod plots;
 pub mod report;
 pub mod run;

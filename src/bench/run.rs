@@ -57,6 +57,41 @@ pub struct TurnResult {
     pub barge_in: Option<BargeInSample>,
 }
 
+impl TurnResult {
+    /// A task's result before anything was measured: no transcript, no
+    /// reply, every fact missing.
+    pub fn empty(task: &Task, round: usize) -> Self {
+        Self {
+            task: task.id.clone(),
+            round,
+            speech: task.speech.label(),
+            noise_snr_db: task.noise.map(|n| n.snr_db),
+            transcript: String::new(),
+            word_errors: WordErrors::default(),
+            calls: Vec::new(),
+            tools: ToolScore::default(),
+            reply: String::new(),
+            heard: String::new(),
+            facts: vec![false; task.facts.len()],
+            success: false,
+            voice_to_voice_ms: None,
+            stage_first_output_ms: BTreeMap::new(),
+            usage: Usage::default(),
+            cpu_s: 0.0,
+            peak_rss_mib: 0.0,
+            error: None,
+            barge_in: None,
+        }
+    }
+
+    /// Score what the pipeline heard and the tools it called against the
+    /// task (the reply's facts are scored by [`Played::hear`]).
+    pub fn score(&mut self, task: &Task) {
+        self.word_errors = WordErrors::between(&task.text, &self.transcript);
+        self.tools = ToolScore::score(&task.expect_tools, &self.calls);
+    }
+}
+
 /// Hears reply audio back with Whisper tiny.en, as the voice tests do.
 pub struct Hearer {
     engine: WhisperEngine,
@@ -94,10 +129,20 @@ impl Hearer {
 
 /// CPU seconds used by this process so far, and its peak RSS in MiB.
 pub fn rusage() -> (f64, f64) {
+    rusage_of(libc::RUSAGE_SELF)
+}
+
+/// The same for the child processes that have ended and been waited for
+/// (CPU summed, the largest one's peak RSS).
+pub fn rusage_children() -> (f64, f64) {
+    rusage_of(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage_of(who: libc::c_int) -> (f64, f64) {
     // SAFETY: getrusage only writes the struct it is given.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        libc::getrusage(who, &mut usage);
         usage
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
@@ -117,6 +162,15 @@ pub struct Played {
 }
 
 impl Played {
+    /// A call that produced no reply audio (it failed before any).
+    pub fn unheard(result: TurnResult) -> Self {
+        Self {
+            result,
+            reply: Vec::new(),
+            reply_rate: 0,
+        }
+    }
+
     /// Hear the reply back with Whisper and score its facts. Done after
     /// every call of a run has ended, so Whisper's CPU neither counts
     /// against a call nor slows the calls still running.
@@ -139,36 +193,12 @@ pub async fn run_task(
     round: usize,
     barge_in: bool,
 ) -> Played {
-    let mut result = TurnResult {
-        task: task.id.clone(),
-        round,
-        speech: task.speech.label(),
-        noise_snr_db: task.noise.map(|n| n.snr_db),
-        transcript: String::new(),
-        word_errors: WordErrors::default(),
-        calls: Vec::new(),
-        tools: ToolScore::default(),
-        reply: String::new(),
-        heard: String::new(),
-        facts: vec![false; task.facts.len()],
-        success: false,
-        voice_to_voice_ms: None,
-        stage_first_output_ms: BTreeMap::new(),
-        usage: Usage::default(),
-        cpu_s: 0.0,
-        peak_rss_mib: 0.0,
-        error: None,
-        barge_in: None,
-    };
+    let mut result = TurnResult::empty(task, round);
     let audio = match decode_file(data.audio_path(task), &DecodeLimits::default()) {
         Ok(audio) => audio,
         Err(e) => {
             result.error = Some(format!("{}: {e}", data.audio_path(task).display()));
-            return Played {
-                result,
-                reply: Vec::new(),
-                reply_rate: 0,
-            };
+            return Played::unheard(result);
         }
     };
     let (cpu_before, _) = rusage();
@@ -238,19 +268,14 @@ async fn play_and_score(
         Ok(r) => r,
         Err(e) => {
             result.error = Some(e.to_string());
-            return Played {
-                result,
-                reply: Vec::new(),
-                reply_rate: 0,
-            };
+            return Played::unheard(result);
         }
     };
     if !errors.is_empty() {
         result.error = Some(errors.join("; "));
     }
     result.transcript = transcripts.join(" ");
-    result.word_errors = WordErrors::between(&task.text, &result.transcript);
-    result.tools = ToolScore::score(&task.expect_tools, &result.calls);
+    result.score(task);
     result.reply = replies.join(" ");
     Played {
         result,

@@ -202,7 +202,7 @@ fn init_reason(e: &rmcp::service::ClientInitializeError) -> String {
 /// `examples/`, one level up) is
 /// taken from there: so `command = "parlor-mcp-orders"` works from a build
 /// tree without installing anything.
-fn resolve_command(command: &str) -> std::path::PathBuf {
+pub fn resolve_command(command: &str) -> std::path::PathBuf {
     let bare = std::path::PathBuf::from(command);
     if command.contains('/') || on_path(command) {
         return bare;

@@ -1,0 +1,122 @@
+"""What the Pipecat peers share (pipecat_v2v.py for benches/live_calls.rs,
+pipecat_tasks.py for `parlor bench --peers pipecat`): the models loaded from
+local files, the WAV reader, the live-paced audio source, and the nearest-rank
+percentile parlor uses.
+"""
+
+import json
+import os
+import time
+import urllib.request
+import wave
+
+# Never reach for a model hub: every weight below is a local path.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import asyncio
+
+import numpy as np
+from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.services.whisper.stt import WhisperSTTService
+
+RATE = 16_000
+FRAME = 320  # 20 ms at 16 kHz, what parlor's live callers send
+VOICED = 0.01 * 32768  # parlor's trailing_silence threshold (-40 dBFS)
+SILENCE = bytes(FRAME * 2)
+DEFAULT_WHISPER = os.path.expanduser("~/.cache/parlor/extract/whisper-tiny.en-ct2")
+DEFAULT_VOICE = "models/en_US-joe-medium.onnx"
+
+
+class LocalWhisper(WhisperSTTService):
+    """WhisperSTTService with faster-whisper's thread count (Pipecat does
+    not pass one; its default is 4) and a local CTranslate2 directory."""
+
+    def __init__(self, *, threads: int, **kwargs):
+        self._threads = threads
+        super().__init__(**kwargs)
+
+    def _load(self):
+        from faster_whisper import WhisperModel
+
+        self._model = WhisperModel(
+            self._settings.model, device="cpu", compute_type="int8", cpu_threads=self._threads
+        )
+
+
+def read_wav(path: str) -> np.ndarray:
+    """A 16 kHz mono 16-bit WAV's samples (what the task audio is)."""
+    with wave.open(path, "rb") as w:
+        if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (RATE, 1, 2):
+            raise ValueError(f"{path}: not 16 kHz mono 16-bit")
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+
+
+def write_wav(path: str, pcm: bytes, rate: int):
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+
+
+def voiced_end(samples: np.ndarray) -> int:
+    """One past the last sample above the voiced threshold (0 if none)."""
+    loud = np.nonzero(np.abs(samples.astype(np.int32)) > VOICED)[0]
+    return int(loud[-1]) + 1 if len(loud) else 0
+
+
+def served_model(url: str) -> str:
+    """The id parlor serves its chat model under (`/v1/models`)."""
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as r:
+        return json.load(r)["data"][0]["id"]
+
+
+class LiveSource:
+    """Feeds a worker 20 ms frames on one clock for the whole call: frame k
+    goes out at t0 + k * 20 ms, as a live microphone would deliver it."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.t0 = None
+        self.k = 0
+
+    async def send(self, chunk: bytes) -> float:
+        """Queue one frame at its time; returns when it went out."""
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+        self.k += 1
+        delay = self.t0 + self.k * FRAME / RATE - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await self.worker.queue_frame(
+            InputAudioRawFrame(audio=chunk, sample_rate=RATE, num_channels=1)
+        )
+        return time.perf_counter()
+
+    async def silence(self, seconds: float):
+        for _ in range(int(seconds * RATE / FRAME)):
+            await self.send(SILENCE)
+
+    async def speak(self, samples: np.ndarray) -> float | None:
+        """Play `samples`; returns when their last voiced sample was spoken."""
+        end = voiced_end(samples)
+        padded = np.concatenate([samples, np.zeros((-len(samples)) % FRAME, dtype=np.int16)])
+        spoken = None
+        for start in range(0, len(padded), FRAME):
+            sent = await self.send(padded[start : start + FRAME].tobytes())
+            stop = start + FRAME
+            if start < end <= stop:
+                # The last voiced sample was spoken (stop - end) samples
+                # before this frame was complete.
+                spoken = sent - (stop - end) / RATE
+        return spoken
+
+
+def percentile(values, p):
+    """Nearest rank, as parlor's `percentile`."""
+    if not values:
+        return None
+    s = sorted(values)
+    rank = max(1, min(len(s), -(-p * len(s) // 100)))
+    return s[int(rank) - 1]
