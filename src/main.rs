@@ -180,6 +180,11 @@ enum Command {
         /// and MCP servers; needs `bash benches/peers/setup.sh`).
         #[arg(long, num_args = 1.., conflicts_with = "load")]
         peers: Vec<Peer>,
+        /// Also price every pipeline's mean turn at this spec's `[prices]`
+        /// (e.g. pipelines/openai-chained.toml): what the same turn would
+        /// cost on those APIs. A column of the table and cost.svg.
+        #[arg(long, conflicts_with = "load")]
+        price_as: Option<PathBuf>,
     },
     /// The MCP servers of a pipeline.
     Mcp {
@@ -353,6 +358,7 @@ fn main() -> ExitCode {
                 max_calls,
                 out,
                 peers,
+                price_as,
             } => {
                 let options = parlor::bench::RunOptions {
                     limit: limit.unwrap_or(usize::MAX),
@@ -363,7 +369,15 @@ fn main() -> ExitCode {
                 if load {
                     run_bench_load(&pipelines, &tasks, options, usize::from(max_calls), &out).await
                 } else {
-                    run_bench(&pipelines, &tasks, options, &peers, &out).await
+                    run_bench(
+                        &pipelines,
+                        &tasks,
+                        options,
+                        &peers,
+                        price_as.as_deref(),
+                        &out,
+                    )
+                    .await
                 }
             }
             Command::Mcp {
@@ -1169,16 +1183,34 @@ async fn run_bench(
     tasks: &Path,
     options: parlor::bench::RunOptions,
     peers: &[Peer],
+    price_as: Option<&Path>,
     out: &Path,
 ) -> Result<(), Failure> {
     use parlor::bench::peers::{PipecatPeer, PIPECAT, PIPECAT_SCRIPT};
-    use parlor::bench::report::{PipelineReport, Report};
+    use parlor::bench::report::{PipelineReport, ReferencePrices, Report};
     use parlor::bench::{run::Hearer, tasks::Dataset};
 
     let data = Dataset::load(tasks, true).map_err(Failure::usage)?;
     let limit = options.limit.min(data.tasks.len());
     let options = parlor::bench::RunOptions { limit, ..options };
     let repeat = options.repeat;
+    let reference_prices = match price_as {
+        Some(path) => {
+            let spec = load_spec(Some(path))?;
+            let Some(prices) = spec.prices else {
+                return Err(Failure::usage(format!(
+                    "--price-as {}: the spec has no [prices] table to price turns with",
+                    path.display()
+                )));
+            };
+            Some(ReferencePrices {
+                name: spec.name,
+                prices,
+            })
+        }
+        None => None,
+    };
+    let reference = reference_prices.as_ref().map(|r| &r.prices);
     // A peer stands beside the first pipeline (its model, its MCP
     // servers): checked before anything runs.
     let pipecat = if peers.contains(&Peer::Pipecat) {
@@ -1214,7 +1246,8 @@ async fn run_bench(
         reports.push(
             PipelineReport::new(name, path.display().to_string(), run.results)
                 .ran_at(options.concurrency, run.cpu_s)
-                .priced(spec.prices),
+                .priced(spec.prices)
+                .priced_also_at(reference),
         );
     }
     if let Some(peer) = pipecat {
@@ -1230,7 +1263,8 @@ async fn run_bench(
         reports.push(
             PipelineReport::new(PIPECAT.into(), PIPECAT_SCRIPT.into(), run.results)
                 .ran_at(1, run.cpu_s)
-                .priced(None),
+                .priced(None)
+                .priced_also_at(reference),
         );
     }
     progress.finish_and_clear();
@@ -1238,6 +1272,7 @@ async fn run_bench(
         tasks: limit,
         repeat,
         concurrency: options.concurrency,
+        reference_prices,
         pipelines: reports,
     };
     parlor::bench::write_report(out, &report).map_err(Failure::input)?;

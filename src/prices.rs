@@ -76,16 +76,40 @@ impl Prices {
 
     /// What `usage` costs, in US dollars.
     pub fn cost(&self, usage: &Usage) -> f64 {
+        self.parts(usage).iter().map(|(_, usd)| usd).sum()
+    }
+
+    /// What `usage` costs, in US dollars, split by what is billed: the
+    /// language model's text tokens, a realtime model's audio tokens,
+    /// transcription, and speech (characters and minutes).
+    pub fn parts(&self, usage: &Usage) -> [(&'static str, f64); 4] {
         let per_1m = |count: u64, price: f64| count as f64 * price / 1e6;
-        per_1m(usage.input_text_tokens, self.input_text_per_1m_tokens)
-            + per_1m(usage.output_text_tokens, self.output_text_per_1m_tokens)
-            + per_1m(usage.input_audio_tokens, self.input_audio_per_1m_tokens)
-            + per_1m(usage.output_audio_tokens, self.output_audio_per_1m_tokens)
-            + usage.transcribed_seconds / 60.0 * self.transcription_per_minute
-            + per_1m(usage.spoken_characters, self.speech_per_1m_characters)
-            + usage.spoken_seconds / 60.0 * self.speech_per_minute
+        [
+            (
+                COST_PARTS[0],
+                per_1m(usage.input_text_tokens, self.input_text_per_1m_tokens)
+                    + per_1m(usage.output_text_tokens, self.output_text_per_1m_tokens),
+            ),
+            (
+                COST_PARTS[1],
+                per_1m(usage.input_audio_tokens, self.input_audio_per_1m_tokens)
+                    + per_1m(usage.output_audio_tokens, self.output_audio_per_1m_tokens),
+            ),
+            (
+                COST_PARTS[2],
+                usage.transcribed_seconds / 60.0 * self.transcription_per_minute,
+            ),
+            (
+                COST_PARTS[3],
+                per_1m(usage.spoken_characters, self.speech_per_1m_characters)
+                    + usage.spoken_seconds / 60.0 * self.speech_per_minute,
+            ),
+        ]
     }
 }
+
+/// The names of [`Prices::parts`], in order.
+pub const COST_PARTS: [&str; 4] = ["text tokens", "audio tokens", "transcription", "speech"];
 
 /// The estimated cost of a turn under a pipeline's prices, `None` for a
 /// pipeline with no `[prices]` table (local: nothing billed).
@@ -127,6 +151,35 @@ mod tests {
             "{}",
             prices.cost(&usage)
         );
+    }
+
+    #[test]
+    fn a_turns_cost_splits_into_what_is_billed() {
+        let prices = Prices {
+            input_text_per_1m_tokens: 0.40,
+            output_text_per_1m_tokens: 1.60,
+            transcription_per_minute: 0.006,
+            speech_per_1m_characters: 0.60,
+            speech_per_minute: 0.015,
+            ..Prices::default()
+        };
+        let usage = Usage {
+            input_text_tokens: 2_000,
+            output_text_tokens: 50,
+            transcribed_seconds: 3.0,
+            spoken_characters: 100,
+            spoken_seconds: 6.0,
+            ..Usage::default()
+        };
+        let parts = prices.parts(&usage);
+        let want = [0.00088, 0.0, 0.0003, 0.00156]; // hand-added from the test above
+        for ((name, usd), (expected_name, expected)) in
+            parts.iter().zip(COST_PARTS.iter().zip(want))
+        {
+            assert_eq!(name, expected_name);
+            assert!(close(*usd, expected), "{name}: {usd}");
+        }
+        assert!(close(parts.iter().map(|p| p.1).sum(), prices.cost(&usage)));
     }
 
     #[test]

@@ -21,6 +21,8 @@ fn bench_on_three_tasks_writes_the_table_the_json_and_the_plots() {
             "pipelines/local.toml",
             "--limit",
             "3",
+            "--price-as",
+            "pipelines/openai-chained.toml",
             "--out",
         ])
         .arg(out.path())
@@ -114,7 +116,15 @@ fn bench_on_three_tasks_writes_the_table_the_json_and_the_plots() {
         );
     }
     assert!(md.contains("est. cost/turn (USD) |"), "{md}");
-    assert!(md.contains(" | local |\n"), "{md}");
+    assert!(md.contains(" | local | $0.0"), "{md}");
+    // --price-as: the same turns at OpenAI's list prices (the spec's table).
+    assert!(md.contains("| at openai-chained prices |"), "{md}");
+    assert_eq!(json["reference_prices"]["name"], "openai-chained");
+    let parts = &p["cost_parts_at_reference_usd"];
+    for part in ["text tokens", "transcription", "speech"] {
+        assert!(parts[part].as_f64().unwrap() > 0.0, "{part}: {parts}");
+    }
+    assert_eq!(parts["audio tokens"], 0.0, "{parts}");
     let v2v = &p["voice_to_voice_ms"];
     let (p50, p99) = (v2v["p50"].as_f64().unwrap(), v2v["p99"].as_f64().unwrap());
     assert!(p50 > 0.0 && p50 <= p99, "{v2v}");
@@ -123,6 +133,7 @@ fn bench_on_three_tasks_writes_the_table_the_json_and_the_plots() {
     for (file, marks) in [
         ("latency_cdf.svg", "<polyline"),
         ("stage_bars.svg", "<rect"),
+        ("cost.svg", "<rect"),
     ] {
         let svg = std::fs::read_to_string(out.path().join(file)).unwrap();
         assert!(svg.starts_with("<svg"), "{file}");

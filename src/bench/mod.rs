@@ -135,5 +135,6 @@ pub fn write_report(out: &Path, report: &Report) -> Result<(), String> {
     )?;
     plots::latency_cdf(&out.join(plots::LATENCY_CDF), &report.pipelines)?;
     plots::stage_bars(&out.join(plots::STAGE_BARS), &report.pipelines)?;
+    plots::cost(&out.join(plots::COST), report)?;
     Ok(())
 }

@@ -7,12 +7,15 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::load::LoadReport;
-use super::report::PipelineReport;
+use super::report::{PipelineReport, Report};
+use crate::prices::COST_PARTS;
 
 /// The CDF plot's file name in `--out`.
 pub const LATENCY_CDF: &str = "latency_cdf.svg";
 /// The stage bars' file name in `--out`.
 pub const STAGE_BARS: &str = "stage_bars.svg";
+/// The cost bars' file name in `--out`.
+pub const COST: &str = "cost.svg";
 /// The load ramp's file name in `--out`.
 pub const LOAD: &str = "load.svg";
 
@@ -154,6 +157,104 @@ pub fn stage_bars(path: &Path, pipelines: &[PipelineReport]) -> Result<(), Strin
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+/// Estimated cost per turn, stacked by what is billed: for each pipeline
+/// a bar at its own `[prices]` (none for a local pipeline, which is billed
+/// nothing) and, with `--price-as`, a lighter bar beside it at those
+/// prices.
+///
+/// # Errors
+/// A message when the file cannot be written.
+pub fn cost(path: &Path, report: &Report) -> Result<(), String> {
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let pipelines = &report.pipelines;
+    let total = |parts: &std::collections::BTreeMap<String, f64>| parts.values().sum::<f64>();
+    let top = pipelines
+        .iter()
+        .flat_map(|p| {
+            [
+                Some(total(&p.cost_parts_usd)),
+                p.cost_parts_at_reference_usd.as_ref().map(total),
+            ]
+        })
+        .flatten()
+        .fold(0.0001, f64::max)
+        * 1.15;
+    let names: Vec<String> = pipelines.iter().map(|p| p.pipeline.clone()).collect();
+    let caption = match &report.reference_prices {
+        Some(r) => format!("Estimated cost per turn (light: at {}'s prices)", r.name),
+        None => "Estimated cost per turn".to_string(),
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5f64..(names.len() as f64 - 0.5), 0f64..top)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(names.len().max(1))
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 0.01 && i >= 0.0 {
+                let p = pipelines.get(i as usize);
+                let billed = p.is_some_and(|p| p.prices.is_some());
+                names
+                    .get(i as usize)
+                    .map(|n| {
+                        if billed {
+                            n.clone()
+                        } else {
+                            format!("{n} (not billed)")
+                        }
+                    })
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|usd| format!("${usd:.4}"))
+        .y_desc("USD per turn (mean)")
+        .draw()
+        .map_err(err)?;
+    for (k, part) in COST_PARTS.iter().enumerate() {
+        let color = Palette99::pick(k).to_rgba();
+        let mut bars = Vec::new();
+        for (pi, p) in pipelines.iter().enumerate() {
+            let x = pi as f64;
+            // (bar's parts, its x range, its shade)
+            let own = (p.prices.is_some()).then_some((&p.cost_parts_usd, x - 0.35, 1.0));
+            let reference = p
+                .cost_parts_at_reference_usd
+                .as_ref()
+                .map(|parts| (parts, x + 0.02, 0.45));
+            for (parts, left, shade) in own.into_iter().chain(reference) {
+                let low: f64 = COST_PARTS[..k].iter().filter_map(|q| parts.get(*q)).sum();
+                let high = low + parts.get(*part).copied().unwrap_or(0.0);
+                bars.push(Rectangle::new(
+                    [(left, low), (left + 0.33, high)],
+                    color.mix(shade).filled(),
+                ));
+            }
+        }
+        chart
+            .draw_series(bars)
+            .map_err(err)?
+            .label(*part)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()

@@ -73,6 +73,13 @@ pub struct PipelineReport {
     /// Estimated USD per turn: the mean of each turn's usage priced by
     /// `prices`; 0 for a local pipeline (nothing billed).
     pub cost_per_turn_usd: f64,
+    /// The same split by what is billed ([`crate::prices::COST_PARTS`]); empty for a
+    /// local pipeline.
+    pub cost_parts_usd: BTreeMap<String, f64>,
+    /// With `--price-as`: the mean turn priced at that spec's prices
+    /// instead, split the same way (what these stages would cost as API
+    /// calls at those list prices).
+    pub cost_parts_at_reference_usd: Option<BTreeMap<String, f64>>,
     pub results: Vec<TurnResult>,
 }
 
@@ -121,6 +128,8 @@ impl PipelineReport {
             usage_per_turn: mean_usage(&results.iter().map(|r| r.usage).collect::<Vec<_>>()),
             prices: None,
             cost_per_turn_usd: 0.0,
+            cost_parts_usd: BTreeMap::new(),
+            cost_parts_at_reference_usd: None,
             results,
         }
     }
@@ -129,6 +138,7 @@ impl PipelineReport {
     /// pipeline, which costs nothing per turn).
     pub fn priced(mut self, prices: Option<Prices>) -> Self {
         self.prices = prices;
+        self.cost_parts_usd = prices.map(|p| self.mean_parts(&p)).unwrap_or_default();
         self.cost_per_turn_usd = match &prices {
             Some(p) => {
                 self.results.iter().map(|r| p.cost(&r.usage)).sum::<f64>()
@@ -137,6 +147,25 @@ impl PipelineReport {
             None => 0.0,
         };
         self
+    }
+
+    /// Also price the mean turn at `reference` (`--price-as`).
+    pub fn priced_also_at(mut self, reference: Option<&Prices>) -> Self {
+        self.cost_parts_at_reference_usd = reference.map(|p| self.mean_parts(p));
+        self
+    }
+
+    /// Each part of [`Prices::parts`], averaged over the turns.
+    fn mean_parts(&self, prices: &Prices) -> BTreeMap<String, f64> {
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        for r in &self.results {
+            for (part, usd) in prices.parts(&r.usage) {
+                *sums.entry(part.to_string()).or_default() += usd;
+            }
+        }
+        let turns = self.turns.max(1) as f64;
+        sums.values_mut().for_each(|v| *v /= turns);
+        sums
     }
 
     /// The cost column: dollars, or "local" when nothing is billed.
@@ -164,7 +193,18 @@ pub struct Report {
     pub repeat: usize,
     /// Calls at once (`--concurrency`).
     pub concurrency: usize,
+    /// `--price-as`: the spec whose `[prices]` every pipeline's mean turn
+    /// is also priced at.
+    pub reference_prices: Option<ReferencePrices>,
     pub pipelines: Vec<PipelineReport>,
+}
+
+/// The prices of `--price-as SPEC`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReferencePrices {
+    /// The spec's `name`.
+    pub name: String,
+    pub prices: Prices,
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -222,13 +262,21 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nUsage per turn (mean) and estimated cost per turn: tokens a language model read and wrote (text; audio for a realtime model), seconds of speech transcribed, characters and seconds of speech synthesised, priced by the spec's `[prices]` (list prices; a pipeline with none is local and billed nothing).\n\n| pipeline | text tokens in | text tokens out | audio tokens in | audio tokens out | STT s | TTS chars | TTS s | est. cost/turn (USD) |\n|---|---|---|---|---|---|---|---|---|"
+            "\nUsage per turn (mean) and estimated cost per turn: tokens a language model read and wrote (text; audio for a realtime model), seconds of speech transcribed, characters and seconds of speech synthesised, priced by the spec's `[prices]` (list prices; a pipeline with none is local and billed nothing).{}\n\n| pipeline | text tokens in | text tokens out | audio tokens in | audio tokens out | STT s | TTS chars | TTS s | est. cost/turn (USD) |{}\n|---|---|---|---|---|---|---|---|---|{}",
+            self.reference_prices.as_ref().map_or(String::new(), |r| format!(
+                " The last column prices the same mean turn at {}'s list prices (`--price-as`).",
+                r.name
+            )),
+            self.reference_prices
+                .as_ref()
+                .map_or(String::new(), |r| format!(" at {} prices |", r.name)),
+            if self.reference_prices.is_some() { "---|" } else { "" },
         );
         for p in &self.pipelines {
             let u = &p.usage_per_turn;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {} |",
+                "| {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {} |{}",
                 p.pipeline,
                 u.input_text_tokens,
                 u.output_text_tokens,
@@ -237,7 +285,13 @@ impl Report {
                 u.transcribed_seconds,
                 u.spoken_characters,
                 u.spoken_seconds,
-                p.cost_label()
+                p.cost_label(),
+                p.cost_parts_at_reference_usd
+                    .as_ref()
+                    .map_or(String::new(), |parts| format!(
+                        " ${:.4} |",
+                        parts.values().sum::<f64>()
+                    )),
             );
         }
         for p in &self.pipelines {
@@ -327,6 +381,7 @@ mod tests {
             tasks: 3,
             repeat: 1,
             concurrency: 1,
+            reference_prices: None,
             pipelines: vec![p],
         }
         .markdown();
@@ -369,6 +424,7 @@ mod tests {
             tasks: 2,
             repeat: 1,
             concurrency: 1,
+            reference_prices: None,
             pipelines: vec![p],
         }
         .markdown();
@@ -376,6 +432,54 @@ mod tests {
             md.contains("| api | 2000 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | $0.0010 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn a_local_pipeline_is_also_priced_at_the_reference_and_plotted() {
+        let turns = vec![turn("a", Some(900.0), true), turn("b", Some(300.0), true)];
+        let prices = Prices {
+            input_text_per_1m_tokens: 0.40,
+            transcription_per_minute: 0.006,
+            ..Prices::default()
+        };
+        let p = PipelineReport::new("local".into(), "local.toml".into(), turns)
+            .priced(None)
+            .priced_also_at(Some(&prices));
+        assert!(p.cost_parts_usd.is_empty());
+        assert_eq!(p.cost_per_turn_usd, 0.0);
+        // Each turn: 1000 × 0.40/1e6 = 0.0004 of text, 2/60 × 0.006 =
+        // 0.0002 of transcription.
+        let parts = p.cost_parts_at_reference_usd.clone().unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(parts["text tokens"], 0.0004), "{parts:?}");
+        assert!(close(parts["transcription"], 0.0002), "{parts:?}");
+        assert_eq!((parts["audio tokens"], parts["speech"]), (0.0, 0.0));
+        let report = Report {
+            tasks: 2,
+            repeat: 1,
+            concurrency: 1,
+            reference_prices: Some(ReferencePrices {
+                name: "openai-chained".into(),
+                prices,
+            }),
+            pipelines: vec![p],
+        };
+        let md = report.markdown();
+        assert!(
+            md.contains("| est. cost/turn (USD) | at openai-chained prices |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| local | 1000 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | local | $0.0006 |"),
+            "{md}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join(crate::bench::plots::COST);
+        crate::bench::plots::cost(&svg, &report).unwrap();
+        let svg = std::fs::read_to_string(svg).unwrap();
+        assert!(svg.contains("local (not billed)"), "the x label");
+        assert!(svg.contains("openai-chained"), "the caption");
+        assert!(svg.contains("transcription"), "the legend");
     }
 
     #[test]
@@ -416,6 +520,7 @@ mod tests {
             tasks: 5,
             repeat: 1,
             concurrency: 2,
+            reference_prices: None,
             pipelines: vec![p],
         }
         .markdown();
