@@ -15,10 +15,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import asyncio
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.pipeline.worker import PipelineWorker
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.aggregators.llm_response_universal import (
+    LLMContextAggregatorPair,
+    LLMUserAggregatorParams,
+)
+from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.services.openai.llm import OpenAILLMService
+from pipecat.services.piper.tts import PiperTTSService
 from pipecat.services.whisper.stt import WhisperSTTService
+from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
+    SpeechTimeoutUserTurnStopStrategy,
+)
+from pipecat.turns.user_turn_strategies import UserTurnStrategies
+from pipecat.workers.runner import WorkerRunner
 
 RATE = 16_000
 FRAME = 320  # 20 ms at 16 kHz, what parlor's live callers send
@@ -42,6 +60,66 @@ class LocalWhisper(WhisperSTTService):
         self._model = WhisperModel(
             self._settings.model, device="cpu", compute_type="int8", cpu_threads=self._threads
         )
+
+
+def cascade(args, tools=None) -> SimpleNamespace:
+    """Pipecat's usual cascade on parlor's models: Silero VAD (`stop_secs`),
+    faster-whisper, the OpenAI LLM service on parlor's chat route at
+    temperature 0 with `args.instructions`, Piper; and the context and its
+    user/assistant aggregators. `args` has url, whisper, threads, voice,
+    stop_secs and instructions."""
+    vad = VADProcessor(vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=args.stop_secs)))
+    stt = LocalWhisper(threads=args.threads, settings=WhisperSTTService.Settings(model=args.whisper))
+    llm = OpenAILLMService(
+        base_url=f"{args.url}/v1",
+        api_key="x",
+        settings=OpenAILLMService.Settings(
+            model=served_model(args.url),
+            temperature=0.0,
+            system_instruction=Path(args.instructions).read_text().strip(),
+        ),
+    )
+    voice = Path(args.voice)
+    tts = PiperTTSService(settings=PiperTTSService.Settings(voice=voice.stem), download_dir=voice.parent)
+    context = LLMContext([], tools=tools) if tools is not None else LLMContext([])
+    # The turn ends when the VAD says so and Whisper has the transcript, as
+    # in parlor: no extra wait (Pipecat's default stop strategy is its Smart
+    # Turn model, which parlor has no counterpart for).
+    pair = LLMContextAggregatorPair(
+        context,
+        user_params=LLMUserAggregatorParams(
+            user_turn_strategies=UserTurnStrategies(
+                stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)]
+            )
+        ),
+    )
+    return SimpleNamespace(vad=vad, stt=stt, llm=llm, tts=tts, context=context, pair=pair)
+
+
+def live_worker(pipeline, **kwargs) -> tuple[PipelineWorker, asyncio.Event]:
+    """A worker that never idles out (a live call waits on its caller), and
+    an event set once its pipeline has started."""
+    worker = PipelineWorker(
+        pipeline,
+        enable_rtvi=False,
+        cancel_on_idle_timeout=False,
+        idle_timeout_secs=None,
+        **kwargs,
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")
+    async def _started(_worker, _frame):
+        started.set()
+
+    return worker, started
+
+
+async def run_worker(worker, drive):
+    """Run `worker` while the coroutine `drive` feeds it."""
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    await asyncio.gather(runner.run(), drive)
 
 
 def read_wav(path: str) -> np.ndarray:

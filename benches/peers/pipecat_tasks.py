@@ -43,9 +43,10 @@ from pipecat_common import (
     DEFAULT_WHISPER,
     RATE,
     LiveSource,
-    LocalWhisper,
+    cascade,
+    live_worker,
     read_wav,
-    served_model,
+    run_worker,
     voiced_end,
     write_wav,
 )
@@ -54,8 +55,6 @@ from loguru import logger
 from mcp import StdioServerParameters
 
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.audio.vad.silero import SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
     EndFrame,
     FunctionCallInProgressFrame,
@@ -73,23 +72,9 @@ from pipecat.frames.frames import (
 )
 from pipecat.metrics.metrics import LLMUsageMetricsData
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
-from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import (
-    LLMContextAggregatorPair,
-    LLMUserAggregatorParams,
-)
-from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.mcp_service import MCPClient
-from pipecat.services.openai.llm import OpenAILLMService
-from pipecat.services.piper.tts import PiperTTSService
-from pipecat.services.whisper.stt import WhisperSTTService
-from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
-    SpeechTimeoutUserTurnStopStrategy,
-)
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
-from pipecat.workers.runner import WorkerRunner
 
 # An answer is over once nothing has moved for this long after its audio.
 SETTLE_S = 1.0
@@ -245,19 +230,9 @@ async def run(args):
     out.mkdir(parents=True, exist_ok=True)
     tasks = load_tasks(Path(args.tasks), args.limit)
     tools, owner = await mcp_tools(json.loads(args.mcp))
-    vad = VADProcessor(vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=args.stop_secs)))
-    stt = LocalWhisper(threads=args.threads, settings=WhisperSTTService.Settings(model=args.whisper))
-    llm = OpenAILLMService(
-        base_url=f"{args.url}/v1",
-        api_key="x",
-        settings=OpenAILLMService.Settings(
-            model=served_model(args.url),
-            temperature=0.0,
-            system_instruction=Path(args.instructions).read_text().strip(),
-        ),
-    )
+    c = cascade(args, tools)
 
-    @llm.event_handler("on_function_calls_started")
+    @c.llm.event_handler("on_function_calls_started")
     async def _calls(_service, function_calls):
         if bench.turn is not None:
             for call in function_calls:
@@ -269,45 +244,23 @@ async def run(args):
                     }
                 )
 
-    voice = Path(args.voice)
-    tts = PiperTTSService(settings=PiperTTSService.Settings(voice=voice.stem), download_dir=voice.parent)
-    context = LLMContext([], tools=tools)
-    # The turn ends when the VAD says so and Whisper has the transcript, as
-    # in parlor (Pipecat's default waits for its Smart Turn model).
-    pair = LLMContextAggregatorPair(
-        context,
-        user_params=LLMUserAggregatorParams(
-            user_turn_strategies=UserTurnStrategies(
-                stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)]
-            )
-        ),
-    )
     pipeline = Pipeline(
         [
-            vad,
+            c.vad,
             Observer(bench, "vad"),
-            stt,
+            c.stt,
             Observer(bench, "stt"),
-            pair.user(),
-            llm,
+            c.pair.user(),
+            c.llm,
             Observer(bench, "llm"),
-            tts,
+            c.tts,
             Observer(bench, "tts"),
-            pair.assistant(),
+            c.pair.assistant(),
         ]
     )
-    worker = PipelineWorker(
-        pipeline,
-        params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
-        enable_rtvi=False,
-        cancel_on_idle_timeout=False,
-        idle_timeout_secs=None,
+    worker, started = live_worker(
+        pipeline, params=PipelineParams(enable_metrics=True, enable_usage_metrics=True)
     )
-    started = asyncio.Event()
-
-    @worker.event_handler("on_pipeline_started")
-    async def _started(_worker, _frame):
-        started.set()
 
     async def drive():
         await asyncio.wait_for(started.wait(), timeout=120)
@@ -316,7 +269,7 @@ async def run(args):
         for rnd in range(args.repeat):
             for task in tasks:
                 # A new conversation (the instructions are the service's).
-                context.set_messages([])
+                c.context.set_messages([])
                 try:
                     samples = read_wav(str(Path(args.tasks) / task["audio"]))
                 except (OSError, ValueError) as e:
@@ -339,9 +292,7 @@ async def run(args):
                 await source.silence(args.gap)
         await worker.queue_frame(EndFrame())
 
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await asyncio.gather(runner.run(), drive())
+    await run_worker(worker, drive())
 
 
 def main():

@@ -32,16 +32,15 @@ from pipecat_common import (
     DEFAULT_VOICE,
     DEFAULT_WHISPER,
     LiveSource,
-    LocalWhisper,
+    cascade,
+    live_worker,
     percentile,
     read_wav,
-    served_model,
+    run_worker,
 )
 
 from loguru import logger
 
-from pipecat.audio.vad.silero import SileroVADAnalyzer
-from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import (
     EndFrame,
     LLMFullResponseEndFrame,
@@ -53,22 +52,7 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineWorker
-from pipecat.processors.aggregators.llm_context import LLMContext
-from pipecat.processors.aggregators.llm_response_universal import (
-    LLMContextAggregatorPair,
-    LLMUserAggregatorParams,
-)
-from pipecat.processors.audio.vad_processor import VADProcessor
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
-from pipecat.services.openai.llm import OpenAILLMService
-from pipecat.services.piper.tts import PiperTTSService
-from pipecat.services.whisper.stt import WhisperSTTService
-from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
-    SpeechTimeoutUserTurnStopStrategy,
-)
-from pipecat.turns.user_turn_strategies import UserTurnStrategies
-from pipecat.workers.runner import WorkerRunner
 
 
 class Turn:
@@ -137,45 +121,11 @@ class Bench:
 
 async def run(args) -> list:
     bench = Bench()
-    vad = VADProcessor(vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=args.stop_secs)))
-    stt = LocalWhisper(
-        threads=args.threads, settings=WhisperSTTService.Settings(model=args.whisper)
-    )
-    llm = OpenAILLMService(
-        base_url=f"{args.url}/v1",
-        api_key="x",
-        settings=OpenAILLMService.Settings(model=served_model(args.url), temperature=0.0),
-    )
-    voice = Path(args.voice)
-    tts = PiperTTSService(
-        settings=PiperTTSService.Settings(voice=voice.stem), download_dir=voice.parent
-    )
-    context = LLMContext([{"role": "system", "content": Path(args.instructions).read_text().strip()}])
-    # The turn ends when the VAD says so and Whisper has the transcript: no
-    # extra wait (Pipecat's default stop strategy is the Smart Turn model,
-    # which the parlor side has no counterpart for).
-    pair = LLMContextAggregatorPair(
-        context,
-        user_params=LLMUserAggregatorParams(
-            user_turn_strategies=UserTurnStrategies(
-                stop=[SpeechTimeoutUserTurnStopStrategy(user_speech_timeout=0.0)]
-            )
-        ),
-    )
+    c = cascade(args)
     pipeline = Pipeline(
-        [vad, Probe(bench), stt, Probe(bench), pair.user(), llm, tts, Sink(bench), pair.assistant()]
+        [c.vad, Probe(bench), c.stt, Probe(bench), c.pair.user(), c.llm, c.tts, Sink(bench), c.pair.assistant()]
     )
-    worker = PipelineWorker(
-        pipeline,
-        enable_rtvi=False,
-        cancel_on_idle_timeout=False,
-        idle_timeout_secs=None,
-    )
-    started = asyncio.Event()
-
-    @worker.event_handler("on_pipeline_started")
-    async def _started(_worker, _frame):
-        started.set()
+    worker, started = live_worker(pipeline)
 
     questions = [(Path(p).stem, read_wav(p)) for p in args.wavs]
     results = []
@@ -212,9 +162,7 @@ async def run(args) -> list:
                 results.append(result)
         await worker.queue_frame(EndFrame())
 
-    runner = WorkerRunner(handle_sigint=False)
-    await runner.add_workers(worker)
-    await asyncio.gather(runner.run(), drive())
+    await run_worker(worker, drive())
     return results
 
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::load::LoadReport;
@@ -21,6 +22,25 @@ pub const LOAD: &str = "load.svg";
 
 fn err(e: impl std::fmt::Debug) -> String {
     format!("cannot draw a plot: {e:?}")
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The series' legend, boxed, in the given corner.
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, at: SeriesLabelPosition) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
+}
+
+/// The category index at x (bars stand at 0, 1, 2, ...), if x is one.
+fn category(x: f64) -> Option<usize> {
+    let i = x.round();
+    ((x - i).abs() < 0.01 && i >= 0.0).then_some(i as usize)
 }
 
 /// One step line per pipeline: the fraction of turns answered within x ms.
@@ -64,13 +84,7 @@ pub fn latency_cdf(path: &Path, pipelines: &[PipelineReport]) -> Result<(), Stri
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(err)
 }
 
@@ -117,12 +131,9 @@ pub fn stage_bars(path: &Path, pipelines: &[PipelineReport]) -> Result<(), Strin
         .disable_x_mesh()
         .x_labels(names.len().max(1))
         .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 {
-                names.get(i as usize).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
+            category(*x)
+                .and_then(|i| names.get(i).cloned())
+                .unwrap_or_default()
         })
         .y_desc("first output after end of speech, p50 (ms)")
         .draw()
@@ -154,13 +165,7 @@ pub fn stage_bars(path: &Path, pipelines: &[PipelineReport]) -> Result<(), Strin
             .label(stage.clone())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(err)
 }
 
@@ -187,7 +192,6 @@ pub fn cost(path: &Path, report: &Report) -> Result<(), String> {
         .flatten()
         .fold(0.0001, f64::max)
         * 1.15;
-    let names: Vec<String> = pipelines.iter().map(|p| p.pipeline.clone()).collect();
     let caption = match &report.reference_prices {
         Some(r) => format!("Estimated cost per turn (light: at {}'s prices)", r.name),
         None => "Estimated cost per turn".to_string(),
@@ -197,29 +201,20 @@ pub fn cost(path: &Path, report: &Report) -> Result<(), String> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d(-0.5f64..(names.len() as f64 - 0.5), 0f64..top)
+        .build_cartesian_2d(-0.5f64..(pipelines.len() as f64 - 0.5), 0f64..top)
         .map_err(err)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(names.len().max(1))
+        .x_labels(pipelines.len().max(1))
         .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 0.01 && i >= 0.0 {
-                let p = pipelines.get(i as usize);
-                let billed = p.is_some_and(|p| p.prices.is_some());
-                names
-                    .get(i as usize)
-                    .map(|n| {
-                        if billed {
-                            n.clone()
-                        } else {
-                            format!("{n} (not billed)")
-                        }
-                    })
-                    .unwrap_or_default()
+            let Some(p) = category(*x).and_then(|i| pipelines.get(i)) else {
+                return String::new();
+            };
+            if p.prices.is_some() {
+                p.pipeline.clone()
             } else {
-                String::new()
+                format!("{} (not billed)", p.pipeline)
             }
         })
         .y_label_formatter(&|usd| format!("${usd:.4}"))
@@ -252,13 +247,7 @@ pub fn cost(path: &Path, report: &Report) -> Result<(), String> {
             .label(*part)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
     root.present().map_err(err)
 }
 
@@ -330,13 +319,7 @@ pub fn load(path: &Path, report: &LoadReport) -> Result<(), String> {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
     let memory: Vec<(f64, f64)> = report
         .steps
