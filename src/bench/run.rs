@@ -132,8 +132,10 @@ pub fn rusage() -> (f64, f64) {
     rusage_of(libc::RUSAGE_SELF)
 }
 
-/// The same for the child processes that have ended and been waited for
-/// (CPU summed, the largest one's peak RSS).
+/// The same for the child processes that have ended and been waited for:
+/// their CPU summed, and the largest one's peak RSS, which Linux carries
+/// over from the parent at fork and across exec (so a child of this big
+/// process reports at least its size: read a child's memory elsewhere).
 pub fn rusage_children() -> (f64, f64) {
     rusage_of(libc::RUSAGE_CHILDREN)
 }
