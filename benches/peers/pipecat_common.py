@@ -6,6 +6,7 @@ percentile parlor uses.
 
 import json
 import os
+import sys
 import time
 import urllib.request
 import wave
@@ -19,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+from loguru import logger
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.audio.vad.vad_analyzer import VADParams
 from pipecat.frames.frames import InputAudioRawFrame
@@ -94,6 +96,29 @@ def cascade(args, tools=None) -> SimpleNamespace:
         ),
     )
     return SimpleNamespace(vad=vad, stt=stt, llm=llm, tts=tts, context=context, pair=pair)
+
+
+def add_cascade_args(ap, *, instructions: str, stop_secs: float, turn_timeout: float):
+    """The command-line options `cascade` and the live drive read; the
+    defaults that differ between the peers are given."""
+    ap.add_argument("--url", required=True, help="parlor serve's base URL (http://host:port)")
+    ap.add_argument("--instructions", default=instructions)
+    ap.add_argument("--whisper", default=DEFAULT_WHISPER)
+    ap.add_argument("--voice", default=DEFAULT_VOICE)
+    ap.add_argument("--stop-secs", type=float, default=stop_secs, help="Silero VAD stop_secs")
+    ap.add_argument("--threads", type=int, default=2, help="faster-whisper CPU threads")
+    ap.add_argument("--gap", type=float, default=0.5, help="silence after an answer (s)")
+    ap.add_argument("--turn-timeout", type=float, default=turn_timeout)
+    ap.add_argument("--verbose", action="store_true", help="keep Pipecat's DEBUG log")
+
+
+def parse_args(ap):
+    """Parse, and keep only Pipecat's warnings unless --verbose."""
+    args = ap.parse_args()
+    if not args.verbose:
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+    return args
 
 
 def live_worker(pipeline, **kwargs) -> tuple[PipelineWorker, asyncio.Event]:

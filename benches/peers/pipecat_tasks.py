@@ -34,24 +34,22 @@ Needs `bash benches/peers/setup.sh` and `bash models/setup.sh`.
 import argparse
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
 from pipecat_common import (
-    DEFAULT_VOICE,
-    DEFAULT_WHISPER,
     RATE,
     LiveSource,
+    add_cascade_args,
     cascade,
     live_worker,
+    parse_args,
     read_wav,
     run_worker,
     voiced_end,
     write_wav,
 )
 
-from loguru import logger
 from mcp import StdioServerParameters
 
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
@@ -297,24 +295,13 @@ async def run(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--url", required=True, help="parlor serve's base URL (http://host:port)")
+    add_cascade_args(ap, instructions="pipelines/prompts/shop.md", stop_secs=0.4, turn_timeout=60.0)
     ap.add_argument("--tasks", default="benches/tasks", help="the dataset directory")
     ap.add_argument("--limit", type=int, help="only the first N tasks")
     ap.add_argument("--repeat", type=int, default=1, help="rounds over the tasks")
     ap.add_argument("--out", required=True, help="where the reply WAVs go")
     ap.add_argument("--mcp", required=True, help='{"name": {"command": ..., "args": [...]}} (stdio)')
-    ap.add_argument("--instructions", default="pipelines/prompts/shop.md")
-    ap.add_argument("--whisper", default=DEFAULT_WHISPER)
-    ap.add_argument("--voice", default=DEFAULT_VOICE)
-    ap.add_argument("--stop-secs", type=float, default=0.4, help="Silero stop_secs (parlor's end_of_turn_ms)")
-    ap.add_argument("--threads", type=int, default=2, help="faster-whisper CPU threads")
-    ap.add_argument("--gap", type=float, default=0.5, help="silence after an answer (s)")
-    ap.add_argument("--turn-timeout", type=float, default=60.0)
-    ap.add_argument("--verbose", action="store_true", help="keep Pipecat's DEBUG log")
-    args = ap.parse_args()
-    if not args.verbose:
-        logger.remove()
-        logger.add(sys.stderr, level="WARNING")
+    args = parse_args(ap)
     asyncio.run(run(args))
     print(json.dumps({"summary": {"peak_rss_mib": peak_rss_mib()}}), flush=True)
 

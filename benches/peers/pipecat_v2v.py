@@ -24,22 +24,20 @@ model from local files; nothing is downloaded.
 import argparse
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
 from pipecat_common import (
-    DEFAULT_VOICE,
-    DEFAULT_WHISPER,
     LiveSource,
+    add_cascade_args,
     cascade,
     live_worker,
+    parse_args,
     percentile,
     read_wav,
     run_worker,
 )
 
-from loguru import logger
 
 from pipecat.frames.frames import (
     EndFrame,
@@ -169,20 +167,9 @@ async def run(args) -> list:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("wavs", nargs="+", help="16 kHz mono 16-bit WAV questions, in order")
-    ap.add_argument("--url", required=True, help="parlor serve's base URL (http://host:port)")
-    ap.add_argument("--whisper", default=DEFAULT_WHISPER)
-    ap.add_argument("--voice", default=DEFAULT_VOICE)
-    ap.add_argument("--instructions", default="benches/pipelines/chat.md")
-    ap.add_argument("--stop-secs", type=float, default=0.2, help="Silero VAD stop_secs")
-    ap.add_argument("--threads", type=int, default=2, help="faster-whisper CPU threads")
+    add_cascade_args(ap, instructions="benches/pipelines/chat.md", stop_secs=0.2, turn_timeout=30.0)
     ap.add_argument("--runs", type=int, default=1, help="rounds over the questions")
-    ap.add_argument("--gap", type=float, default=0.5, help="silence after an answer (s)")
-    ap.add_argument("--turn-timeout", type=float, default=30.0)
-    ap.add_argument("--verbose", action="store_true", help="keep Pipecat's DEBUG log")
-    args = ap.parse_args()
-    if not args.verbose:
-        logger.remove()
-        logger.add(sys.stderr, level="WARNING")
+    args = parse_args(ap)
     results = asyncio.run(run(args))
     caller = [r["caller_ms"] for r in results if r["caller_ms"] is not None]
     vad = [r["vad_ms"] for r in results if r["vad_ms"] is not None]
