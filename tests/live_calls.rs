@@ -589,6 +589,19 @@ async fn a_caller_who_hangs_up_or_stops_reading_leaves_nothing_running() {
         .await
         .unwrap();
     let (mut sink, _never_read) = futures::StreamExt::split(ws);
+    // The handshake completes before the server registers the call: wait
+    // for it, or the first "no calls" below would be that gap, not the end.
+    for _ in 0..100 {
+        if server.state.calls.active() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        server.state.calls.active(),
+        1,
+        "the call was not registered"
+    );
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let silence = vec![0.0; FRAME];
     let asked = question();

@@ -69,9 +69,19 @@ def cascade(args, tools=None) -> SimpleNamespace:
     faster-whisper, the OpenAI LLM service on parlor's chat route at
     temperature 0 with `args.instructions`, Piper; and the context and its
     user/assistant aggregators. `args` has url, whisper, threads, voice,
-    stop_secs and instructions."""
+    stop_secs, no_speech_prob and instructions."""
     vad = VADProcessor(vad_analyzer=SileroVADAnalyzer(params=VADParams(stop_secs=args.stop_secs)))
-    stt = LocalWhisper(threads=args.threads, settings=WhisperSTTService.Settings(model=args.whisper))
+    # Pipecat drops every Whisper segment whose no-speech probability is
+    # 0.4 or more; parlor keeps what Whisper says once its VAD has heard
+    # speech. With Pipecat's 0.4, tiny.en dropped a clean espeak-ng "Are you
+    # open on Sunday?" in 1 of 3 rounds (the same clip, cut a few ms
+    # differently by the VAD), and the turn became Pipecat's empty-turn
+    # recovery. `--no-speech-prob 1` (the default here) keeps every segment,
+    # as parlor does.
+    stt = LocalWhisper(
+        threads=args.threads,
+        settings=WhisperSTTService.Settings(model=args.whisper, no_speech_prob=args.no_speech_prob),
+    )
     llm = OpenAILLMService(
         base_url=f"{args.url}/v1",
         api_key="x",
@@ -106,6 +116,12 @@ def add_cascade_args(ap, *, instructions: str, stop_secs: float, turn_timeout: f
     ap.add_argument("--whisper", default=DEFAULT_WHISPER)
     ap.add_argument("--voice", default=DEFAULT_VOICE)
     ap.add_argument("--stop-secs", type=float, default=stop_secs, help="Silero VAD stop_secs")
+    ap.add_argument(
+        "--no-speech-prob",
+        type=float,
+        default=1.0,
+        help="drop Whisper segments at or above this no-speech probability (Pipecat's default: 0.4)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="faster-whisper CPU threads")
     ap.add_argument("--gap", type=float, default=0.5, help="silence after an answer (s)")
     ap.add_argument("--turn-timeout", type=float, default=turn_timeout)

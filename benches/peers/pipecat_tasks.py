@@ -11,7 +11,11 @@ The pipeline is Pipecat 1.14's usual cascade with MCP tools:
 Each task is one conversation: the context is reset to the instructions
 before it. Its 16 kHz WAV is played as 20 ms frames in real time, then
 silence (a live microphone never stops) until the answer has been spoken
-and nothing has moved for a second, or --turn-timeout.
+and nothing has moved for a second, or --turn-timeout. Before the first
+scored task, the first task is said once unscored (--no-warm-up skips it):
+parlor's pipelines evaluate their planner's prompt before their first call,
+and this does the same for the served model's prompt cache (the turn's CPU
+time is counted in the row's).
 
 Prints one JSON object per task (stdout; Pipecat's log goes to stderr):
   task, round, transcript (what Whisper heard), calls ([{server, tool,
@@ -260,34 +264,48 @@ async def run(args):
         pipeline, params=PipelineParams(enable_metrics=True, enable_usage_metrics=True)
     )
 
+    async def play(source, task) -> tuple[Turn, float | None, str | None]:
+        """Say `task` in a new conversation and wait for the reply to settle."""
+        # A new conversation (the instructions are the service's).
+        c.context.set_messages([])
+        samples = read_wav(str(Path(args.tasks) / task["audio"]))
+        turn = Turn()
+        turn.transcribed_s = voiced_end(samples) / RATE
+        bench.turn = turn
+        spoken_end = await source.speak(samples)
+        deadline = time.perf_counter() + args.turn_timeout
+        while not turn.settled() and time.perf_counter() < deadline:
+            await source.silence(0.02)
+        bench.turn = None
+        error = None
+        if "tts" not in turn.first:
+            error = f"no reply audio within {args.turn_timeout:.0f} s"
+        elif not turn.settled():
+            error = f"the reply was still going after {args.turn_timeout:.0f} s"
+        await source.silence(args.gap)
+        return turn, spoken_end, error
+
     async def drive():
         await asyncio.wait_for(started.wait(), timeout=120)
         source = LiveSource(worker)
         await source.silence(0.5)  # room tone before the first task
+        if args.warm_up and tasks:
+            # parlor's pipelines evaluate their planner's prompt (instructions
+            # and tools) before their first call; this unscored turn does the
+            # same for the served model's prefix cache, so the first scored
+            # task does not pay for a cold prompt.
+            try:
+                await play(source, tasks[0])
+            except (OSError, ValueError):
+                pass  # the scored run reports the unreadable file
         for rnd in range(args.repeat):
             for task in tasks:
-                # A new conversation (the instructions are the service's).
-                c.context.set_messages([])
                 try:
-                    samples = read_wav(str(Path(args.tasks) / task["audio"]))
+                    turn, spoken_end, error = await play(source, task)
                 except (OSError, ValueError) as e:
                     print(json.dumps(result_of(task, rnd, Turn(), None, out, str(e))), flush=True)
                     continue
-                turn = Turn()
-                turn.transcribed_s = voiced_end(samples) / RATE
-                bench.turn = turn
-                spoken_end = await source.speak(samples)
-                deadline = time.perf_counter() + args.turn_timeout
-                while not turn.settled() and time.perf_counter() < deadline:
-                    await source.silence(0.02)
-                bench.turn = None
-                error = None
-                if "tts" not in turn.first:
-                    error = f"no reply audio within {args.turn_timeout:.0f} s"
-                elif not turn.settled():
-                    error = f"the reply was still going after {args.turn_timeout:.0f} s"
                 print(json.dumps(result_of(task, rnd, turn, spoken_end, out, error)), flush=True)
-                await source.silence(args.gap)
         await worker.queue_frame(EndFrame())
 
     await run_worker(worker, drive())
@@ -298,6 +316,12 @@ def main():
     add_cascade_args(ap, instructions="pipelines/prompts/shop.md", stop_secs=0.4, turn_timeout=60.0)
     ap.add_argument("--tasks", default="benches/tasks", help="the dataset directory")
     ap.add_argument("--limit", type=int, help="only the first N tasks")
+    ap.add_argument(
+        "--no-warm-up",
+        dest="warm_up",
+        action="store_false",
+        help="skip the unscored first turn that warms the model's prompt cache",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="rounds over the tasks")
     ap.add_argument("--out", required=True, help="where the reply WAVs go")
     ap.add_argument("--mcp", required=True, help='{"name": {"command": ..., "args": [...]}} (stdio)')

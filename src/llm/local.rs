@@ -573,7 +573,17 @@ pub fn render_prompt(
 ) -> String {
     let tools = tools_and_choice.map(|(t, _)| t);
     let may_call = tools_and_choice.is_some_and(|(_, c)| c != ToolChoice::SayOnly);
-    let system: Vec<&str> = messages
+    // The system messages that open the conversation make the system turn.
+    // Later ones (a client's mid-conversation developer note, e.g.
+    // Pipecat's prompt after an empty user turn) stay where they were sent,
+    // as Qwen2.5's own template places them: folded into the system turn
+    // they would change the prompt's first tokens, and the cached prefix of
+    // the whole conversation would have to be evaluated again.
+    let leading = messages
+        .iter()
+        .take_while(|m| matches!(m, ChatMessage::System { .. }))
+        .count();
+    let system: Vec<&str> = messages[..leading]
         .iter()
         .filter_map(|m| match m {
             ChatMessage::System { content } => Some(content.as_str()),
@@ -616,13 +626,17 @@ pub fn render_prompt(
     out.push_str("<|im_end|>\n");
 
     let mut in_tool_results = false;
-    for message in messages {
+    for message in &messages[leading..] {
         let is_result = matches!(message, ChatMessage::ToolResult { .. });
         if in_tool_results && !is_result {
             out.push_str("<|im_end|>\n");
         }
         match message {
-            ChatMessage::System { .. } => {}
+            ChatMessage::System { content } => {
+                out.push_str("<|im_start|>system\n");
+                out.push_str(content);
+                out.push_str("<|im_end|>\n");
+            }
             ChatMessage::User { content } => {
                 out.push_str("<|im_start|>user\n");
                 out.push_str(content);
@@ -681,4 +695,38 @@ fn function_json(name: &str, description: &str, parameters: &serde_json::Value) 
         "function": {"name": name, "description": description, "parameters": parameters}
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_later_system_message_stays_in_place_and_keeps_the_prefix() {
+        let opening = vec![
+            ChatMessage::system("Be brief."),
+            ChatMessage::system("Use the tools."),
+            ChatMessage::user("Hello?"),
+        ];
+        let mut later = opening.clone();
+        later.push(ChatMessage::assistant("Hi."));
+        later.push(ChatMessage::system("The user said nothing; ask again."));
+
+        for tools in [None, Some((&[][..], ToolChoice::Auto))] {
+            let first = render_prompt(&opening, tools);
+            let second = render_prompt(&later, tools);
+            // The opening system messages make one system turn, in order.
+            assert!(first.starts_with("<|im_start|>system\nBe brief.\n\nUse the tools."));
+            // The later note is its own system turn after the assistant's,
+            // and everything before it is the first prompt unchanged (less
+            // the opened assistant turn), so the cache holds.
+            let common = first.trim_end_matches("<|im_start|>assistant\n");
+            assert!(second.starts_with(common), "{second}");
+            assert!(second.ends_with(
+                "<|im_end|>\n<|im_start|>system\nThe user said nothing; ask again.<|im_end|>\n\
+                 <|im_start|>assistant\n"
+            ));
+            assert_eq!(second.matches("<|im_start|>system").count(), 2);
+        }
+    }
 }
