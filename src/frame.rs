@@ -188,10 +188,15 @@ pub struct Usage {
     /// Text tokens read by a language model (prompt tokens, summed over
     /// every model request of the turn: the tool loop asks more than once).
     pub input_text_tokens: u64,
+    /// Of `input_text_tokens`, those a prompt cache already held (billed
+    /// at a lower rate by OpenAI; the local model's reused prefix).
+    pub cached_input_text_tokens: u64,
     /// Text tokens the model wrote (completion tokens).
     pub output_text_tokens: u64,
     /// Audio tokens a realtime model heard.
     pub input_audio_tokens: u64,
+    /// Of `input_audio_tokens`, those a prompt cache already held.
+    pub cached_input_audio_tokens: u64,
     /// Audio tokens a realtime model spoke.
     pub output_audio_tokens: u64,
     /// Seconds of speech sent to speech-to-text.
@@ -205,6 +210,8 @@ pub struct Usage {
 impl std::ops::AddAssign for Usage {
     fn add_assign(&mut self, other: Usage) {
         self.input_text_tokens += other.input_text_tokens;
+        self.cached_input_text_tokens += other.cached_input_text_tokens;
+        self.cached_input_audio_tokens += other.cached_input_audio_tokens;
         self.output_text_tokens += other.output_text_tokens;
         self.input_audio_tokens += other.input_audio_tokens;
         self.output_audio_tokens += other.output_audio_tokens;

@@ -17,12 +17,19 @@ pub struct Prices {
     /// Per 1M text tokens a model reads (planner prompt, realtime text in).
     #[serde(default)]
     pub input_text_per_1m_tokens: f64,
+    /// Per 1M cached input text tokens (a prompt cache's hit). Unset: they
+    /// cost what other input tokens cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_text_per_1m_tokens: Option<f64>,
     /// Per 1M text tokens a model writes.
     #[serde(default)]
     pub output_text_per_1m_tokens: f64,
     /// Per 1M audio tokens a realtime model hears.
     #[serde(default)]
     pub input_audio_per_1m_tokens: f64,
+    /// Per 1M cached input audio tokens. Unset: the input audio price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_audio_per_1m_tokens: Option<f64>,
     /// Per 1M audio tokens a realtime model speaks.
     #[serde(default)]
     pub output_audio_per_1m_tokens: f64,
@@ -39,9 +46,20 @@ pub struct Prices {
 }
 
 impl Prices {
-    /// Each price with its field name, for validation and reports.
-    pub fn fields(&self) -> [(&'static str, f64); 7] {
-        [
+    /// Each price the table sets, with its field name, for validation and
+    /// reports.
+    pub fn fields(&self) -> Vec<(&'static str, f64)> {
+        let cached = [
+            (
+                "cached_input_text_per_1m_tokens",
+                self.cached_input_text_per_1m_tokens,
+            ),
+            (
+                "cached_input_audio_per_1m_tokens",
+                self.cached_input_audio_per_1m_tokens,
+            ),
+        ];
+        let mut fields = vec![
             ("input_text_per_1m_tokens", self.input_text_per_1m_tokens),
             ("output_text_per_1m_tokens", self.output_text_per_1m_tokens),
             ("input_audio_per_1m_tokens", self.input_audio_per_1m_tokens),
@@ -52,7 +70,13 @@ impl Prices {
             ("transcription_per_minute", self.transcription_per_minute),
             ("speech_per_1m_characters", self.speech_per_1m_characters),
             ("speech_per_minute", self.speech_per_minute),
-        ]
+        ];
+        fields.extend(
+            cached
+                .into_iter()
+                .filter_map(|(field, price)| price.map(|p| (field, p))),
+        );
+        fields
     }
 
     /// The fields that are not a usable price: (field, why).
@@ -84,16 +108,30 @@ impl Prices {
     /// transcription, and speech (characters and minutes).
     pub fn parts(&self, usage: &Usage) -> [(&'static str, f64); 4] {
         let per_1m = |count: u64, price: f64| count as f64 * price / 1e6;
+        // Input tokens at the input price, less the cached ones (counted in
+        // the input, as OpenAI counts them) at the cached price.
+        let input = |all: u64, cached: u64, price: f64, cached_price: Option<f64>| {
+            let cached = cached.min(all);
+            per_1m(all - cached, price) + per_1m(cached, cached_price.unwrap_or(price))
+        };
         [
             (
                 COST_PARTS[0],
-                per_1m(usage.input_text_tokens, self.input_text_per_1m_tokens)
-                    + per_1m(usage.output_text_tokens, self.output_text_per_1m_tokens),
+                input(
+                    usage.input_text_tokens,
+                    usage.cached_input_text_tokens,
+                    self.input_text_per_1m_tokens,
+                    self.cached_input_text_per_1m_tokens,
+                ) + per_1m(usage.output_text_tokens, self.output_text_per_1m_tokens),
             ),
             (
                 COST_PARTS[1],
-                per_1m(usage.input_audio_tokens, self.input_audio_per_1m_tokens)
-                    + per_1m(usage.output_audio_tokens, self.output_audio_per_1m_tokens),
+                input(
+                    usage.input_audio_tokens,
+                    usage.cached_input_audio_tokens,
+                    self.input_audio_per_1m_tokens,
+                    self.cached_input_audio_per_1m_tokens,
+                ) + per_1m(usage.output_audio_tokens, self.output_audio_per_1m_tokens),
             ),
             (
                 COST_PARTS[2],
@@ -207,6 +245,38 @@ mod tests {
     }
 
     #[test]
+    fn cached_input_costs_the_cached_price_or_the_input_price_if_unset() {
+        // gpt-4.1-mini: $0.40 input, $0.10 cached input per 1M tokens.
+        let mut prices = Prices {
+            input_text_per_1m_tokens: 0.40,
+            cached_input_text_per_1m_tokens: Some(0.10),
+            input_audio_per_1m_tokens: 32.0,
+            cached_input_audio_per_1m_tokens: Some(0.40),
+            ..Prices::default()
+        };
+        let usage = Usage {
+            input_text_tokens: 3_000,        // 1000 × 0.40 / 1e6 = 0.0004
+            cached_input_text_tokens: 2_000, // 2000 × 0.10 / 1e6 = 0.0002
+            input_audio_tokens: 100,         //   50 × 32 / 1e6   = 0.0016
+            cached_input_audio_tokens: 50,   //   50 × 0.40 / 1e6 = 0.00002
+            ..Usage::default()
+        };
+        let parts = prices.parts(&usage);
+        assert!(close(parts[0].1, 0.0006), "{parts:?}");
+        assert!(close(parts[1].1, 0.00162), "{parts:?}");
+        // Unset: cached tokens cost what the rest of the input costs.
+        prices.cached_input_text_per_1m_tokens = None;
+        assert!(close(prices.parts(&usage)[0].1, 0.0012));
+        // A count above the input (a server's mistake) is capped.
+        let odd = Usage {
+            input_text_tokens: 10,
+            cached_input_text_tokens: 50,
+            ..Usage::default()
+        };
+        assert!(close(prices.parts(&odd)[0].1, 10.0 * 0.40 / 1e6));
+    }
+
+    #[test]
     fn no_table_is_local_and_zero_usage_costs_nothing() {
         let usage = Usage {
             input_text_tokens: 500,
@@ -226,11 +296,19 @@ mod tests {
             input_text_per_1m_tokens: -1.0,
             speech_per_minute: f64::NAN,
             output_text_per_1m_tokens: 2.0,
+            cached_input_text_per_1m_tokens: Some(-0.1),
             ..Prices::default()
         };
         let problems = prices.problems();
         let fields: Vec<&str> = problems.iter().map(|(f, _)| *f).collect();
-        assert_eq!(fields, ["input_text_per_1m_tokens", "speech_per_minute"]);
+        assert_eq!(
+            fields,
+            [
+                "input_text_per_1m_tokens",
+                "speech_per_minute",
+                "cached_input_text_per_1m_tokens"
+            ]
+        );
         assert!(problems[0].1.contains("negative"), "{problems:?}");
     }
 }

@@ -95,6 +95,7 @@ class Turn:
         self.transcribed_s = 0.0  # the question up to its last voiced sample
         self.calls = []
         self.input_tokens = 0
+        self.cached_input_tokens = 0  # of input_tokens (OpenAI counts them inside)
         self.output_tokens = 0
         self.llm_active = False
         self.tts_open = 0
@@ -143,6 +144,7 @@ class Observer(FrameProcessor):
                 for data in frame.data:
                     if isinstance(data, LLMUsageMetricsData):
                         turn.input_tokens += data.value.prompt_tokens or 0
+                        turn.cached_input_tokens += data.value.cache_read_input_tokens or 0
                         turn.output_tokens += data.value.completion_tokens or 0
         else:  # after tts: the output
             moved = True
@@ -217,6 +219,7 @@ def result_of(task: dict, rnd: int, turn: Turn, spoken_end, out: Path, error) ->
         "stages": {s: ms(t) for s, t in turn.first.items()},
         "usage": {
             "input_text_tokens": turn.input_tokens,
+            "cached_input_text_tokens": turn.cached_input_tokens,
             "output_text_tokens": turn.output_tokens,
             "transcribed_seconds": turn.transcribed_s,
             "spoken_characters": len(reply),

@@ -251,6 +251,8 @@ pub fn mean_usage(turns: &[Usage]) -> Usage {
     let mean = |count: u64| (count as f64 / n).round() as u64;
     Usage {
         input_text_tokens: mean(total.input_text_tokens),
+        cached_input_text_tokens: mean(total.cached_input_text_tokens),
+        cached_input_audio_tokens: mean(total.cached_input_audio_tokens),
         output_text_tokens: mean(total.output_text_tokens),
         input_audio_tokens: mean(total.input_audio_tokens),
         output_audio_tokens: mean(total.output_audio_tokens),

@@ -262,7 +262,7 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nUsage per turn (mean) and estimated cost per turn: tokens a language model read and wrote (text; audio for a realtime model), seconds of speech transcribed, characters and seconds of speech synthesised, priced by the spec's `[prices]` (list prices; a pipeline with none is local and billed nothing).{}\n\n| pipeline | text tokens in | text tokens out | audio tokens in | audio tokens out | STT s | TTS chars | TTS s | est. cost/turn (USD) |{}\n|---|---|---|---|---|---|---|---|---|{}",
+            "\nUsage per turn (mean) and estimated cost per turn: tokens a language model read and wrote (text; audio for a realtime model), seconds of speech transcribed, characters and seconds of speech synthesised, priced by the spec's `[prices]` (list prices; a pipeline with none is local and billed nothing). Cached input tokens (a prompt cache's hits; for a local model, its reused prefix) are part of the input and are priced at the cached rate where the table has one.{}\n\n| pipeline | text tokens in | of which cached | text tokens out | audio tokens in | audio tokens out | STT s | TTS chars | TTS s | est. cost/turn (USD) |{}\n|---|---|---|---|---|---|---|---|---|---|{}",
             self.reference_prices.as_ref().map_or(String::new(), |r| format!(
                 " The last column prices the same mean turn at {}'s list prices (`--price-as`).",
                 r.name
@@ -276,9 +276,10 @@ impl Report {
             let u = &p.usage_per_turn;
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {} |{}",
+                "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {:.1} | {} |{}",
                 p.pipeline,
                 u.input_text_tokens,
+                u.cached_input_text_tokens,
                 u.output_text_tokens,
                 u.input_audio_tokens,
                 u.output_audio_tokens,

@@ -142,6 +142,7 @@ impl PlannerModel for LocalPlanner {
             let stats = llm.last_stats();
             let usage = crate::frame::Usage {
                 input_text_tokens: stats.prompt_tokens as u64,
+                cached_input_text_tokens: stats.reused_tokens as u64,
                 output_text_tokens: stats.generated_tokens as u64,
                 ..Default::default()
             };

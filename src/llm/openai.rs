@@ -101,6 +101,11 @@ impl PlannerModel for OpenAiPlanner {
                 if let Some(usage) = &chunk.usage {
                     reply.usage = crate::frame::Usage {
                         input_text_tokens: u64::from(usage.prompt_tokens),
+                        cached_input_text_tokens: usage
+                            .prompt_tokens_details
+                            .as_ref()
+                            .and_then(|d| d.cached_tokens)
+                            .map_or(0, u64::from),
                         output_text_tokens: u64::from(usage.completion_tokens),
                         ..Default::default()
                     };

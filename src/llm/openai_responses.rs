@@ -150,6 +150,9 @@ fn usage(usage: &Value) -> crate::frame::Usage {
     let count = |key: &str| usage[key].as_u64().unwrap_or(0);
     crate::frame::Usage {
         input_text_tokens: count("input_tokens"),
+        cached_input_text_tokens: usage["input_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0),
         output_text_tokens: count("output_tokens"),
         ..Default::default()
     }

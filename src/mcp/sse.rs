@@ -49,6 +49,8 @@ pub enum SseError {
     NoEndpoint { url: String, after: Duration },
     #[error("{url}: stream ended before the `endpoint` event")]
     ClosedEarly { url: String },
+    #[error("{url}: the server announced {endpoint} for its messages, another origin than the one allowed; refused (parlor posts only to the allowed server, with its token)")]
+    ForeignEndpoint { url: String, endpoint: String },
     #[error("POST {url}: {source}")]
     Post {
         url: String,
@@ -205,10 +207,7 @@ impl SseClientTransport {
                 });
             }
         };
-        let endpoint = base.join(endpoint.trim()).map_err(|e| SseError::BadUrl {
-            url: endpoint.clone(),
-            reason: e.to_string(),
-        })?;
+        let endpoint = resolve_endpoint(&base, &endpoint)?;
         tracing::debug!(message = "SSE endpoint announced.", %endpoint);
         Ok(Self {
             http,
@@ -404,9 +403,49 @@ impl Transport<RoleClient> for SseClientTransport {
     }
 }
 
+/// Where the server said to POST, resolved against the stream's URL. It
+/// must be the same origin (scheme, host and port): the allow-list and the
+/// bearer token are for that server, and a hostile one must not be able to
+/// send parlor's messages, token included, elsewhere.
+fn resolve_endpoint(base: &Url, announced: &str) -> Result<Url, SseError> {
+    let endpoint = base.join(announced.trim()).map_err(|e| SseError::BadUrl {
+        url: announced.to_string(),
+        reason: e.to_string(),
+    })?;
+    if endpoint.origin() != base.origin() {
+        return Err(SseError::ForeignEndpoint {
+            url: base.to_string(),
+            endpoint: endpoint.to_string(),
+        });
+    }
+    Ok(endpoint)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_announced_endpoint_must_be_the_streams_origin() {
+        let base = Url::parse("http://127.0.0.1:8931/sse").unwrap();
+        let ok = resolve_endpoint(&base, " /messages?session=1\n").unwrap();
+        assert_eq!(ok.as_str(), "http://127.0.0.1:8931/messages?session=1");
+        let same = resolve_endpoint(&base, "http://127.0.0.1:8931/m").unwrap();
+        assert_eq!(same.path(), "/m");
+        for foreign in [
+            "http://evil.example/messages",
+            "https://127.0.0.1:8931/messages",
+            "http://127.0.0.1:9999/messages",
+            "//evil.example/messages",
+        ] {
+            let err = resolve_endpoint(&base, foreign).unwrap_err();
+            assert!(
+                matches!(err, SseError::ForeignEndpoint { .. }),
+                "{foreign}: {err}"
+            );
+            assert!(err.to_string().contains("another origin"), "{err}");
+        }
+    }
 
     #[test]
     fn parses_split_events_and_line_ends() {

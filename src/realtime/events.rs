@@ -638,7 +638,9 @@ pub struct StatusDetails {
     pub error: Option<Value>,
 }
 
-/// Token counts; parlor's local models are not billed, so zeros.
+/// Token counts. parlor's own route reports its chain's: the planner's
+/// text tokens (the chain hears and speaks through Whisper and a voice, not
+/// audio tokens).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     pub total_tokens: u64,
@@ -658,9 +660,51 @@ pub struct TokenDetails {
     pub text_tokens: u64,
     #[serde(default)]
     pub audio_tokens: u64,
+    /// Of the input, the tokens a prompt cache held (input only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens_details: Option<CachedTokenDetails>,
+}
+
+/// The cached input tokens, text and audio apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CachedTokenDetails {
+    #[serde(default)]
+    pub text_tokens: u64,
+    #[serde(default)]
+    pub audio_tokens: u64,
 }
 
 impl Usage {
+    /// A turn's text tokens in the protocol's shape, split as OpenAI
+    /// reports them (parlor's seconds and characters have no field here).
+    pub fn from_turn_usage(usage: &crate::frame::Usage) -> Self {
+        let input_tokens = usage.input_text_tokens + usage.input_audio_tokens;
+        let output_tokens = usage.output_text_tokens + usage.output_audio_tokens;
+        Usage {
+            total_tokens: input_tokens + output_tokens,
+            input_tokens,
+            output_tokens,
+            input_token_details: Some(TokenDetails {
+                text_tokens: usage.input_text_tokens,
+                audio_tokens: usage.input_audio_tokens,
+                cached_tokens: Some(
+                    usage.cached_input_text_tokens + usage.cached_input_audio_tokens,
+                ),
+                cached_tokens_details: Some(CachedTokenDetails {
+                    text_tokens: usage.cached_input_text_tokens,
+                    audio_tokens: usage.cached_input_audio_tokens,
+                }),
+            }),
+            output_token_details: Some(TokenDetails {
+                text_tokens: usage.output_text_tokens,
+                audio_tokens: usage.output_audio_tokens,
+                ..TokenDetails::default()
+            }),
+        }
+    }
+
     /// In parlor's units: text and audio tokens apart where the server
     /// split them, all counted as text where it did not.
     pub fn to_turn_usage(&self) -> crate::frame::Usage {
@@ -670,8 +714,20 @@ impl Usage {
         };
         let (input_text, input_audio) = split(&self.input_token_details, self.input_tokens);
         let (output_text, output_audio) = split(&self.output_token_details, self.output_tokens);
+        // Cached input, split where the server split it, else counted as
+        // text (where the prompt cache mostly is: instructions and tools).
+        let (cached_text, cached_audio) = match &self.input_token_details {
+            Some(TokenDetails {
+                cached_tokens_details: Some(c),
+                ..
+            }) => (c.text_tokens, c.audio_tokens),
+            Some(d) => (d.cached_tokens.unwrap_or(0), 0),
+            None => (0, 0),
+        };
         crate::frame::Usage {
             input_text_tokens: input_text,
+            cached_input_text_tokens: cached_text,
+            cached_input_audio_tokens: cached_audio,
             output_text_tokens: output_text,
             input_audio_tokens: input_audio,
             output_audio_tokens: output_audio,
@@ -906,6 +962,21 @@ mod tests {
         let u = usage.to_turn_usage();
         assert_eq!((u.input_text_tokens, u.input_audio_tokens), (900, 100));
         assert_eq!((u.output_text_tokens, u.output_audio_tokens), (34, 200));
+        let cached: Usage = serde_json::from_value(json!({
+            "total_tokens": 1234, "input_tokens": 1000, "output_tokens": 234,
+            "input_token_details": {"text_tokens": 900, "audio_tokens": 100,
+                "cached_tokens": 832, "cached_tokens_details": {"text_tokens": 768, "audio_tokens": 64}}
+        }))
+        .unwrap();
+        let u = cached.to_turn_usage();
+        assert_eq!(
+            (u.cached_input_text_tokens, u.cached_input_audio_tokens),
+            (768, 64)
+        );
+        // Back to the protocol's shape, as parlor's route reports it.
+        let back = Usage::from_turn_usage(&u);
+        assert_eq!(back.to_turn_usage(), u);
+        assert_eq!(back.input_token_details.unwrap().cached_tokens, Some(832));
         // No split (parlor's own route): all of it is text.
         let plain = Usage {
             total_tokens: 15,

@@ -580,7 +580,10 @@ impl Session {
                 out.push(self.error(ErrorDetail::server(format!("{stage}: {message}"))));
             }
             CallEvent::TurnDone {
-                turn, interrupted, ..
+                turn,
+                interrupted,
+                usage,
+                ..
             } => {
                 if self.reply.as_ref().is_some_and(|r| r.turn == turn) {
                     let (status, reason) = if interrupted || !self.turns.is_live(TurnId(turn)) {
@@ -588,7 +591,9 @@ impl Session {
                     } else {
                         (ResponseStatus::Completed, None)
                     };
-                    out.extend(self.finish(status, reason));
+                    // The chain's own counts: its planner's text tokens.
+                    let usage = Usage::from_turn_usage(&usage);
+                    out.extend(self.finish_with(status, reason, Vec::new(), usage));
                 }
                 if self.open_turn == Some(turn) {
                     self.open_turn = None;
@@ -729,17 +734,20 @@ impl Session {
     }
 
     /// The last audio, then every `.done` event and `response.done`.
+    /// A response ended before its turn was (cut short, or function calls
+    /// for the client) reports no usage: the turn's counts come at its end.
     fn finish(&mut self, status: ResponseStatus, reason: Option<&str>) -> Vec<ServerMessage> {
-        self.finish_with(status, reason, Vec::new())
+        self.finish_with(status, reason, Vec::new(), Usage::default())
     }
 
     /// [`Self::finish`] with function calls for the client after the
-    /// message item, in the same response.
+    /// message item, in the same response, and the response's `usage`.
     fn finish_with(
         &mut self,
         status: ResponseStatus,
         reason: Option<&str>,
         calls: Vec<Asked>,
+        usage: Usage,
     ) -> Vec<ServerMessage> {
         let mut out = Vec::new();
         if status == ResponseStatus::Completed {
@@ -804,7 +812,7 @@ impl Session {
                 error: None,
             }),
             output,
-            usage: Some(Usage::default()),
+            usage: Some(usage),
             ..Response::in_progress(&at.response_id)
         };
         out.push(self.message(ServerEvent::ResponseDone { response }));
@@ -869,7 +877,7 @@ impl Session {
             });
         }
         if self.reply.as_ref().is_some_and(|r| r.turn == turn) {
-            out.extend(self.finish_with(ResponseStatus::Completed, None, calls));
+            out.extend(self.finish_with(ResponseStatus::Completed, None, calls, Usage::default()));
         } else {
             out.extend(self.function_response(turn, calls));
         }
@@ -1262,7 +1270,12 @@ mod tests {
             interrupted: false,
             voice_to_voice_ms: None,
             stages: serde_json::Value::Null,
-            usage: Default::default(),
+            usage: crate::frame::Usage {
+                input_text_tokens: 900,
+                output_text_tokens: 12,
+                transcribed_seconds: 1.5,
+                ..Default::default()
+            },
         };
         let done = s.on_outbound(Outbound::Event(done));
         assert_eq!(
@@ -1275,6 +1288,14 @@ mod tests {
             last["response"]["output"][0]["content"][0]["transcript"],
             "It shipped."
         );
+        // The chain's planner tokens, as text tokens.
+        let usage = &last["response"]["usage"];
+        assert_eq!(usage["input_tokens"], 900);
+        assert_eq!(usage["output_tokens"], 12);
+        assert_eq!(usage["total_tokens"], 912);
+        assert_eq!(usage["input_token_details"]["text_tokens"], 900);
+        assert_eq!(usage["input_token_details"]["audio_tokens"], 0);
+        assert_eq!(usage["output_token_details"]["text_tokens"], 12);
     }
 
     #[test]

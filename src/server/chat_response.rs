@@ -112,6 +112,7 @@ fn tool_call(name: &str, arguments: &Value) -> Value {
 fn usage(u: &Usage) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
     })
@@ -144,6 +145,7 @@ mod tests {
             finish: FinishReason::ToolCalls,
             usage: Usage {
                 prompt_tokens: 10,
+                cached_tokens: 4,
                 completion_tokens: 5,
             },
         });
@@ -158,6 +160,7 @@ mod tests {
             .unwrap()
             .starts_with("call_"));
         assert_eq!(body["usage"]["total_tokens"], 15);
+        assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
         assert_ne!(random_id("x"), random_id("x"));
     }
 }

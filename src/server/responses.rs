@@ -382,6 +382,7 @@ impl Run {
                 }
                 Some(Event::Finished(Ok(answer))) => {
                     self.usage.prompt_tokens += answer.usage.prompt_tokens;
+                    self.usage.cached_tokens += answer.usage.cached_tokens;
                     self.usage.completion_tokens += answer.usage.completion_tokens;
                     if let Reply::Text(text) = &answer.reply {
                         if !opened {
@@ -490,7 +491,7 @@ impl Run {
             "text": {"format": {"type": "text"}},
             "usage": {
                 "input_tokens": self.usage.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens_details": {"cached_tokens": self.usage.cached_tokens},
                 "output_tokens": self.usage.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": self.usage.prompt_tokens + self.usage.completion_tokens,

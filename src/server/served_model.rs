@@ -76,6 +76,9 @@ impl FinishReason {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: usize,
+    /// Of `prompt_tokens`, those the model's prefix cache already held
+    /// (OpenAI's `cached_tokens`).
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
 }
 
@@ -259,6 +262,7 @@ fn run(
     let stats = llm.last_stats();
     let usage = Usage {
         prompt_tokens: stats.prompt_tokens,
+        cached_tokens: stats.reused_tokens,
         completion_tokens: stats.generated_tokens + spent,
     };
     let at_limit = stats.generated_tokens >= limit;
