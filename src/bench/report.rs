@@ -393,7 +393,7 @@ mod tests {
         assert!(md.contains("| stt | 100 |"), "{md}");
         // No [prices]: local, and the usage is still shown.
         assert!(
-            md.contains("| local | 1000 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | local |"),
+            md.contains("| local | 1000 | 0 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | local |"),
             "{md}"
         );
     }
@@ -430,7 +430,7 @@ mod tests {
         }
         .markdown();
         assert!(
-            md.contains("| api | 2000 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | $0.0010 |"),
+            md.contains("| api | 2000 | 0 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | $0.0010 |"),
             "{md}"
         );
     }
@@ -471,7 +471,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| local | 1000 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | local | $0.0006 |"),
+            md.contains("| local | 1000 | 0 | 20 | 0 | 0 | 2.0 | 0 | 0.0 | local | $0.0006 |"),
             "{md}"
         );
         let dir = tempfile::tempdir().unwrap();
