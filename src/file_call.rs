@@ -54,9 +54,13 @@ impl TurnReport {
         }
     }
 
-    /// From the end of the caller's speech to the first reply audio out.
+    /// From the end of the caller's speech to the first reply audio out
+    /// of the stage that speaks: the tts, or a realtime model.
     pub fn voice_to_voice(&self) -> Option<Duration> {
-        self.metrics.stage("tts")?.first_output_after_speech_end
+        ["tts", "realtime"]
+            .into_iter()
+            .find_map(|stage| self.metrics.stage(stage))?
+            .first_output_after_speech_end
     }
 }
 

@@ -123,6 +123,11 @@ enum Command {
         /// GGUF model file (overrides the pipeline's planner model).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Another name the served model answers to, e.g. gpt-4.1-mini, so
+        /// a client or spec written for OpenAI works unchanged (with
+        /// OPENAI_BASE_URL pointing here). Repeat for more.
+        #[arg(long = "model-alias", value_name = "NAME")]
+        model_alias: Vec<String>,
         /// MCP servers `/v1/responses` may connect to when a request names
         /// them (`mcp` tools): URL prefixes, e.g. http://127.0.0.1:8090/.
         /// Repeat for more. None by default.
@@ -308,21 +313,20 @@ fn main() -> ExitCode {
                 pipeline,
                 addr,
                 model,
+                model_alias,
                 allow_mcp,
                 chat_only,
                 max_turns,
                 max_calls,
             } => {
-                let voice = (!chat_only).then_some(max_turns);
-                run_serve(
-                    pipeline.as_deref(),
-                    addr,
+                let options = ServerOptions {
                     model,
                     allow_mcp,
-                    voice,
+                    model_aliases: model_alias,
+                    voice_turns: (!chat_only).then_some(max_turns),
                     max_calls,
-                )
-                .await
+                };
+                run_serve(pipeline.as_deref(), addr, options).await
             }
             Command::Call {
                 file,
@@ -552,12 +556,35 @@ fn run_check(path: Option<&Path>) -> Result<(), Failure> {
 
 /// A server's state as `parlor serve` builds it: the chat model, and the
 /// pipeline (loaded and warmed) unless `voice_turns` is `None`.
-async fn build_server(
-    pipeline: Option<&Path>,
+/// How `parlor serve` (and the servers `call --serve` and `bench` start
+/// for themselves) serve a pipeline.
+struct ServerOptions {
+    /// GGUF file to serve instead of the pipeline's planner model.
     model: Option<PathBuf>,
+    /// MCP URL prefixes `/v1/responses` may reach.
     allow_mcp: Vec<String>,
+    /// Other model names the served model answers to.
+    model_aliases: Vec<String>,
+    /// `/v1/turns` at once; `None`: text routes only.
     voice_turns: Option<usize>,
     max_calls: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            model: None,
+            allow_mcp: Vec::new(),
+            model_aliases: Vec::new(),
+            voice_turns: Some(parlor::server::DEFAULT_MAX_TURNS),
+            max_calls: parlor::server::calls::CallLimits::default().max_calls,
+        }
+    }
+}
+
+async fn build_server(
+    pipeline: Option<&Path>,
+    options: ServerOptions,
 ) -> Result<
     (
         parlor::server::AppState,
@@ -577,15 +604,23 @@ async fn build_server(
         StageSpec::Planner(p) if p.backend == ModelBackend::Local => Some(p.local_model()),
         _ => None,
     });
+    let ServerOptions {
+        model,
+        allow_mcp,
+        model_aliases,
+        voice_turns,
+        max_calls,
+    } = options;
     let path = model
         .or(from_spec)
         .unwrap_or_else(|| parlor::spec::DEFAULT_LOCAL_PLANNER_MODEL.into());
-    let options = LocalLlmOptions {
+    let llm_options = LocalLlmOptions {
         max_tokens: 512,
         ..LocalLlmOptions::default()
     };
-    let llm = LocalLlm::load(&path, options).map_err(Failure::input)?;
-    let mut state = AppState::new(ServedModel::new(llm, &path))
+    let llm = LocalLlm::load(&path, llm_options).map_err(Failure::input)?;
+    let served = ServedModel::new(llm, &path).with_aliases(model_aliases);
+    let mut state = AppState::new(served)
         .with_mcp_allow(allow_mcp)
         .with_call_limits(parlor::server::calls::CallLimits {
             max_calls,
@@ -641,14 +676,11 @@ async fn build_server(
 async fn run_serve(
     pipeline: Option<&Path>,
     addr: std::net::SocketAddr,
-    model: Option<PathBuf>,
-    allow_mcp: Vec<String>,
-    voice_turns: Option<usize>,
-    max_calls: usize,
+    options: ServerOptions,
 ) -> Result<(), Failure> {
     use parlor::server::{serve, shutdown_signal};
 
-    let (state, loaded) = build_server(pipeline, model, allow_mcp, voice_turns, max_calls).await?;
+    let (state, loaded) = build_server(pipeline, options).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {addr}: {e}")))?;
@@ -1024,17 +1056,9 @@ struct CallArgs<'a> {
 /// `parlor call --serve`: a server of our own on a free port, the call over
 /// its WebSocket, then the server stopped.
 async fn run_call_served(call: CallArgs<'_>, pipeline: Option<&Path>) -> Result<(), Failure> {
-    use parlor::server::calls::CallLimits;
-    use parlor::server::{serve, DEFAULT_MAX_TURNS};
+    use parlor::server::serve;
 
-    let (state, loaded) = build_server(
-        pipeline,
-        None,
-        Vec::new(),
-        Some(DEFAULT_MAX_TURNS),
-        CallLimits::default().max_calls,
-    )
-    .await?;
+    let (state, loaded) = build_server(pipeline, ServerOptions::default()).await?;
     if loaded.is_none() {
         return Err(Failure::usage(
             "the pipeline has no vad stage, so it cannot take calls",
@@ -1075,17 +1099,14 @@ struct BenchServer {
 impl BenchServer {
     /// Serve the spec at `path`, taking at least `calls` calls at once.
     async fn start(path: &Path, calls: usize) -> Result<Self, Failure> {
-        use parlor::server::calls::CallLimits;
-        use parlor::server::{serve, DEFAULT_MAX_TURNS};
+        use parlor::server::serve;
 
-        let (state, loaded) = build_server(
-            Some(path),
-            None,
-            Vec::new(),
-            Some(DEFAULT_MAX_TURNS),
-            CallLimits::default().max_calls.max(calls),
-        )
-        .await?;
+        let defaults = ServerOptions::default();
+        let options = ServerOptions {
+            max_calls: defaults.max_calls.max(calls),
+            ..defaults
+        };
+        let (state, loaded) = build_server(Some(path), options).await?;
         if loaded.is_none() {
             return Err(Failure::usage(format!(
                 "{}: the pipeline has no vad stage, so it cannot take calls",

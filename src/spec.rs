@@ -176,7 +176,7 @@ pub struct SttSpec {
     /// widened for a turn longer than it. Smaller is faster but changes
     /// transcripts on the tiny model (see MODELS.md).
     pub audio_ctx: Option<u32>,
-    /// Server for the `openai` backend.
+    /// Server for the `openai` backend (default: `OPENAI_BASE_URL`, else OpenAI).
     pub base_url: Option<String>,
     /// Environment variable that holds the API key for `openai`.
     #[serde(default = "default_api_key_env")]
@@ -191,7 +191,7 @@ pub struct PlannerSpec {
     /// A GGUF file for `local` (default: the bundled Qwen2.5 0.5B); a model
     /// name for `openai` (default `gpt-4.1-mini`).
     pub model: Option<String>,
-    /// Server for `openai` (default `https://api.openai.com/v1`).
+    /// Server for `openai` (default: `OPENAI_BASE_URL`, else OpenAI).
     pub base_url: Option<String>,
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
@@ -308,7 +308,7 @@ pub struct TtsSpec {
     /// minute.
     #[serde(default = "default_tts_speed")]
     pub speed: f32,
-    /// Server for `openai` (default `https://api.openai.com/v1`).
+    /// Server for `openai` (default: `OPENAI_BASE_URL`, else OpenAI).
     pub base_url: Option<String>,
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
@@ -345,7 +345,8 @@ pub struct RealtimeSpec {
     #[serde(default = "default_realtime_model")]
     pub model: String,
     /// The Realtime WebSocket endpoint (`ws://` or `wss://`); the model is
-    /// added as `?model=`. OpenAI's when left out.
+    /// added as `?model=`. When left out, the `/realtime` route under
+    /// `OPENAI_BASE_URL`, else OpenAI's.
     pub url: Option<String>,
     #[serde(default = "default_api_key_env")]
     pub api_key_env: String,
@@ -369,19 +370,54 @@ pub struct RealtimeSpec {
     pub turn_timeout_ms: u64,
 }
 
-/// Where OpenAI serves the Realtime protocol.
-pub const OPENAI_REALTIME_URL: &str = "wss://api.openai.com/v1/realtime";
+/// OpenAI's API root.
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Where an `openai` backend sends its requests: `configured` (the spec's
+/// `base_url`), else the `OPENAI_BASE_URL` environment variable as
+/// OpenAI's own SDKs read it, else OpenAI. So a shipped OpenAI spec runs
+/// unchanged against any OpenAI-compatible server, parlor's own included.
+pub fn openai_base_url(configured: Option<&str>) -> String {
+    let from_env = || {
+        std::env::var("OPENAI_BASE_URL")
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+    };
+    configured
+        .map(str::to_string)
+        .or_else(from_env)
+        .unwrap_or_else(|| OPENAI_BASE_URL.to_string())
+        .trim_end_matches('/')
+        .to_string()
+}
 
 impl RealtimeSpec {
-    /// The endpoint to dial, with the model in the query.
+    /// The endpoint to dial, with the model in the query. With no `url`,
+    /// the Realtime route under [`openai_base_url`] (`https` → `wss`).
     pub fn endpoint(&self) -> String {
-        let url = self.url.as_deref().unwrap_or(OPENAI_REALTIME_URL);
+        let url = match &self.url {
+            Some(url) => url.clone(),
+            None => realtime_url(&openai_base_url(None)),
+        };
         if url.contains("model=") {
             return url.to_string();
         }
         let sep = if url.contains('?') { '&' } else { '?' };
         format!("{url}{sep}model={}", self.model)
     }
+}
+
+/// The Realtime WebSocket route of an API root (`http(s)://…/v1` →
+/// `ws(s)://…/v1/realtime`).
+fn realtime_url(base: &str) -> String {
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    };
+    format!("{ws}/realtime")
 }
 
 /// One MCP server. `transport` selects how parlor reaches it.

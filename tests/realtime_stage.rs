@@ -644,3 +644,173 @@ async fn talked_over_and_dropped_mid_reply_the_stage_truncates_reports_and_recon
     );
     shutdown(front).await;
 }
+
+/// A realtime pipeline on the Python peer MCP server (`grow` adds a tool
+/// and announces `list_changed`), against the script at `url`.
+fn growing_spec(url: &str) -> parlor::spec::PipelineSpec {
+    let python = support::python();
+    let script = support::root().join("tests/peers/py_mcp_server.py");
+    let text = format!(
+        r#"name = "realtime-growing"
+[[stage]]
+kind = "realtime"
+url = "{url}"
+model = "scripted"
+mcp = ["py"]
+
+[mcp.py]
+transport = "stdio"
+command = {python:?}
+args = [{script:?}]
+
+[trust]
+allow = [{{ command = {python:?}, args = [{script:?}] }}]
+"#
+    );
+    let root = support::root();
+    parlor::spec::PipelineSpec::parse(&text, &root.join("pipelines/growing.toml"), root)
+        .expect("the growing spec")
+}
+
+/// Names of the tools a `session.update` offers.
+fn offered(update: &Value) -> Vec<String> {
+    update["session"]["tools"]
+        .as_array()
+        .map(|tools| {
+            tools
+                .iter()
+                .map(|t| t["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_a_server_adds_mid_call_is_offered_to_the_session_from_the_next_turn() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/v1/realtime", listener.local_addr().unwrap());
+    let received: Arc<StdMutex<Vec<Value>>> = Arc::default();
+    let log = received.clone();
+    // The script: turn 1's model calls `py__grow`, which adds `fresh`; turn
+    // 2 begins, and the stage should tell the session before it answers.
+    let script = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let (mut sink, mut stream) = ws.split();
+        let (kinds_tx, mut kinds) = mpsc::unbounded_channel::<String>();
+        tokio::spawn(async move {
+            while let Some(Ok(Message::Text(text))) = stream.next().await {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                let kind = value["type"].as_str().unwrap_or("").to_string();
+                if kind != "input_audio_buffer.append" {
+                    log.lock().unwrap().push(value);
+                }
+                let _ = kinds_tx.send(kind);
+            }
+        });
+        wait_for(&mut kinds, "session.update").await;
+        wait_for(&mut kinds, "input_audio_buffer.append").await;
+        let mut script = user_turn("item_u1", 100, "Grow a tool.");
+        script.push(ev(
+            "response.created",
+            json!({"response": {"id": "resp_1", "object": "realtime.response", "status": "in_progress", "output": []}}),
+        ));
+        script.push(ev(
+            "response.function_call_arguments.done",
+            json!({"response_id": "resp_1", "item_id": "item_f1", "output_index": 0,
+                   "call_id": "call_1", "name": "py__grow", "arguments": "{\"name\":\"fresh\"}"}),
+        ));
+        script.push(ev(
+            "response.done",
+            json!({"response": {"id": "resp_1", "object": "realtime.response", "status": "completed", "output": []}}),
+        ));
+        for m in script {
+            sink.send(m).await.unwrap();
+        }
+        wait_for(&mut kinds, "response.create").await;
+        for m in reply("resp_2", "item_a2", "Done.", 0.3, true) {
+            sink.send(m).await.unwrap();
+        }
+        for m in user_turn("item_u2", 3000, "Use it.") {
+            sink.send(m).await.unwrap();
+        }
+        wait_for(&mut kinds, "session.update").await;
+        for m in reply("resp_3", "item_a3", "Used.", 0.3, true) {
+            sink.send(m).await.unwrap();
+        }
+        while kinds.recv().await.is_some() {}
+    });
+
+    let front = support::VoiceServer::start_with(growing_spec(&url), CallLimits::default()).await;
+    let (mut tx, mut rx) = client::connect(&format!("ws://{}/v1/calls", front.addr))
+        .await
+        .unwrap();
+    let (hang_up, mut told) = mpsc::channel::<()>(1);
+    let mic = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let silence = vec![0.0f32; 320];
+        while told.try_recv().is_err() {
+            tick.tick().await;
+            if tx.audio(&silence).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.end().await;
+    });
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let incoming = tokio::time::timeout_at(deadline, rx.next())
+            .await
+            .unwrap_or_else(|_| panic!("the call stalled: {events:#?}"))
+            .expect("a healthy socket");
+        match incoming {
+            None | Some(Incoming::Closed { .. }) => break,
+            Some(Incoming::Audio(_)) => {}
+            Some(Incoming::Event(event)) => {
+                if matches!(event, ServerEvent::TurnDone { turn: 2, .. }) {
+                    let _ = hang_up.send(()).await;
+                }
+                events.push(event);
+            }
+        }
+    }
+    mic.await.unwrap();
+    script.abort();
+
+    let tool = events.iter().find_map(|e| match e {
+        ServerEvent::ToolCall {
+            tool,
+            arguments,
+            is_error,
+            ..
+        } => Some((tool.clone(), arguments.clone(), *is_error)),
+        _ => None,
+    });
+    let (tool, arguments, is_error) = tool.expect("the grow call ran");
+    assert!(tool.ends_with("grow"), "{tool}");
+    assert_eq!(arguments, json!({"name": "fresh"}));
+    assert!(!is_error, "{events:#?}");
+    let updates: Vec<Value> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "session.update")
+        .cloned()
+        .collect();
+    assert_eq!(updates.len(), 2, "{updates:#?}");
+    let (first, then) = (offered(&updates[0]), offered(&updates[1]));
+    assert!(first.contains(&"py__grow".to_string()), "{first:?}");
+    assert!(!first.contains(&"py__fresh".to_string()), "{first:?}");
+    assert!(then.contains(&"py__fresh".to_string()), "{then:?}");
+    assert_eq!(then.len(), first.len() + 1, "{first:?} then {then:?}");
+    assert_eq!(updates[1]["session"]["tool_choice"], "auto");
+    // Only the tools change: the session's audio and voice stay as opened.
+    assert!(
+        updates[1]["session"].get("audio").is_none(),
+        "{:#}",
+        updates[1]
+    );
+    shutdown(front).await;
+}

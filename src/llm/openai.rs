@@ -180,14 +180,13 @@ impl ReplyBuilder {
     }
 }
 
-/// A client for `base_url` (default `https://api.openai.com/v1`), and the
-/// base URL it uses, for messages.
+/// A client for `base_url` (default: [`crate::spec::openai_base_url`]),
+/// and the base URL it uses, for messages.
 pub(super) fn client(base_url: Option<&str>, api_key: &str) -> (Client<OpenAIConfig>, String) {
-    let mut config = OpenAIConfig::new().with_api_key(api_key);
-    if let Some(url) = base_url {
-        config = config.with_api_base(url.trim_end_matches('/'));
-    }
-    let base_url = base_url.unwrap_or("https://api.openai.com/v1").to_string();
+    let base_url = crate::spec::openai_base_url(base_url);
+    let config = OpenAIConfig::new()
+        .with_api_key(api_key)
+        .with_api_base(&base_url);
     (Client::with_config(config), base_url)
 }
 

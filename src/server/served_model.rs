@@ -86,8 +86,8 @@ pub struct Usage {
 #[derive(Debug)]
 pub struct ServedModel {
     id: String,
-    /// Other names a request may use: the file name and the path it was
-    /// loaded from.
+    /// Other names a request may use: the file name, the path it was
+    /// loaded from, and any the operator gave (`--model-alias`).
     aliases: Vec<String>,
     llm: Arc<Mutex<LocalLlm>>,
     cancelled: AtomicU64,
@@ -128,6 +128,13 @@ impl ServedModel {
         }
     }
 
+    /// Also answer to `names` (an OpenAI model name, so a client written
+    /// for OpenAI needs no change).
+    pub fn with_aliases(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.aliases.extend(names);
+        self
+    }
+
     /// Admit at most `limit` requests at once (running or waiting).
     pub fn with_queue_limit(mut self, limit: usize) -> Self {
         self.queue_limit = limit;
@@ -156,8 +163,8 @@ impl ServedModel {
         &self.id
     }
 
-    /// Whether a request's `model` means this model: its id, file name or
-    /// the path it was loaded from.
+    /// Whether a request's `model` means this model: its id, file name,
+    /// the path it was loaded from, or an alias.
     pub fn answers_to(&self, name: &str) -> bool {
         name == self.id || self.aliases.iter().any(|a| a == name)
     }

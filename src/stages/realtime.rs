@@ -215,6 +215,7 @@ impl Stage for RealtimeStage {
             last_reply: None,
             truncate: None,
             running: JoinSet::new(),
+            relisting: None,
             last_event: Instant::now(),
         };
         call.run().await
@@ -224,12 +225,27 @@ impl Stage for RealtimeStage {
 struct Conn {
     tx: RealtimeTx,
     rx: RealtimeRx,
+    /// The function tools the session was last given.
+    offered: Vec<FunctionTool>,
 }
 
 /// Dial the server and open the session.
 async fn connect(settings: &RealtimeSettings, tools: &dyn Toolbox) -> Result<Conn, ClientError> {
     let (mut tx, rx) = client::connect(&settings.endpoint, settings.key.as_deref()).await?;
-    let tools = tools
+    let offered = function_tools(tools).await;
+    tx.send(&ClientEvent::SessionUpdate {
+        event_id: None,
+        session: Box::new(settings.session(offered.clone())),
+    })
+    .await?;
+    tracing::info!(message = "Realtime session open.", endpoint = %settings.endpoint);
+    Ok(Conn { tx, rx, offered })
+}
+
+/// The toolbox's tools (for this caller's role) as the protocol's
+/// function tools.
+async fn function_tools(tools: &dyn Toolbox) -> Vec<FunctionTool> {
+    tools
         .specs()
         .await
         .into_iter()
@@ -239,14 +255,20 @@ async fn connect(settings: &RealtimeSettings, tools: &dyn Toolbox) -> Result<Con
             description: Some(spec.description),
             parameters: Some(spec.parameters),
         })
-        .collect();
-    tx.send(&ClientEvent::SessionUpdate {
+        .collect()
+}
+
+/// A `session.update` that changes only the tools on offer.
+fn tools_update(tools: Vec<FunctionTool>) -> ClientEvent {
+    ClientEvent::SessionUpdate {
         event_id: None,
-        session: Box::new(settings.session(tools)),
-    })
-    .await?;
-    tracing::info!(message = "Realtime session open.", endpoint = %settings.endpoint);
-    Ok(Conn { tx, rx })
+        session: Box::new(SessionConfig {
+            kind: "realtime".into(),
+            tool_choice: Some(if tools.is_empty() { "none" } else { "auto" }.into()),
+            tools: Some(tools),
+            ..SessionConfig::default()
+        }),
+    }
 }
 
 /// The caller's recent audio at 24 kHz, to cut each turn's speech from.
@@ -376,6 +398,11 @@ struct Call<'s> {
     /// starts: barge-in can cut a reply the server has finished sending.
     last_reply: Option<(TurnId, Vec<SpokenItem>)>,
     running: JoinSet<ToolDone>,
+    /// The tools being listed again at the start of a turn, so a server's
+    /// `list_changed` reaches the session as it reaches the planner: by
+    /// the next turn. Listed off the loop (a slow server must not stall
+    /// the audio).
+    relisting: Option<tokio::task::JoinHandle<Vec<FunctionTool>>>,
     last_event: Instant,
 }
 
@@ -386,6 +413,7 @@ enum Wake {
     /// Boxed: a server event is far bigger than the other wake-ups.
     Server(Box<Result<Option<ServerEvent>, ClientError>>),
     Tool(ToolDone),
+    Relisted(Vec<FunctionTool>),
     Tick,
 }
 
@@ -399,7 +427,9 @@ impl<'s> Call<'s> {
                 || self.truncate.is_some()
                 || self.turn.is_some();
             let connected = self.conn.is_some();
+            let relisting = self.relisting.is_some();
             let conn = &mut self.conn;
+            let listing = &mut self.relisting;
             let wake = tokio::select! {
                 biased;
                 () = self.cx.shutdown.cancelled() => Wake::Shutdown,
@@ -411,6 +441,16 @@ impl<'s> Call<'s> {
                     }
                 },
                 event = async { conn.as_mut().expect("guarded").rx.next().await }, if connected => Wake::Server(Box::new(event)),
+                listed = async { listing.as_mut().expect("guarded").await }, if relisting => {
+                    self.relisting = None;
+                    match listed {
+                        Ok(tools) => Wake::Relisted(tools),
+                        Err(e) => {
+                            tracing::error!(message = "Listing the tools failed.", error = %e);
+                            continue;
+                        }
+                    }
+                },
                 frame = self.io.recv(), if input_open => Wake::Input(frame),
                 () = tokio::time::sleep(TICK), if ticking => Wake::Tick,
             };
@@ -438,6 +478,7 @@ impl<'s> Call<'s> {
                     }
                 },
                 Wake::Tool(done) => self.on_tool(done).await?,
+                Wake::Relisted(tools) => self.offer(tools).await,
                 Wake::Tick => {}
             }
             self.on_timers().await?;
@@ -456,10 +497,37 @@ impl<'s> Call<'s> {
         if let Some(turn) = self.turn.take() {
             self.end_turn(turn).await?;
         }
+        if let Some(listing) = self.relisting.take() {
+            listing.abort();
+        }
         if let Some(conn) = self.conn.take() {
             conn.tx.close().await;
         }
         Ok(())
+    }
+
+    /// List the tools again, unless a listing is already under way.
+    fn relist(&mut self) {
+        if self.relisting.is_none() {
+            let tools = self.tools.clone();
+            self.relisting = Some(tokio::spawn(async move { function_tools(&*tools).await }));
+        }
+    }
+
+    /// Give the session `tools` if they differ from what it has.
+    async fn offer(&mut self, tools: Vec<FunctionTool>) {
+        let Some(conn) = &mut self.conn else { return };
+        if conn.offered == tools {
+            return;
+        }
+        let names = |t: &[FunctionTool]| t.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        tracing::info!(
+            message = "The tools changed; the session is told.",
+            was = ?names(&conn.offered),
+            now = ?names(&tools),
+        );
+        conn.offered = tools.clone();
+        self.send(tools_update(tools)).await;
     }
 
     // ------------------------------------------------------------ input
@@ -637,6 +705,7 @@ impl<'s> Call<'s> {
         // A new turn: on a live call this cancels the reply being played
         // (the edge stops it and records how much was heard).
         let id = self.cx.turns.begin();
+        self.relist();
         if let Some(old) = previous {
             if old.response.is_some() {
                 self.send(ClientEvent::ResponseCancel {
@@ -752,8 +821,10 @@ impl<'s> Call<'s> {
             })
             .await;
         }
+        // Relayed, as the tts passes its text on: the stage's output (its
+        // voice-to-voice mark) is the reply's audio.
         match said {
-            Some(text) => self.io.send(Frame::ReplyDelta { turn: id, text }).await,
+            Some(text) => self.io.forward(Frame::ReplyDelta { turn: id, text }).await,
             None => Ok(()),
         }
     }

@@ -15,8 +15,6 @@ use crate::frame::Utterance;
 use crate::spec::SttSpec;
 use crate::stages::{Stage, StageContext, StageError, StageIo};
 
-const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-
 /// A turn is at most 30 s of speech; a server slower than this is down.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -38,8 +36,8 @@ impl OpenAiTranscriber {
     /// # Errors
     /// When the HTTP client cannot be built (no TLS roots).
     pub fn from_spec(spec: &SttSpec) -> Result<Self, SttError> {
-        let base = spec.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let url = format!("{}/audio/transcriptions", base.trim_end_matches('/'));
+        let base = crate::spec::openai_base_url(spec.base_url.as_deref());
+        let url = format!("{base}/audio/transcriptions");
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()

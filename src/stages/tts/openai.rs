@@ -17,7 +17,6 @@ use crate::spec::TtsSpec;
 
 /// The rate of OpenAI's `pcm` format.
 pub const PCM_RATE: u32 = 24_000;
-pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 pub const DEFAULT_MODEL: &str = "gpt-4o-mini-tts";
 pub const DEFAULT_VOICE: &str = "alloy";
 
@@ -66,7 +65,7 @@ impl OpenAiVoice {
     /// read from `api_key_env` now, and left out if it is unset or empty.
     pub fn from_spec(spec: &TtsSpec) -> Self {
         let mut voice = Self::new(
-            spec.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL),
+            &crate::spec::openai_base_url(spec.base_url.as_deref()),
             spec.model.as_deref().unwrap_or(DEFAULT_MODEL),
             spec.voice.as_deref().unwrap_or(DEFAULT_VOICE),
         );
