@@ -317,6 +317,17 @@ impl LoadedPipeline {
             .unwrap_or_default()
     }
 
+    /// The audit log the pipeline's tool calls are recorded in, if its
+    /// spec has one: anything else the server runs tools for records into
+    /// the same hash chain.
+    pub fn audit_log(&self) -> Option<Arc<crate::mcp::AuditLog>> {
+        self.parts.iter().find_map(|p| match p {
+            Part::Planner(connected) => connected.audit.clone(),
+            Part::Realtime { tools, .. } => tools.audit.clone(),
+            _ => None,
+        })
+    }
+
     /// Run the planner's prompt through its model once (see
     /// [`crate::planner::Planner::warm_up`]): a server does this before it
     /// takes calls, so the first caller hears an answer as fast as later ones.

@@ -27,6 +27,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 struct Servers {
     base: String,
     knowledge: KnowledgeHttp,
+    /// The model server's audit log, where its MCP calls are recorded.
+    audit: std::path::PathBuf,
 }
 
 /// The knowledge server, and the model server allowed to reach it (and
@@ -35,15 +37,22 @@ fn servers() -> &'static Servers {
     static SERVERS: OnceLock<Servers> = OnceLock::new();
     SERVERS.get_or_init(|| {
         let knowledge = KnowledgeHttp::start();
-        let (base, _state) = support::start_server(
-            &format!("{MODEL_ID}.gguf"),
-            parlor::llm::LocalLlmOptions::default(),
-            vec![
+        let path = support::model(&format!("{MODEL_ID}.gguf"));
+        let llm = parlor::llm::LocalLlm::load(&path, Default::default()).expect("load the model");
+        let audit = support::log_dir("server_responses").join("audit.jsonl");
+        let log = parlor::mcp::AuditLog::open(&audit).expect("open the audit log");
+        let state = parlor::server::AppState::new(parlor::server::ServedModel::new(llm, &path))
+            .with_mcp_allow(vec![
                 knowledge.url("/"),
                 format!("http://127.0.0.1:{}/", closed_port()),
-            ],
-        );
-        Servers { base, knowledge }
+            ])
+            .with_audit(std::sync::Arc::new(log));
+        let base = support::serve_state(state);
+        Servers {
+            base,
+            knowledge,
+            audit,
+        }
     })
 }
 
@@ -141,6 +150,32 @@ async fn the_server_calls_the_mcp_tool_and_answers() {
     let text = message["content"][0]["text"].as_str().unwrap();
     assert!(!text.trim().is_empty(), "{message:#}");
     assert!(body["usage"]["total_tokens"].as_u64().unwrap() > 0);
+
+    // The call is in the server's audit log, this response its session,
+    // and the chain verifies.
+    let id = body["id"].as_str().unwrap();
+    let log = std::fs::read_to_string(&servers().audit).unwrap();
+    let records: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &Value| r["session"] == id)
+        .collect();
+    assert_eq!(records.len(), 1, "{log}");
+    let record = &records[0];
+    assert_eq!(record["decision"], "allowed", "{record}");
+    assert_eq!(record["server"], "kb", "{record}");
+    assert_eq!(record["tool"], "search_knowledge", "{record}");
+    assert_eq!(record["principal"], "anonymous", "{record}");
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["audit", "verify"])
+        .arg(&servers().audit)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -233,6 +233,11 @@ impl TokenSource {
                 (issuer, prm.resource)
             }
         };
+        // A discovered issuer or endpoint is where the client secret or the
+        // person's code goes: https, or http only to loopback, as for the
+        // MCP server itself.
+        super::allow::remote(&issuer)
+            .map_err(|why| OAuthError::Discovery(format!("authorization server: {why}")))?;
         let metadata_url = well_known(&issuer, "oauth-authorization-server")?;
         let meta: AuthServerMetadata = self.get_json(&metadata_url).await?;
         // RFC 8414 §3.3: metadata for another issuer must not be used.
@@ -255,8 +260,8 @@ impl TokenSource {
             }
         }
         let endpoint = |field: &str, value: &str| {
-            Url::parse(value)
-                .map_err(|e| OAuthError::Discovery(format!("bad {field} {value:?}: {e}")))
+            super::allow::remote(value)
+                .map_err(|why| OAuthError::Discovery(format!("{field}: {why}")))
         };
         let token = endpoint("token_endpoint", &meta.token_endpoint)?;
         let authorization = meta
@@ -554,6 +559,25 @@ pub(super) struct TokenAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The secret or the person's code would go to the issuer in clear.
+    #[tokio::test]
+    async fn an_authorization_server_over_plain_http_elsewhere_is_refused() {
+        let spec = OAuthSpec {
+            grant: OAuthGrant::AuthorizationCode,
+            client_id: "parlor".into(),
+            client_secret_env: None,
+            scopes: vec![],
+            issuer: Some("http://auth.example.com/".into()),
+        };
+        // Nothing listens on port 9: no metadata, so the URL is the resource.
+        let client = TokenSource::new("kb", "http://127.0.0.1:9/mcp", &spec).unwrap();
+        let err = client.endpoints().await.unwrap_err().to_string();
+        assert!(
+            err.contains("authorization server") && err.contains("plain http"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn reads_challenge_parameters() {

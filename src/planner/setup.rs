@@ -48,6 +48,8 @@ pub enum SetupError {
 pub struct ConnectedPlanner {
     pub planner: Planner,
     pub pool: Arc<McpPool>,
+    /// The spec's audit log, if it has one.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 impl ConnectedPlanner {
@@ -79,6 +81,7 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
         pool,
         tools,
         secrets,
+        audit,
     } = connect_tools(spec, &stage.mcp, !stage.resources.is_empty(), base_dir).await?;
     let system = match system_prompt(&stage, &pool, base_dir).await {
         Ok(s) => s,
@@ -92,7 +95,11 @@ pub async fn connect(spec: &PipelineSpec, base_dir: &Path) -> Result<ConnectedPl
         }
     };
     let planner = Planner::new(model, tools, system, options(&stage)).with_secrets(secrets);
-    Ok(ConnectedPlanner { planner, pool })
+    Ok(ConnectedPlanner {
+        planner,
+        pool,
+        audit,
+    })
 }
 
 /// MCP servers connected, behind the spec's policy layer.
@@ -104,6 +111,9 @@ pub struct ConnectedTools {
     pub tools: Arc<dyn Toolbox>,
     /// The spec's secrets, which no reply may say.
     pub secrets: Arc<Secrets>,
+    /// The audit log the tools write to, if the spec has one: shared with
+    /// whatever else must record tool calls in the same chain.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// The spec's MCP servers `names`, connected and wrapped in the policy
@@ -124,8 +134,8 @@ pub async fn connect_tools(
     let secrets = Arc::new(Secrets::of_spec(spec));
     // Without an audit log there are no access rules either: the spec
     // loader refuses `[access]` rules without `[audit]`.
-    let tools: Arc<dyn Toolbox> = match &spec.audit {
-        None => pool.clone(),
+    let (tools, audit): (Arc<dyn Toolbox>, _) = match &spec.audit {
+        None => (pool.clone(), None),
         Some(audit) => {
             let log = match AuditLog::open(base_dir.join(&audit.path)) {
                 Ok(log) => log,
@@ -137,18 +147,19 @@ pub async fn connect_tools(
                 }
             };
             let policy = Policy::new(&spec.access);
-            Arc::new(
-                AuditedPool::new(pool.clone(), Arc::new(log), AuditContext::default())
-                    .with_policy(Arc::new(policy))
-                    .with_untrusted_prompt(untrusted_prompt)
-                    .with_secrets(secrets.clone()),
-            )
+            let log = Arc::new(log);
+            let audited = AuditedPool::new(pool.clone(), log.clone(), AuditContext::default())
+                .with_policy(Arc::new(policy))
+                .with_untrusted_prompt(untrusted_prompt)
+                .with_secrets(secrets.clone());
+            (Arc::new(audited) as Arc<dyn Toolbox>, Some(log))
         }
     };
     Ok(ConnectedTools {
         pool,
         tools,
         secrets,
+        audit,
     })
 }
 

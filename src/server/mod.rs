@@ -95,6 +95,11 @@ pub struct AppState {
     /// The API keys `/v1/*` requests must present; `None`: open, every
     /// caller anonymous (no `[auth]` in the spec).
     pub keyring: Option<Arc<crate::access::Keyring>>,
+    /// Where `/v1/responses` records the MCP calls it makes for clients:
+    /// the pipeline's audit log (one hash chain), if its spec has one.
+    pub audit: Option<Arc<crate::mcp::AuditLog>>,
+    /// The pipeline spec's secrets: never sent to a client's MCP server.
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// By hand: a voice is not `Debug`, so it shows as its name.
@@ -108,6 +113,7 @@ impl std::fmt::Debug for AppState {
             .field("calls", &self.calls.active())
             .field("metrics", &self.metrics)
             .field("keyring", &self.keyring)
+            .field("audit", &self.audit.is_some())
             .finish()
     }
 }
@@ -128,6 +134,8 @@ impl AppState {
             calls: Arc::default(),
             metrics: Arc::new(ServerMetrics::new()),
             keyring: None,
+            audit: None,
+            secrets: Arc::default(),
         }
     }
 
@@ -144,11 +152,16 @@ impl AppState {
     }
 
     /// Serve `/v1/turns` with this pipeline, at most `max_turns` at once;
-    /// its voice speaks `/v1/audio/speech` unless one was given.
+    /// its voice speaks `/v1/audio/speech` unless one was given, and its
+    /// audit log and secrets guard `/v1/responses`' MCP calls too.
     pub fn with_pipeline(mut self, pipeline: Arc<LoadedPipeline>, max_turns: usize) -> Self {
         if self.voice.is_none() {
             self.voice = pipeline.voice();
         }
+        if let Some(log) = pipeline.audit_log() {
+            self.audit = Some(log);
+        }
+        self.secrets = Arc::new(crate::secrets::Secrets::of_spec(pipeline.spec()));
         self.pipeline = Some(pipeline);
         self.turn_slots = Arc::new(tokio::sync::Semaphore::new(max_turns));
         self
@@ -157,6 +170,12 @@ impl AppState {
     /// Speak `/v1/audio/speech` requests with `voice`.
     pub fn with_voice(mut self, voice: Arc<dyn Voice>) -> Self {
         self.voice = Some(voice);
+        self
+    }
+
+    /// Record `/v1/responses`' MCP calls in `log`.
+    pub fn with_audit(mut self, log: Arc<crate::mcp::AuditLog>) -> Self {
+        self.audit = Some(log);
         self
     }
 

@@ -10,6 +10,15 @@
 //! client names is a door into the network this server sits in: only URLs
 //! under the prefixes given to `parlor serve --allow-mcp` are reached.
 //!
+//! A client's server is as untrusted as any other. Its tools pass the same
+//! gate as the pipeline's (descriptions scanned and pinned on first use: a
+//! poisoned tool or a rug pull mid-response is quarantined, never
+//! offered); its results reach the model size-capped and fenced as data;
+//! and when the server's pipeline keeps an audit log, every call is
+//! recorded there (the request's caller, the response id as session)
+//! before the model reads the result, with arguments that carry a secret
+//! of the pipeline refused.
+//!
 //! A whole `response`, or with `"stream": true` the Responses server-sent
 //! events (`response.created`, `response.output_item.added/done`,
 //! `response.output_text.delta`…, `response.completed`). A failure after
@@ -25,6 +34,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -35,11 +45,13 @@ use super::openai_error::ApiError;
 use super::responses_request::{McpToolRequest, PreparedResponse, ResponsesRequest};
 use super::served_model::{Event, Reply, ServedModel, Usage};
 use super::AppState;
+use crate::access::Caller;
 use crate::llm::{ChatMessage, LlmError, ToolCall, ToolChoice, ToolSpec};
 use crate::mcp::allow::under_prefix;
-use crate::mcp::{McpPool, ToolInfo};
-use crate::planner::Toolbox;
+use crate::mcp::{Gate, McpPool, ToolInfo};
+use crate::planner::{AuditedPool, PlannerOptions, Toolbox};
 use crate::spec::McpServerSpec;
+use crate::untrusted;
 
 /// Model requests that may call MCP tools within one response; one more,
 /// words only, follows if the model is still calling.
@@ -60,9 +72,11 @@ fn new_id(prefix: &str) -> String {
 
 pub async fn responses(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<ResponsesRequest>, JsonRejection>,
 ) -> Response {
-    match answer(state, body).await {
+    let caller = caller.map(|Extension(c)| c).unwrap_or_default();
+    match answer(state, caller, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -70,6 +84,7 @@ pub async fn responses(
 
 async fn answer(
     state: AppState,
+    caller: Caller,
     body: Result<Json<ResponsesRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body?;
@@ -82,7 +97,10 @@ async fn answer(
         return Err(ApiError::busy(state.model.busy()));
     }
     let (pool, mcp_tools) = connect(&request.mcp).await?;
-    let run = Run::new(state.model.clone(), request, pool, mcp_tools);
+    let mut run = Run::new(state.model.clone(), request, mcp_tools);
+    if let Some(pool) = pool {
+        run.use_pool(Arc::new(pool), &state, caller);
+    }
     if !run.request.stream {
         return run.finish(None).await.map(|r| Json(r).into_response());
     }
@@ -141,7 +159,8 @@ async fn connect(
     let names: Vec<String> = specs.keys().cloned().collect();
     let pool = McpPool::connect(&specs, &names)
         .await
-        .map_err(|e| ApiError::mcp_unreachable(&names.join(", "), e))?;
+        .map_err(|e| ApiError::mcp_unreachable(&names.join(", "), e))?
+        .with_gate(Gate::first_use_only());
     let tools = pool.tools().await;
     let mut listed = Vec::new();
     for server in mcp {
@@ -201,7 +220,11 @@ async fn emit(events: &mut Option<Emitter>, kind: &str, payload: Value) -> Resul
 struct Run {
     model: Arc<ServedModel>,
     request: PreparedResponse,
-    pool: Option<McpPool>,
+    /// The request's MCP sessions (closed when the response is done).
+    pool: Option<Arc<McpPool>>,
+    /// The pool as the model's calls go through it: audited when the
+    /// server keeps an audit log.
+    tools: Option<Arc<dyn Toolbox>>,
     listed: Vec<(McpToolRequest, Vec<ToolInfo>)>,
     id: String,
     created_at: u64,
@@ -213,13 +236,13 @@ impl Run {
     fn new(
         model: Arc<ServedModel>,
         request: PreparedResponse,
-        pool: Option<McpPool>,
         listed: Vec<(McpToolRequest, Vec<ToolInfo>)>,
     ) -> Self {
         Self {
             model,
             request,
-            pool,
+            pool: None,
+            tools: None,
             listed,
             id: new_id("resp"),
             created_at: SystemTime::now()
@@ -230,11 +253,33 @@ impl Run {
         }
     }
 
+    /// Call the MCP tools through `pool`: audited in the server's log as
+    /// `caller`, this response being the session, when there is a log.
+    fn use_pool(&mut self, pool: Arc<McpPool>, state: &AppState, caller: Caller) {
+        let tools: Arc<dyn Toolbox> = match &state.audit {
+            Some(log) => {
+                let caller = Caller {
+                    session: Some(self.id.clone()),
+                    ..caller
+                };
+                Arc::new(
+                    AuditedPool::new(pool.clone(), log.clone(), caller)
+                        .with_secrets(state.secrets.clone()),
+                )
+            }
+            None => pool.clone(),
+        };
+        self.pool = Some(pool);
+        self.tools = Some(tools);
+    }
+
     /// Answer, emitting events if streaming; the final `response` object.
     /// The MCP sessions are closed whatever happens.
     async fn finish(mut self, mut events: Option<Emitter>) -> Result<Value, ApiError> {
         let result = self.answer(&mut events).await;
-        if let Some(pool) = self.pool.take() {
+        // The toolbox holds the pool too: let go of it first.
+        self.tools = None;
+        if let Some(pool) = self.pool.take().and_then(Arc::into_inner) {
             pool.shutdown().await;
         }
         match result {
@@ -404,8 +449,9 @@ impl Run {
         }
     }
 
-    /// Run one MCP tool call as an `mcp_call` item; the text the model
-    /// will read.
+    /// Run one MCP tool call as an `mcp_call` item (the client sees the
+    /// tool's own text); the text the model will read: capped, and fenced
+    /// as data.
     async fn call_mcp(
         &mut self,
         events: &mut Option<Emitter>,
@@ -428,9 +474,9 @@ impl Run {
         });
         let added = json!({"output_index": index, "item": item});
         emit(events, "response.output_item.added", added).await?;
-        let pool = self.pool.as_ref().expect("MCP tools come from the pool");
+        let tools = self.tools.as_ref().expect("MCP tools come from the pool");
         let answer =
-            match tokio::time::timeout(CALL_TIMEOUT, pool.call(name, arguments.clone())).await {
+            match tokio::time::timeout(CALL_TIMEOUT, tools.call(name, arguments.clone())).await {
                 Ok(answer) => answer,
                 Err(_) => crate::planner::ToolAnswer::error(format!(
                     "tool \"{tool}\" on \"{label}\": no answer within {CALL_TIMEOUT:?}"
@@ -444,7 +490,11 @@ impl Run {
         item[field] = answer.text.clone().into();
         item["status"] = status.into();
         self.done_item(events, index, item).await?;
-        Ok(answer.text)
+        let max = PlannerOptions::default().max_result_bytes;
+        Ok(untrusted::fence(
+            name,
+            &crate::planner::cap(answer.text, max),
+        ))
     }
 
     /// Add a finished item (announcing it first when streaming).
