@@ -443,6 +443,36 @@ async fn rug_pull_mid_session_quarantines_the_tool() {
     assert_eq!(last["decision"], "denied", "{last}");
     assert_eq!(last["server"], "hostile", "{last}");
     assert_eq!(last["tool"], "weather", "{last}");
+    // The attacks themselves are on record, once each, when the gate first
+    // withheld the tool: the shadowing name at the first listing, the rug
+    // pull when the changed description was listed.
+    let quarantines: Vec<Value> = records
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|why| why.starts_with("quarantined, not offered"))
+        })
+        .collect();
+    let of =
+        |tool: &str| -> Vec<&Value> { quarantines.iter().filter(|r| r["tool"] == tool).collect() };
+    assert_eq!(of("get_order").len(), 1, "{quarantines:#?}");
+    let pulled = of("weather");
+    assert_eq!(pulled.len(), 1, "{quarantines:#?}");
+    assert_eq!(pulled[0]["decision"], "denied");
+    assert_eq!(pulled[0]["arguments"], Value::Null);
+    assert!(
+        pulled[0]["reason"].as_str().unwrap().contains("changed"),
+        "{}",
+        pulled[0]
+    );
+    let verify = Command::new(env!("CARGO_BIN_EXE_parlor"))
+        .args(["audit", "verify"])
+        .arg(dir.path().join("audit.jsonl"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
     drop(tools);
     if let Ok(pool) = Arc::try_unwrap(pool) {
         pool.shutdown().await;

@@ -51,6 +51,6 @@ pub use error::{McpError, ToolCallError};
 pub use gate::{Assessment, Gate, PinStatus, ToolDef};
 pub use policy::{Policy, Verdict};
 pub use pool::{
-    McpPool, McpPoolOptions, PromptArgumentInfo, PromptInfo, PromptText, ResourceContent,
-    ResourceInfo, ServerStatus, ToolInfo, ToolOutput,
+    McpPool, McpPoolOptions, PromptArgumentInfo, PromptInfo, PromptText, Quarantine,
+    ResourceContent, ResourceInfo, ServerStatus, ToolInfo, ToolOutput,
 };

@@ -161,7 +161,22 @@ pub struct McpPool {
     /// in the last [`McpPool::tools`]: a call to one is refused, not
     /// "unknown".
     quarantined: Mutex<BTreeMap<String, (String, String, String)>>,
+    /// Tools newly quarantined and not yet taken for the audit log
+    /// ([`McpPool::take_newly_quarantined`]); at most
+    /// [`MAX_UNTAKEN_QUARANTINES`] kept.
+    newly_quarantined: Mutex<Vec<Quarantine>>,
 }
+
+/// A tool the gate withheld: its server, its own name, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    pub server: String,
+    pub tool: String,
+    pub reason: String,
+}
+
+/// A pool nobody audits keeps no more than this many untaken quarantines.
+const MAX_UNTAKEN_QUARANTINES: usize = 256;
 
 impl McpPool {
     /// Connects to the servers `names` (keys of `specs`) concurrently, each
@@ -216,6 +231,7 @@ impl McpPool {
                 routes: Mutex::new(BTreeMap::new()),
                 gate: None,
                 quarantined: Mutex::new(BTreeMap::new()),
+                newly_quarantined: Mutex::new(Vec::new()),
             }),
             1 => Err(errors.pop().expect("one error")),
             _ => Err(McpError::Many(errors)),
@@ -316,13 +332,27 @@ impl McpPool {
         }
         *self.routes.lock().expect("routes lock") = routes;
         let mut previous = self.quarantined.lock().expect("quarantine lock");
+        let mut fresh = self.newly_quarantined.lock().expect("quarantine lock");
         for (name, (server, tool, reason)) in &quarantined {
             if !previous.contains_key(name) {
                 tracing::warn!(message = "MCP tool quarantined.", %server, %tool, %reason);
+                if fresh.len() < MAX_UNTAKEN_QUARANTINES {
+                    fresh.push(Quarantine {
+                        server: server.clone(),
+                        tool: tool.clone(),
+                        reason: reason.clone(),
+                    });
+                }
             }
         }
         *previous = quarantined;
         out
+    }
+
+    /// The tools quarantined since the last call (each once, when the
+    /// gate first withheld it), for the audit log.
+    pub fn take_newly_quarantined(&self) -> Vec<Quarantine> {
+        std::mem::take(&mut *self.newly_quarantined.lock().expect("quarantine lock"))
     }
 
     /// `(server, tool)` behind a `server__tool` name, as of the last

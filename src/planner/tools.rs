@@ -217,6 +217,29 @@ impl AuditedPool {
             .unwrap_or_else(|_| ToolAnswer::error(AUDIT_FAILED))
     }
 
+    /// Tools the gate has just withheld (a poisoned description, a rug
+    /// pull, a shadowing name) go in the audit log as denied, once each,
+    /// though nobody called them yet: the attack itself is on record.
+    async fn record_quarantines(&self) {
+        for q in self.pool.take_newly_quarantined() {
+            let reason = format!("quarantined, not offered: {}", q.reason);
+            let entry = AuditEntry {
+                context: &self.context,
+                decision: Decision::Denied,
+                server: &q.server,
+                tool: &q.tool,
+                arguments: &Value::Null,
+                result: None,
+                tool_error: false,
+                latency: std::time::Duration::ZERO,
+                reason: Some(&reason),
+            };
+            if let Err(e) = self.log.append(&entry).await {
+                tracing::error!(message = "Quarantine not recorded: audit write failed.", server = %q.server, tool = %q.tool, error = %e);
+            }
+        }
+    }
+
     pub fn log(&self) -> &Arc<AuditLog> {
         &self.log
     }
@@ -229,6 +252,7 @@ impl Toolbox for AuditedPool {
     /// anyway is still refused by `call`.)
     async fn specs(&self) -> Vec<ToolSpec> {
         let mut specs = self.pool.specs().await;
+        self.record_quarantines().await;
         specs.retain(|s| {
             let server = self.pool.route(&s.name).map(|(s, _)| s).unwrap_or_default();
             self.policy.permits(&self.context.role, &server, &s.name)
