@@ -554,8 +554,6 @@ fn run_check(path: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A server's state as `parlor serve` builds it: the chat model, and the
-/// pipeline (loaded and warmed) unless `voice_turns` is `None`.
 /// How `parlor serve` (and the servers `call --serve` and `bench` start
 /// for themselves) serve a pipeline.
 struct ServerOptions {
@@ -582,6 +580,8 @@ impl Default for ServerOptions {
     }
 }
 
+/// A server's state as `parlor serve` builds it: the chat model, and the
+/// pipeline (loaded and warmed) unless `options.voice_turns` is `None`.
 async fn build_server(
     pipeline: Option<&Path>,
     options: ServerOptions,
@@ -650,6 +650,19 @@ async fn build_server(
         state = state.with_pipeline(pipeline.clone(), max_turns);
         loaded = Some(pipeline);
     }
+    // /v1/responses records a client's MCP calls in the spec's audit log:
+    // the pipeline's own (one chain) when it opened it, else opened here
+    // (text routes only, or a pipeline without tools).
+    if state.audit.is_none() {
+        if let Some(audit) = &spec.audit {
+            let cwd = std::env::current_dir().map_err(Failure::usage)?;
+            let log = parlor::mcp::AuditLog::open(cwd.join(&audit.path)).map_err(Failure::input)?;
+            state = state.with_audit(std::sync::Arc::new(log));
+        }
+    }
+    state = state.with_secrets(std::sync::Arc::new(parlor::secrets::Secrets::of_spec(
+        &spec,
+    )));
     // The pipeline's voice speaks /v1/audio/speech: the loaded one, or
     // (chat only) the tts stage's, loaded alone. A voice that cannot load alone
     // (espeak-ng missing) costs only that route, not the server.

@@ -1409,3 +1409,20 @@ fn check_order(spec: &PipelineSpec, problems: &mut Vec<Problem>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::realtime_url;
+
+    #[test]
+    fn an_api_roots_realtime_route_is_a_websocket_url() {
+        assert_eq!(
+            realtime_url("https://api.openai.com/v1"),
+            "wss://api.openai.com/v1/realtime"
+        );
+        assert_eq!(
+            realtime_url("http://127.0.0.1:8080/v1"),
+            "ws://127.0.0.1:8080/v1/realtime"
+        );
+    }
+}

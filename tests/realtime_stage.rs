@@ -513,18 +513,11 @@ async fn scripted_server(received: Received) -> String {
     format!("ws://{addr}/v1/realtime")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn talked_over_and_dropped_mid_reply_the_stage_truncates_reports_and_reconnects() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let received: Received = Arc::default();
-    let url = scripted_server(received.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let front =
-        support::VoiceServer::start_with(realtime_spec(&url, dir.path()), CallLimits::default())
-            .await;
-
-    // A caller on an open line (the script decides what was "said").
-    let (mut tx, mut rx) = client::connect(&format!("ws://{}/v1/calls", front.addr))
+/// A caller on an open line (silence every 20 ms: the script decides what
+/// was "said") who hangs up once turn `last` is done; every event of the
+/// call, in order.
+async fn open_line_until_turn(addr: std::net::SocketAddr, last: u64) -> Vec<ServerEvent> {
+    let (mut tx, mut rx) = client::connect(&format!("ws://{addr}/v1/calls"))
         .await
         .unwrap();
     let (hang_up, mut told) = mpsc::channel::<()>(1);
@@ -552,7 +545,9 @@ async fn talked_over_and_dropped_mid_reply_the_stage_truncates_reports_and_recon
             Some(Incoming::Audio(_)) => {}
             Some(Incoming::Event(event)) => {
                 eprintln!("{event:?}");
-                if matches!(event, ServerEvent::TurnDone { turn: 3, .. }) && !asked_to_hang_up {
+                if matches!(event, ServerEvent::TurnDone { turn, .. } if turn == last)
+                    && !asked_to_hang_up
+                {
                     asked_to_hang_up = true;
                     let _ = hang_up.send(()).await;
                 }
@@ -561,6 +556,20 @@ async fn talked_over_and_dropped_mid_reply_the_stage_truncates_reports_and_recon
         }
     }
     mic.await.unwrap();
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talked_over_and_dropped_mid_reply_the_stage_truncates_reports_and_reconnects() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let received: Received = Arc::default();
+    let url = scripted_server(received.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let front =
+        support::VoiceServer::start_with(realtime_spec(&url, dir.path()), CallLimits::default())
+            .await;
+
+    let events = open_line_until_turn(front.addr, 3).await;
 
     // Turn 1 was cut short by the caller, and told so.
     let (played_ms, heard) = events
@@ -692,6 +701,7 @@ async fn a_tool_a_server_adds_mid_call_is_offered_to_the_session_from_the_next_t
     let url = format!("ws://{}/v1/realtime", listener.local_addr().unwrap());
     let received: Arc<StdMutex<Vec<Value>>> = Arc::default();
     let log = received.clone();
+    let seen = received.clone();
     // The script: turn 1's model calls `py__grow`, which adds `fresh`; turn
     // 2 begins, and the stage should tell the session before it answers.
     let script = tokio::spawn(async move {
@@ -735,7 +745,19 @@ async fn a_tool_a_server_adds_mid_call_is_offered_to_the_session_from_the_next_t
         for m in user_turn("item_u2", 3000, "Use it.") {
             sink.send(m).await.unwrap();
         }
-        wait_for(&mut kinds, "session.update").await;
+        // Counted in the log, not waited for in the stream: an update that
+        // came early must not be missed.
+        let updates = || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e["type"] == "session.update")
+                .count()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while updates() < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for m in reply("resp_3", "item_a3", "Used.", 0.3, true) {
             sink.send(m).await.unwrap();
         }
@@ -743,40 +765,7 @@ async fn a_tool_a_server_adds_mid_call_is_offered_to_the_session_from_the_next_t
     });
 
     let front = support::VoiceServer::start_with(growing_spec(&url), CallLimits::default()).await;
-    let (mut tx, mut rx) = client::connect(&format!("ws://{}/v1/calls", front.addr))
-        .await
-        .unwrap();
-    let (hang_up, mut told) = mpsc::channel::<()>(1);
-    let mic = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        let silence = vec![0.0f32; 320];
-        while told.try_recv().is_err() {
-            tick.tick().await;
-            if tx.audio(&silence).await.is_err() {
-                return;
-            }
-        }
-        let _ = tx.end().await;
-    });
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let incoming = tokio::time::timeout_at(deadline, rx.next())
-            .await
-            .unwrap_or_else(|_| panic!("the call stalled: {events:#?}"))
-            .expect("a healthy socket");
-        match incoming {
-            None | Some(Incoming::Closed { .. }) => break,
-            Some(Incoming::Audio(_)) => {}
-            Some(Incoming::Event(event)) => {
-                if matches!(event, ServerEvent::TurnDone { turn: 2, .. }) {
-                    let _ = hang_up.send(()).await;
-                }
-                events.push(event);
-            }
-        }
-    }
-    mic.await.unwrap();
+    let events = open_line_until_turn(front.addr, 2).await;
     script.abort();
 
     let tool = events.iter().find_map(|e| match e {

@@ -38,7 +38,7 @@ pub struct OpenAiPlanner {
 }
 
 impl OpenAiPlanner {
-    /// `base_url` ends in `/v1` (default `https://api.openai.com/v1`);
+    /// `base_url` ends in `/v1` (default: [`crate::spec::openai_base_url`]);
     /// `api_key` may be empty for servers that need none.
     pub fn new(base_url: Option<&str>, api_key: &str, model: Option<&str>) -> Self {
         let (client, base_url) = client(base_url, api_key);

@@ -49,7 +49,7 @@ pub struct ResponsesPlanner {
 }
 
 impl ResponsesPlanner {
-    /// `base_url` ends in `/v1` (default `https://api.openai.com/v1`).
+    /// `base_url` ends in `/v1` (default: [`crate::spec::openai_base_url`]).
     pub fn new(
         base_url: Option<&str>,
         api_key: &str,

@@ -162,8 +162,8 @@ pub fn remote(url: &str) -> Result<Url, String> {
         "https" => Ok(parsed),
         "http" if is_loopback(host) => Ok(parsed),
         "http" => Err(format!(
-            "{url}: plain http to the non-loopback host {host} is refused (tool calls and \
-             results would cross the network unencrypted)"
+            "{url}: plain http to the non-loopback host {host} is refused (requests, \
+             credentials and answers would cross the network unencrypted)"
         )),
         _ => Err(format!("\"{url}\" is not an http(s) URL")),
     }

@@ -220,24 +220,35 @@ impl AuditedPool {
     /// Tools the gate has just withheld (a poisoned description, a rug
     /// pull, a shadowing name) go in the audit log as denied, once each,
     /// though nobody called them yet: the attack itself is on record.
-    async fn record_quarantines(&self) {
-        for q in self.pool.take_newly_quarantined() {
-            let reason = format!("quarantined, not offered: {}", q.reason);
-            let entry = AuditEntry {
-                context: &self.context,
-                decision: Decision::Denied,
-                server: &q.server,
-                tool: &q.tool,
-                arguments: &Value::Null,
-                result: None,
-                tool_error: false,
-                latency: std::time::Duration::ZERO,
-                reason: Some(&reason),
-            };
-            if let Err(e) = self.log.append(&entry).await {
-                tracing::error!(message = "Quarantine not recorded: audit write failed.", server = %q.server, tool = %q.tool, error = %e);
-            }
+    ///
+    /// Written on a task of its own: the quarantines are taken from the
+    /// pool here, so a caller that stops waiting must not lose them.
+    pub async fn record_quarantines(&self) {
+        let quarantines = self.pool.take_newly_quarantined();
+        if quarantines.is_empty() {
+            return;
         }
+        let (log, context) = (self.log.clone(), self.context.clone());
+        let task = tokio::spawn(async move {
+            for q in quarantines {
+                let reason = format!("quarantined, not offered: {}", q.reason);
+                let entry = AuditEntry {
+                    context: &context,
+                    decision: Decision::Denied,
+                    server: &q.server,
+                    tool: &q.tool,
+                    arguments: &Value::Null,
+                    result: None,
+                    tool_error: false,
+                    latency: std::time::Duration::ZERO,
+                    reason: Some(&reason),
+                };
+                if let Err(e) = log.append(&entry).await {
+                    tracing::error!(message = "Quarantine not recorded: audit write failed.", server = %q.server, tool = %q.tool, error = %e);
+                }
+            }
+        });
+        let _ = task.await;
     }
 
     pub fn log(&self) -> &Arc<AuditLog> {

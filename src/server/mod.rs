@@ -98,7 +98,8 @@ pub struct AppState {
     /// Where `/v1/responses` records the MCP calls it makes for clients:
     /// the pipeline's audit log (one hash chain), if its spec has one.
     pub audit: Option<Arc<crate::mcp::AuditLog>>,
-    /// The pipeline spec's secrets: never sent to a client's MCP server.
+    /// The pipeline spec's secrets: a recorded `/v1/responses` MCP call
+    /// whose arguments carry one is refused.
     pub secrets: Arc<crate::secrets::Secrets>,
 }
 
@@ -170,6 +171,13 @@ impl AppState {
     /// Speak `/v1/audio/speech` requests with `voice`.
     pub fn with_voice(mut self, voice: Arc<dyn Voice>) -> Self {
         self.voice = Some(voice);
+        self
+    }
+
+    /// Refuse `/v1/responses` MCP calls whose arguments carry one of
+    /// `secrets` (recorded calls only: the refusal is an audit record).
+    pub fn with_secrets(mut self, secrets: Arc<crate::secrets::Secrets>) -> Self {
+        self.secrets = secrets;
         self
     }
 

@@ -99,7 +99,7 @@ async fn answer(
     let (pool, mcp_tools) = connect(&request.mcp).await?;
     let mut run = Run::new(state.model.clone(), request, mcp_tools);
     if let Some(pool) = pool {
-        run.use_pool(Arc::new(pool), &state, caller);
+        run.use_pool(Arc::new(pool), &state, caller).await;
     }
     if !run.request.stream {
         return run.finish(None).await.map(|r| Json(r).into_response());
@@ -255,17 +255,19 @@ impl Run {
 
     /// Call the MCP tools through `pool`: audited in the server's log as
     /// `caller`, this response being the session, when there is a log.
-    fn use_pool(&mut self, pool: Arc<McpPool>, state: &AppState, caller: Caller) {
+    async fn use_pool(&mut self, pool: Arc<McpPool>, state: &AppState, caller: Caller) {
         let tools: Arc<dyn Toolbox> = match &state.audit {
             Some(log) => {
                 let caller = Caller {
                     session: Some(self.id.clone()),
                     ..caller
                 };
-                Arc::new(
-                    AuditedPool::new(pool.clone(), log.clone(), caller)
-                        .with_secrets(state.secrets.clone()),
-                )
+                let audited = AuditedPool::new(pool.clone(), log.clone(), caller)
+                    .with_secrets(state.secrets.clone());
+                // The gate judged the list before this toolbox existed:
+                // what it withheld goes on record now.
+                audited.record_quarantines().await;
+                Arc::new(audited)
             }
             None => pool.clone(),
         };

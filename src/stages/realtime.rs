@@ -159,11 +159,18 @@ impl RealtimeSettings {
                     speed: None,
                 }),
             }),
-            tool_choice: (!tools.is_empty()).then(|| "auto".into()),
+            tool_choice: tool_choice(&tools),
             tools: Some(tools),
             ..SessionConfig::default()
         }
     }
+}
+
+/// `auto` when there are tools; otherwise left out, so an empty list means
+/// the same at open and on a later update (to parlor's own route: "use
+/// the pipeline's tools"; to OpenAI: none).
+fn tool_choice(tools: &[FunctionTool]) -> Option<Value> {
+    (!tools.is_empty()).then(|| "auto".into())
 }
 
 /// The stage of one call: the settings, and the call's own toolbox (bound
@@ -264,7 +271,7 @@ fn tools_update(tools: Vec<FunctionTool>) -> ClientEvent {
         event_id: None,
         session: Box::new(SessionConfig {
             kind: "realtime".into(),
-            tool_choice: Some(if tools.is_empty() { "none" } else { "auto" }.into()),
+            tool_choice: tool_choice(&tools),
             tools: Some(tools),
             ..SessionConfig::default()
         }),
@@ -584,6 +591,11 @@ impl<'s> Call<'s> {
             }
             match connect(&self.settings, &*self.tools).await {
                 Ok(conn) => {
+                    // The new session was given a fresh list: an older
+                    // listing still under way must not replace it.
+                    if let Some(listing) = self.relisting.take() {
+                        listing.abort();
+                    }
                     self.conn = Some(conn);
                     self.reconnect_at = None;
                 }
@@ -927,8 +939,10 @@ impl<'s> Call<'s> {
             call.output = Some(untrusted::fence(&done.record.name, &done.record.output));
         }
         let id = turn.id;
+        // Not the stage's output: that is the reply's audio (its
+        // voice-to-voice mark), as for the tts stage.
         self.io
-            .send(Frame::ToolCall {
+            .forward(Frame::ToolCall {
                 turn: id,
                 record: Box::new(done.record),
             })
@@ -1074,7 +1088,7 @@ impl<'s> Call<'s> {
     async fn finish(&mut self, mut turn: Turn<'s>) -> Result<(), StageError> {
         if let Some(rest) = turn.guard.finish() {
             self.io
-                .send(Frame::ReplyDelta {
+                .forward(Frame::ReplyDelta {
                     turn: turn.id,
                     text: rest,
                 })
