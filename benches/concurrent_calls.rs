@@ -173,27 +173,70 @@ fn cpu_s(pid: &str) -> f64 {
 // ------------------------------------------------------------------ caller
 
 /// The question as 20 ms binary frames, encoded once and shared by every
-/// call (`Bytes` clones are reference counts), plus one silent frame.
+/// call (`Bytes` clones are reference counts), plus a second of the line's
+/// hiss for the silence after it, cycled.
+///
+/// The whole line carries a hiss at `PARLOR_BENCH_LINE_DBFS` (RMS, default
+/// -70: a quiet room on a headset), as a real line does: digital silence
+/// would flatter the VAD's quiet floor (`quiet_dbfs`, default -60), and a
+/// louder setting (-50) shows the cost of a noisy line, where the detector
+/// runs on every frame.
 struct Frames {
     question: Vec<Bytes>,
-    silence: Bytes,
+    silence: Vec<Bytes>,
 }
 
 impl Frames {
     fn new(question: &AudioChunk) -> Self {
+        let dbfs = std::env::var("PARLOR_BENCH_LINE_DBFS")
+            .ok()
+            .and_then(|v| v.parse::<f32>().ok())
+            .unwrap_or(-70.0);
+        let mut hiss = Hiss::new(10f32.powf(dbfs / 20.0));
+        let mut encode = |samples: &[f32]| {
+            let mut frame: Vec<f32> = samples.iter().map(|s| s + hiss.next()).collect();
+            frame.resize_with(FRAME_SAMPLES, || hiss.next());
+            Bytes::from(pcm16_le_bytes(&frame))
+        };
         let question = question
             .samples
             .chunks(FRAME_SAMPLES)
-            .map(|c| {
-                let mut frame = c.to_vec();
-                frame.resize(FRAME_SAMPLES, 0.0);
-                Bytes::from(pcm16_le_bytes(&frame))
-            })
+            .map(&mut encode)
             .collect();
-        Self {
-            question,
-            silence: Bytes::from(vec![0u8; FRAME_SAMPLES * 2]),
+        let silence = (0..50).map(|_| encode(&[])).collect();
+        Self { question, silence }
+    }
+
+    /// The `n`th frame of a turn: the question, then the hiss.
+    fn get(&self, n: usize) -> Bytes {
+        match self.question.get(n) {
+            Some(frame) => frame.clone(),
+            None => self.silence[(n - self.question.len()) % self.silence.len()].clone(),
         }
+    }
+}
+
+/// Uniform white noise of a given RMS, from a fixed seed (xorshift), so
+/// every run sends the same line.
+struct Hiss {
+    state: u32,
+    /// Uniform on [-a, a] has RMS a/√3.
+    amplitude: f32,
+}
+
+impl Hiss {
+    fn new(rms: f32) -> Self {
+        Self {
+            state: 0x9e37_79b9,
+            amplitude: rms * 3f32.sqrt(),
+        }
+    }
+
+    fn next(&mut self) -> f32 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 17;
+        self.state ^= self.state << 5;
+        (self.state as f32 / u32::MAX as f32 * 2.0 - 1.0) * self.amplitude
     }
 }
 
@@ -254,7 +297,7 @@ async fn one_turn(
         tokio::select! {
             due = tick.tick() => {
                 result.lateness_ms.push(due.elapsed().as_secs_f32() * 1e3);
-                let frame = frames.question.get(next).unwrap_or(&frames.silence).clone();
+                let frame = frames.get(next);
                 next += 1;
                 tx.raw(Message::Binary(frame)).await.map_err(|e| e.to_string())?;
                 if started.elapsed() > TURN_TIMEOUT {

@@ -44,16 +44,7 @@ use std::time::Duration;
 use parlor::frame::AudioChunk;
 use parlor::live::client::{self, PlayOptions};
 use parlor::live::ServerEvent;
-use support::{env_usize, espeak, percentile, Served};
-
-/// Small talk, for a pipeline without tools (`PARLOR_BENCH_QUESTIONS=chat`).
-const CHAT: &[&str] = &[
-    "What is the capital of France?",
-    "How are you today?",
-    "Tell me a fun fact about cats.",
-    "What colour is the sky?",
-    "Can you recommend a good book?",
-];
+use support::{env_usize, espeak, percentile, trailing_silence, Served};
 
 const QUESTIONS: &[&str] = &[
     "Where is my order 1042?",
@@ -62,17 +53,6 @@ const QUESTIONS: &[&str] = &[
     "How long do refunds take?",
     "Hello, who am I speaking to?",
 ];
-
-/// How long `audio` is quiet at its end (below about -40 dBFS).
-fn trailing_silence(audio: &AudioChunk) -> Duration {
-    let voiced_end = audio
-        .samples
-        .iter()
-        .rposition(|s| s.abs() > 0.01)
-        .map_or(0, |i| i + 1);
-    let quiet = audio.samples.len() - voiced_end;
-    Duration::from_secs_f64(quiet as f64 / f64::from(audio.sample_rate))
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -104,7 +84,7 @@ async fn main() {
     // 2. Voice-to-voice latency, live-paced.
     let mut spoken = Vec::new();
     let questions = match std::env::var("PARLOR_BENCH_QUESTIONS").as_deref() {
-        Ok("chat") => CHAT,
+        Ok("chat") => support::CHAT,
         _ => QUESTIONS,
     };
     for q in questions {

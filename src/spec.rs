@@ -145,6 +145,12 @@ pub struct VadSpec {
     /// at or above `end_of_turn_ms` it never fires.
     #[serde(default = "default_early_stt_ms")]
     pub early_stt_ms: u32,
+    /// A frame quieter than this (RMS, dBFS) is silence without asking the
+    /// detector: no voice is that quiet, and a quiet line (most of a call)
+    /// then costs next to nothing, which is what lets one machine hold many
+    /// calls. -100 asks the detector about every frame.
+    #[serde(default = "default_quiet_dbfs")]
+    pub quiet_dbfs: f32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -230,6 +236,12 @@ pub struct PlannerSpec {
     /// What fillers say, taken in turn.
     #[serde(default = "default_fillers")]
     pub fillers: Vec<String>,
+    /// Start answering on the transcript of a pause (the stt stage's early
+    /// transcript, see the vad's `early_stt_ms`) before the turn is over:
+    /// kept if the final transcript is the same, thrown away if the caller
+    /// went on. Tool calls wait until the turn is over.
+    #[serde(default = "yes")]
+    pub speculate: bool,
 }
 
 /// A system prompt taken from an MCP server's prompt.
@@ -533,6 +545,9 @@ fn default_pre_roll_ms() -> u32 {
 fn default_barge_in_min_ms() -> u32 {
     400
 }
+fn default_quiet_dbfs() -> f32 {
+    -60.0
+}
 fn default_early_stt_ms() -> u32 {
     100
 }
@@ -559,6 +574,9 @@ fn default_turn_timeout_ms() -> u64 {
 }
 fn default_history_tokens() -> usize {
     1500
+}
+fn yes() -> bool {
+    true
 }
 fn default_filler_after_ms() -> u64 {
     1200
@@ -991,6 +1009,17 @@ fn validate(spec: &PipelineSpec, base_dir: &Path, problems: &mut Vec<Problem>) {
                         "pre_roll_ms",
                         format!("must be at most 1000, got {}", v.pre_roll_ms),
                         "pre_roll_ms = 200",
+                    ));
+                }
+                if !(-100.0..=-30.0).contains(&v.quiet_dbfs) {
+                    problems.push(problem(
+                        at.clone(),
+                        "quiet_dbfs",
+                        format!(
+                            "must be from -100 to -30 (louder, and soft speech would count as silence), got {}",
+                            v.quiet_dbfs
+                        ),
+                        "quiet_dbfs = -60",
                     ));
                 }
                 if !(1..=30).contains(&v.max_turn_s) {

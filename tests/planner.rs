@@ -708,6 +708,170 @@ async fn a_reply_cut_short_is_remembered_as_only_the_words_heard() {
         .unwrap();
 }
 
+/// A transcript the stt stage sends before the turn is over.
+async fn pause_words(
+    input: &mpsc::Sender<parlor::frame::Frame>,
+    turn: parlor::frame::TurnId,
+    words: &str,
+) {
+    input
+        .send(parlor::frame::Frame::Transcript {
+            turn,
+            text: words.into(),
+            is_final: false,
+        })
+        .await
+        .unwrap();
+}
+
+/// Waits until the model has been asked `n` times.
+async fn asked(model: &Scripted, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while model.seen.lock().unwrap().len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the model was not asked {n} times"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The reply text of `frames`, in order.
+fn reply_of(frames: &[parlor::frame::Frame]) -> String {
+    frames
+        .iter()
+        .filter_map(|f| match f {
+            parlor::frame::Frame::ReplyDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guess_on_a_pause_becomes_the_answer_and_its_tools_wait_for_the_turn() {
+    use parlor::frame::Frame;
+    use parlor::runner::Pipeline;
+    use parlor::stages::planner::PlannerStage;
+
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![
+        Step::Calls(vec![("py__add", json!({"a": 1, "b": 1}))]),
+        Step::Say("One and one make two."),
+    ]);
+    let p = planner(model.clone(), pool, PlannerOptions::default());
+    let mut running = Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
+        .stage(Box::new(PlannerStage::new(p)))
+        .start();
+    let input = running.input_handle();
+    let turn = running.turns().begin();
+    pause_words(&input, turn, "what is one and one").await;
+    // The model is asked on the pause's words, before the turn is over...
+    asked(&model, 1).await;
+    let Some(Frame::Transcript {
+        is_final: false, ..
+    }) = running.output().recv().await
+    else {
+        panic!("the pause's words go on for the caller to see");
+    };
+    // ...but the tool it chose does not run: a second request would follow
+    // its result. Nothing of the guess reaches the caller yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        model.seen.lock().unwrap().len(),
+        1,
+        "the tool ran on a guess"
+    );
+    assert!(running.output().try_recv().is_err(), "a guess was spoken");
+    // The turn ends with the same words: the guess is the answer.
+    ask_stage(&input, turn, "what is one and one").await;
+    drop(input);
+    running.close_input();
+    let mut frames = Vec::new();
+    while let Some(f) = running.output().recv().await {
+        frames.push(f);
+    }
+    let kinds: Vec<_> = frames.iter().map(|f| f.kind()).collect();
+    assert_eq!(kinds[..2], ["transcript", "tool_call"], "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"end_of_turn"), "{kinds:?}");
+    let Frame::ToolCall { record, .. } = &frames[1] else {
+        unreachable!()
+    };
+    assert!(
+        !record.is_error && record.output.contains('2'),
+        "{record:?}"
+    );
+    assert_eq!(reply_of(&frames), "One and one make two.");
+    // Two requests (the call, then the answer): none was made again.
+    assert_eq!(model.seen.lock().unwrap().len(), 2);
+    running
+        .join(Duration::from_secs(5))
+        .await
+        .into_result()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guess_is_dropped_when_the_caller_goes_on_and_leaves_no_trace() {
+    use parlor::runner::Pipeline;
+    use parlor::stages::planner::PlannerStage;
+
+    let pool = py_pool().await;
+    let model = Scripted::new(vec![
+        Step::Say("Which order?"),
+        Step::Say("Order 1042 shipped."),
+        Step::Say("You are welcome."),
+    ]);
+    let p = planner(model.clone(), pool, PlannerOptions::default());
+    let mut running = Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
+        .stage(Box::new(PlannerStage::new(p)))
+        .start();
+    let input = running.input_handle();
+    let turn = running.turns().begin();
+    pause_words(&input, turn, "where is my order").await;
+    asked(&model, 1).await;
+    // The caller went on after the pause: the final words differ.
+    ask_stage(&input, turn, "where is my order 1042").await;
+    let mut frames = Vec::new();
+    while let Some(f) = running.output().recv().await {
+        let end = matches!(f, parlor::frame::Frame::EndOfTurn(_));
+        frames.push(f);
+        if end {
+            break;
+        }
+    }
+    assert_eq!(
+        reply_of(&frames),
+        "Order 1042 shipped.",
+        "the guess was spoken"
+    );
+    let next = running.turns().begin();
+    ask_stage(&input, next, "thanks").await;
+    drop(input);
+    running.close_input();
+    while running.output().recv().await.is_some() {}
+    // The conversation holds the turn as it ended, not the guess.
+    let seen = model.last_messages();
+    let said: Vec<String> = seen
+        .iter()
+        .filter_map(|m| match m {
+            ChatMessage::User { content } | ChatMessage::Assistant { content } => {
+                Some(content.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        said,
+        ["where is my order 1042", "Order 1042 shipped.", "thanks"],
+        "{seen:?}"
+    );
+    running
+        .join(Duration::from_secs(5))
+        .await
+        .into_result()
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_that_would_say_a_secret_is_cut_off_before_it() {
     // A model talked into repeating a credential (by an injected

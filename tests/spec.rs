@@ -136,7 +136,7 @@ fn missing_required_field_is_named() {
 #[test]
 fn out_of_range_values_name_field_and_a_fix() {
     let (msg, err) = problems(&format!(
-        "name = \"x\"\nchannel_capacity = 0\n[[stage]]\nkind = \"vad\"\nbackend = \"earshot\"\nthreshold = 1.5\nend_of_turn_ms = 10\n{STT}"
+        "name = \"x\"\nchannel_capacity = 0\n[[stage]]\nkind = \"vad\"\nbackend = \"earshot\"\nthreshold = 1.5\nend_of_turn_ms = 10\nquiet_dbfs = -10\n{STT}"
     ));
     let fields: Vec<_> = err
         .problems
@@ -145,7 +145,12 @@ fn out_of_range_values_name_field_and_a_fix() {
         .collect();
     assert_eq!(
         fields,
-        ["channel_capacity", "threshold", "end_of_turn_ms"],
+        [
+            "channel_capacity",
+            "threshold",
+            "end_of_turn_ms",
+            "quiet_dbfs"
+        ],
         "{msg}"
     );
     assert!(msg.contains("threshold = 0.5"), "gives a fix: {msg}");

@@ -136,3 +136,25 @@ pub fn env_usize(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// Small talk, for a pipeline without tools.
+pub const CHAT: &[&str] = &[
+    "What is the capital of France?",
+    "How are you today?",
+    "Tell me a fun fact about cats.",
+    "What colour is the sky?",
+    "Can you recommend a good book?",
+];
+
+/// How long `audio` is quiet at its end (below about -40 dBFS): added to
+/// "last frame sent → first reply audio" it gives the wait a caller feels
+/// from the end of their words.
+pub fn trailing_silence(audio: &AudioChunk) -> Duration {
+    let voiced_end = audio
+        .samples
+        .iter()
+        .rposition(|s| s.abs() > 0.01)
+        .map_or(0, |i| i + 1);
+    let quiet = audio.samples.len() - voiced_end;
+    Duration::from_secs_f64(quiet as f64 / f64::from(audio.sample_rate))
+}

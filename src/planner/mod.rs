@@ -54,6 +54,8 @@ pub struct PlannerOptions {
     pub filler_after: Option<Duration>,
     /// What fillers say, taken in turn.
     pub fillers: Vec<String>,
+    /// Start on a pause's early transcript (see `PlannerSpec::speculate`).
+    pub speculate: bool,
 }
 
 impl Default for PlannerOptions {
@@ -66,6 +68,7 @@ impl Default for PlannerOptions {
             max_result_bytes: 4000,
             filler_after: Some(Duration::from_millis(1200)),
             fillers: vec!["One moment.".into()],
+            speculate: true,
         }
     }
 }
@@ -158,6 +161,9 @@ pub struct Planner {
     options: PlannerOptions,
     /// Never said to a caller (see [`crate::secrets`]).
     secrets: Arc<Secrets>,
+    /// A speculative run's tool calls wait until this fires (the turn it
+    /// guessed is confirmed), so a guess never acts; `None`: they run at once.
+    hold_tools: Option<CancellationToken>,
 }
 
 impl Planner {
@@ -173,12 +179,20 @@ impl Planner {
             system: system.into(),
             options,
             secrets: Arc::default(),
+            hold_tools: None,
         }
     }
 
     /// Replies that would say one of `secrets` are cut off before it.
     pub fn with_secrets(mut self, secrets: Arc<Secrets>) -> Self {
         self.secrets = secrets;
+        self
+    }
+
+    /// This planner for a speculative run: it may think and write, but
+    /// its tool calls wait until `confirmed` fires.
+    pub fn holding_tools_until(mut self, confirmed: CancellationToken) -> Self {
+        self.hold_tools = Some(confirmed);
         self
     }
 
@@ -438,6 +452,10 @@ impl Planner {
         calls: &[ToolCall],
         events: &UnboundedSender<PlannerEvent>,
     ) -> Vec<ToolRecord> {
+        if let Some(confirmed) = &self.hold_tools {
+            // Cancelling the turn drops this wait with the rest of it.
+            confirmed.cancelled().await;
+        }
         let runs = calls.iter().map(|call| async move {
             let _ = events.send(PlannerEvent::ToolStarted(call.clone()));
             let started = Instant::now();

@@ -223,6 +223,7 @@ pub fn options(stage: &PlannerSpec) -> PlannerOptions {
         filler_after: (stage.filler_after_ms > 0 && !stage.fillers.is_empty())
             .then(|| Duration::from_millis(stage.filler_after_ms)),
         fillers: stage.fillers.clone(),
+        speculate: stage.speculate,
         ..PlannerOptions::default()
     }
 }

@@ -100,6 +100,17 @@ impl StageIo {
         self.push(frame).await
     }
 
+    /// Send a frame ahead of this stage's output proper for its turn (a
+    /// transcript of a pause, which the final one may revise): it neither
+    /// starts nor stops the clock, so time to first output stays the time
+    /// to the frame the turn waits for.
+    ///
+    /// # Errors
+    /// [`StageError::DownstreamClosed`] when the next stage has stopped.
+    pub async fn send_ahead(&mut self, frame: Frame) -> Result<(), StageError> {
+        self.push(frame).await
+    }
+
     /// Count what this stage consumed for `turn` (tokens, seconds of
     /// audio, characters): added to the turn's `EndOfTurn` as it passes.
     pub fn add_usage(&mut self, turn: TurnId, usage: Usage) {

@@ -11,14 +11,24 @@
 //! `filler_after` gets a [`Frame::Filler`] ("One moment.") for the tts stage
 //! to say, unless the reply has already begun; fillers stay out of the
 //! conversation.
+//!
+//! A transcript that is not final (the stt stage's transcript of a pause,
+//! before the turn is over) starts a *guess*: the model reads and starts
+//! writing, its output held back, its tool calls held until the turn is
+//! confirmed. If the final transcript is the same, the guess becomes the
+//! answer, already under way; if the caller went on, it is thrown away
+//! (with its copy of the conversation). So the end-of-turn silence that
+//! keeps parlor from cutting a caller off is no longer all waiting.
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Stage, StageContext, StageError, StageIo};
 use crate::frame::{Frame, TurnId};
-use crate::planner::{History, Planner, PlannerError, PlannerEvent};
+use crate::planner::{History, Planner, PlannerError, PlannerEvent, TurnOutcome};
 
 pub struct PlannerStage {
     planner: Planner,
@@ -27,6 +37,29 @@ pub struct PlannerStage {
     last_turn: Option<TurnId>,
     /// Fillers said so far, to take the next one in turn.
     fillers_said: usize,
+    /// An answer started on a pause's transcript, before the turn was over.
+    guess: Option<Run>,
+}
+
+/// One turn's planner run on its own task (so the stage can go on reading
+/// frames while a guess runs), on a copy of the conversation that replaces
+/// the stage's own once the run is used.
+struct Run {
+    turn: TurnId,
+    text: String,
+    events: mpsc::UnboundedReceiver<PlannerEvent>,
+    task: AbortOnDropHandle<(History, Result<TurnOutcome, PlannerError>)>,
+    /// Fired when the turn is confirmed: a guess's tool calls may run.
+    confirmed: CancellationToken,
+    /// Stops this run alone (a child of the turn's token).
+    cancel: CancellationToken,
+}
+
+impl Drop for Run {
+    /// A run nobody will use stops at once, freeing the model.
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
 }
 
 impl PlannerStage {
@@ -36,6 +69,7 @@ impl PlannerStage {
             history: History::default(),
             last_turn: None,
             fillers_said: 0,
+            guess: None,
         }
     }
 
@@ -52,23 +86,92 @@ impl PlannerStage {
         Some((after, text.clone()))
     }
 
-    async fn answer(
-        &mut self,
-        io: &mut StageIo,
-        cx: &StageContext,
-        turn: TurnId,
-        text: &str,
-    ) -> Result<(), StageError> {
-        let cancel = cx.turns.token(turn);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut filler = self.next_filler();
-        let planner = &self.planner;
-        let history = &mut self.history;
-        let work = async move {
-            let result = planner.run_turn(history, text, &tx, &cancel).await;
-            drop(tx);
-            result
+    /// Start answering `text` for `turn`. A guess (`speculative`) holds its
+    /// tool calls until [`Run::confirmed`] fires.
+    fn start(&mut self, cx: &StageContext, turn: TurnId, text: &str, speculative: bool) -> Run {
+        self.keep_heard(cx);
+        let cancel = cx.turns.token(turn).child_token();
+        let confirmed = CancellationToken::new();
+        let planner = if speculative {
+            self.planner.clone().holding_tools_until(confirmed.clone())
+        } else {
+            confirmed.cancel();
+            self.planner.clone()
         };
+        let mut history = self.history.clone();
+        let (tx, events) = mpsc::unbounded_channel();
+        let task = {
+            let (text, cancel) = (text.to_string(), cancel.clone());
+            tokio::spawn(async move {
+                let result = planner.run_turn(&mut history, &text, &tx, &cancel).await;
+                (history, result)
+            })
+        };
+        Run {
+            turn,
+            text: text.to_string(),
+            events,
+            task: AbortOnDropHandle::new(task),
+            confirmed,
+            cancel,
+        }
+    }
+
+    /// If a barge-in cut the last reply short, keep only what the caller
+    /// heard of it. True when the conversation changed.
+    fn keep_heard(&mut self, cx: &StageContext) -> bool {
+        let Some(heard) = self.last_turn.and_then(|t| cx.turns.take_heard(t)) else {
+            return false;
+        };
+        tracing::debug!(message = "Reply cut short; keeping what was heard.", heard = %heard);
+        self.history.keep_heard(&heard);
+        true
+    }
+
+    /// A pause's transcript: guess the answer, unless the same guess is
+    /// already running.
+    fn guess(&mut self, cx: &StageContext, turn: TurnId, text: &str) {
+        if self
+            .guess
+            .as_ref()
+            .is_some_and(|g| g.turn == turn && g.text == text)
+        {
+            return;
+        }
+        // Dropping an older guess cancels it before the new one wants the model.
+        self.guess = None;
+        if self.planner.options().speculate && cx.turns.is_live(turn) && !text.trim().is_empty() {
+            tracing::debug!(message = "Answering the pause's transcript ahead.", %turn);
+            self.guess = Some(self.start(cx, turn, text, true));
+        }
+    }
+
+    /// The run that answers the final `text`: the guess if it guessed
+    /// right, else a fresh one.
+    fn confirm(&mut self, cx: &StageContext, turn: TurnId, text: &str) -> Run {
+        // A guess made before the last reply was trimmed to what was heard
+        // answers a conversation that no longer is.
+        let trimmed = self.keep_heard(cx);
+        self.last_turn = Some(turn);
+        match self.guess.take() {
+            Some(guess) if guess.turn == turn && guess.text == text && !trimmed => {
+                tracing::debug!(message = "The pause's guess stands.", %turn);
+                guess.confirmed.cancel();
+                guess
+            }
+            stale => {
+                drop(stale);
+                self.start(cx, turn, text, false)
+            }
+        }
+    }
+
+    /// Speak `run`'s answer: its events become frames, fillers are said
+    /// while slow tools run, and its conversation becomes the stage's.
+    async fn answer(&mut self, io: &mut StageIo, mut run: Run) -> Result<(), StageError> {
+        let turn = run.turn;
+        let mut filler = self.next_filler();
+        let rx = &mut run.events;
         let forward = async {
             let mut replying = false;
             let mut tools_running = 0usize;
@@ -122,10 +225,17 @@ impl PlannerStage {
             }
             Ok::<_, StageError>(filler_said)
         };
-        let (result, forwarded) = tokio::join!(work, forward);
-        if forwarded? {
+        if forward.await? {
             self.fillers_said += 1;
         }
+        let result = match (&mut run.task).await {
+            Ok((history, result)) => {
+                self.history = history;
+                result
+            }
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            Err(_) => Err(PlannerError::Cancelled),
+        };
         match result {
             Ok(_) | Err(PlannerError::Cancelled) => Ok(()),
             Err(error) => {
@@ -155,22 +265,39 @@ impl Stage for PlannerStage {
                     text,
                     is_final: true,
                 }) if cx.turns.is_live(turn) && !text.trim().is_empty() => {
-                    if let Some(heard) = self.last_turn.and_then(|t| cx.turns.take_heard(t)) {
-                        tracing::debug!(message = "Reply cut short; keeping what was heard.", turn = %turn, heard = %heard);
-                        self.history.keep_heard(&heard);
-                    }
-                    self.last_turn = Some(turn);
+                    let run = self.confirm(&cx, turn, &text);
                     io.forward_consumed(Frame::Transcript {
                         turn,
-                        text: text.clone(),
+                        text,
                         is_final: true,
                     })
                     .await?;
                     tokio::select! {
                         biased;
                         _ = cx.shutdown.cancelled() => return Ok(()),
-                        answered = self.answer(&mut io, &cx, turn, &text) => answered?,
+                        answered = self.answer(&mut io, run) => answered?,
                     }
+                }
+                Some(Frame::Transcript {
+                    turn,
+                    text,
+                    is_final: false,
+                }) => {
+                    self.guess(&cx, turn, &text);
+                    io.forward(Frame::Transcript {
+                        turn,
+                        text,
+                        is_final: false,
+                    })
+                    .await?;
+                }
+                Some(Frame::EndOfTurn(metrics)) => {
+                    // A turn that ended with no final transcript (its
+                    // speech failed to transcribe) leaves no guess behind.
+                    if self.guess.as_ref().is_some_and(|g| g.turn == metrics.turn) {
+                        self.guess = None;
+                    }
+                    io.forward(Frame::EndOfTurn(metrics)).await?;
                 }
                 Some(frame) => io.forward(frame).await?,
                 None => return Ok(()),

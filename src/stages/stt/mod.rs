@@ -3,7 +3,8 @@
 //! Input: [`Frame::SpeechEnded`](crate::frame::Frame::SpeechEnded) with the
 //! turn's 16 kHz mono audio, and before it any number of
 //! [`Frame::SpeechPaused`](crate::frame::Frame::SpeechPaused) (the speech so
-//! far, transcribed early; see [`run_stt`]). Output: one final
+//! far, transcribed early; see [`run_stt`]). Output: a transcript that is
+//! not final for each pause transcribed before the turn ended, one final
 //! [`Frame::Transcript`](crate::frame::Frame::Transcript) per live turn with
 //! speech in it (nothing for silence or a cancelled turn), then the frames
 //! that followed, `EndOfTurn` included, unchanged. `SpeechPaused` and
@@ -129,6 +130,19 @@ pub async fn run_stt(
             Some(running) => {
                 tokio::select! {
                     result = &mut running.job => {
+                        // Words before the turn is over: the planner may
+                        // start on them (it keeps its guess only if the
+                        // final transcript is the same).
+                        if let Ok(Some(text)) = &result {
+                            if !text.is_empty() && cx.turns.is_live(running.turn) {
+                                io.send_ahead(Frame::Transcript {
+                                    turn: running.turn,
+                                    text: text.clone(),
+                                    is_final: false,
+                                })
+                                .await?;
+                            }
+                        }
                         running.done = Some(result);
                         continue;
                     }

@@ -52,6 +52,9 @@ pub struct SegmenterConfig {
     /// Silence inside an announced turn after which the speech so far is
     /// offered for an early transcription ([`SegmentEvent::Paused`]); 0: never.
     pub early_stt: usize,
+    /// A frame whose mean square is below this is silence, and the detector
+    /// is not asked (see `VadSpec::quiet_dbfs`); 0: always ask.
+    pub quiet_power: f32,
 }
 
 impl SegmenterConfig {
@@ -66,6 +69,8 @@ impl SegmenterConfig {
             max_turn: ms(spec.max_turn_s.saturating_mul(1000)),
             barge_in_min: ms(spec.barge_in_min_ms),
             early_stt: ms(spec.early_stt_ms),
+            // dBFS of an RMS level, as a mean square: 10^(dB/10).
+            quiet_power: 10f32.powf(spec.quiet_dbfs / 10.0),
         }
     }
 }
@@ -239,6 +244,13 @@ impl Segmenter {
         self.reset();
     }
 
+    /// Whether `frame` is below the quiet floor: a few hundred multiply-adds
+    /// against a detector's tens of microseconds.
+    fn is_quiet(&self, frame: &[f32]) -> bool {
+        let power = frame.iter().map(|s| s * s).sum::<f32>() / frame.len() as f32;
+        power < self.config.quiet_power
+    }
+
     /// Forget all state (including the detector's) for a new stream.
     pub fn reset(&mut self) {
         self.detector.reset();
@@ -249,7 +261,13 @@ impl Segmenter {
     }
 
     fn process(&mut self, frame: &[f32], events: &mut Vec<SegmentEvent>) -> Result<(), VadError> {
-        let probability = self.detector.speech_probability(frame)?;
+        // The stream's first frame always goes to the detector: some settle
+        // their state on it (earshot primes on it).
+        let probability = if self.position > 0 && self.is_quiet(frame) {
+            0.0
+        } else {
+            self.detector.speech_probability(frame)?
+        };
         let frame_start = self.position;
         self.position += frame.len() as u64;
         let cfg = &self.config;
@@ -416,6 +434,7 @@ mod tests {
             max_turn: 160_000,
             barge_in_min: 6_400,
             early_stt: 0,
+            quiet_power: 0.0,
         }
     }
 
@@ -441,6 +460,42 @@ mod tests {
         d.as_millis()
     }
 
+    /// [`Level`], counting the frames it is asked about.
+    struct Counted(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl SpeechDetector for Counted {
+        fn frame_len(&self) -> usize {
+            160
+        }
+        fn speech_probability(&mut self, frame: &[f32]) -> Result<f32, VadError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(frame[0])
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn frames_below_the_quiet_floor_are_silence_without_the_detector() {
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let config = SegmenterConfig {
+            quiet_power: 1e-6, // -60 dBFS
+            ..config()
+        };
+        let mut s = Segmenter::new(config, Box::new(Counted(asked.clone())));
+        // Digital silence, a second of "speech", then a hiss at -80 dBFS.
+        let audio = signal(&[(0.0, 16_000), (0.9, 16_000), (1e-4, 16_000)]);
+        let mut events = Vec::new();
+        s.push(&audio, &mut events).unwrap();
+        s.finish(&mut events);
+        assert_eq!(events.len(), 2, "{events:?}");
+        let SegmentEvent::Ended(segment) = &events[1] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(ms(segment.speech), 1000);
+        // The stream's first frame, then only the loud ones.
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1 + 100);
+    }
+
     #[test]
     fn one_turn_with_pre_roll_and_padding() {
         let audio = signal(&[(0.0, 16_000), (0.9, 16_000), (0.0, 16_000)]);
@@ -464,6 +519,7 @@ mod tests {
     fn a_pause_offers_the_speech_so_far_once_and_it_matches_the_end() {
         let config = SegmenterConfig {
             early_stt: 1_600,
+            quiet_power: 0.0,
             ..config()
         };
         // Speech, a 150 ms pause (a paused event, then more speech), speech,
@@ -504,6 +560,7 @@ mod tests {
     fn a_pause_shorter_than_the_padding_is_padded_with_what_there_is() {
         let config = SegmenterConfig {
             early_stt: 480,
+            quiet_power: 0.0,
             ..config()
         };
         let audio = signal(&[(0.0, 16_000), (0.9, 16_000), (0.0, 16_000)]);
