@@ -143,6 +143,9 @@ kind = "planner"
 backend = "openai"
 model = "bench"
 base_url = "{base_url}"
+# A guess on the pause would start the LLM before the end of the turn and
+# hide its 100 ms: voice to voice - 200 ms would then not be parlor's cost.
+speculate = false
 
 [[stage]]
 kind = "tts"

@@ -273,6 +273,24 @@ enum McpCommand {
         #[arg(long, default_value_t = 300)]
         wait: u64,
     },
+    /// Call one tool by hand, as the planner would: through the gate (pins
+    /// and scan), the access rules, the secret guard and the audit log
+    /// (principal `cli`). Prints the tool's answer; exit code 1 when it is
+    /// an error.
+    Call {
+        /// The tool as the planner sees it: `server__tool`.
+        tool: String,
+        /// Its arguments, a JSON object.
+        #[arg(default_value = "{}")]
+        arguments: String,
+        /// The role the access rules see (whoever can run this can read
+        /// the spec and its credentials, hence `admin` by default).
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Pipeline spec (default: the embedded pipelines/local.toml).
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+    },
     /// Report each server's tools: pin status (pinned, new, changed,
     /// quarantined), whether the planner would be offered the tool, and
     /// the poisoning scan's findings. Changes nothing.
@@ -397,6 +415,15 @@ fn main() -> ExitCode {
             Command::Mcp {
                 command: McpCommand::Scan { pipeline, json },
             } => run_mcp_scan(pipeline.as_deref(), json).await,
+            Command::Mcp {
+                command:
+                    McpCommand::Call {
+                        tool,
+                        arguments,
+                        role,
+                        pipeline,
+                    },
+            } => run_mcp_call(&tool, &arguments, &role, pipeline.as_deref()).await,
             Command::Mcp {
                 command:
                     McpCommand::Login {
@@ -716,6 +743,62 @@ async fn run_serve(
         pipeline.shutdown().await;
     }
     served.map_err(Failure::input)
+}
+
+async fn run_mcp_call(
+    tool: &str,
+    arguments: &str,
+    role: &str,
+    path: Option<&Path>,
+) -> Result<(), Failure> {
+    let arguments: serde_json::Value = serde_json::from_str(arguments)
+        .map_err(|e| Failure::input(format!("the arguments are not JSON: {e}")))?;
+    if !arguments.is_object() {
+        return Err(Failure::input("the arguments must be a JSON object"));
+    }
+    let spec = load_spec(path)?;
+    let Some((server, _)) = tool.split_once("__") else {
+        return Err(Failure::input(format!(
+            "{tool}: name a tool as server__tool (see `parlor mcp list`)"
+        )));
+    };
+    if !spec.mcp.contains_key(server) {
+        return Err(Failure::input(format!(
+            "no [mcp.{server}] in {}",
+            spec.source.display()
+        )));
+    }
+    let connected =
+        parlor::planner::setup::connect_tools(&spec, &[server.to_string()], false, Path::new("."))
+            .await
+            .map_err(Failure::input)?;
+    let operator = parlor::mcp::AuditContext {
+        principal: "cli".into(),
+        role: role.into(),
+        session: None,
+    };
+    let tools = connected
+        .tools
+        .for_caller(&operator)
+        .unwrap_or_else(|| connected.tools.clone());
+    // Listing first, as the planner does each turn: the pool learns each
+    // tool's route, and the gate checks the pins.
+    let offered = tools.specs().await;
+    if !offered.iter().any(|t| t.name == tool) {
+        eprintln!("warning: {tool} is not offered (unknown, quarantined, or not for role {role}); calling it anyway to show why");
+    }
+    let answer = tools.call(tool, arguments).await;
+    drop(tools);
+    let connected_pool = connected.pool.clone();
+    drop(connected);
+    if let Ok(pool) = Arc::try_unwrap(connected_pool) {
+        pool.shutdown().await;
+    }
+    println!("{}", answer.text);
+    if answer.is_error {
+        return Err(Failure::input(format!("{tool} answered with an error")));
+    }
+    Ok(())
 }
 
 async fn run_mcp_list(path: Option<&Path>) -> Result<(), Failure> {

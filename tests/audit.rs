@@ -267,9 +267,18 @@ async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
         .await;
     assert!(!answer.is_error, "{}", answer.text);
     let r = records(&path);
-    assert_eq!(r.len(), 1, "recorded by the time the answer returned");
-    let ok = &r[0];
-    assert_eq!(ok["seq"], 1);
+    assert_eq!(r.len(), 2, "recorded by the time the answer returned");
+    // The intent, written before the call was sent...
+    let intent = &r[0];
+    assert_eq!(intent["seq"], 1);
+    assert_eq!(intent["decision"], "calling");
+    assert_eq!(intent["tool"], "get_order");
+    assert_eq!(intent["arguments"], json!({"order_id": 1042}));
+    assert!(intent["result_sha256"].is_null() && intent["result_bytes"].is_null());
+    // ...then the outcome.
+    let ok = &r[1];
+    assert_eq!(ok["seq"], 2);
+    assert_eq!(ok["prev"], intent["hash"]);
     assert_eq!(ok["decision"], "allowed");
     assert_eq!(ok["principal"], "anonymous");
     assert_eq!(ok["role"], "caller");
@@ -298,19 +307,21 @@ async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
         .await;
     assert!(answer.is_error);
     let r = records(&path);
-    assert_eq!(r.len(), 2, "{r:?}");
-    let tool_error = &r[1];
+    assert_eq!(r.len(), 4, "{r:?}");
+    assert_eq!(r[2]["decision"], "calling");
+    let tool_error = &r[3];
     assert_eq!(tool_error["decision"], "allowed", "{tool_error}");
     assert_eq!(tool_error["tool_error"], true);
-    assert_eq!(tool_error["prev"], ok["hash"]);
+    assert_eq!(tool_error["prev"], r[2]["hash"]);
     assert_eq!(tool_error["result_bytes"], answer.text.len());
 
-    // No such tool: the call fails in the pool, nothing ran.
+    // No such tool: the call fails in the pool, nothing ran (and, sent
+    // nowhere, it had no intent).
     let answer = tools.call("orders__no_such_tool", json!({})).await;
     assert!(answer.is_error);
     let r = records(&path);
-    assert_eq!(r.len(), 3, "{r:?}");
-    let failed = &r[2];
+    assert_eq!(r.len(), 5, "{r:?}");
+    let failed = &r[4];
     assert_eq!(failed["decision"], "failed", "{failed}");
     assert_eq!(failed["tool"], "orders__no_such_tool");
     assert!(failed["result_sha256"].is_null() && failed["result_bytes"].is_null());
@@ -319,11 +330,104 @@ async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
     for secret in SECRETS {
         assert!(!text.contains(secret), "{secret} written: {text}");
     }
-    assert_eq!(verify(&path).unwrap().records, 3);
+    assert_eq!(verify(&path).unwrap().records, 5);
     drop(tools);
     if let Ok(pool) = Arc::try_unwrap(pool) {
         pool.shutdown().await;
     }
+}
+
+/// `parlor mcp call` SIGKILLed while its tool runs (the Python peer's
+/// `slow`): the intent is on record and the chain verifies. Before intents
+/// were written, a call in flight at a kill left nothing.
+#[test]
+fn a_call_in_flight_at_kill_9_is_on_record() {
+    let dir = support::log_dir("audit-a_call_in_flight_at_kill_9_is_on_record");
+    let spec = dir.join("spec.toml");
+    let python = support::python();
+    let server = support::root().join("tests/peers/py_mcp_server.py");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"name = "kill"
+[[stage]]
+kind = "vad"
+backend = "earshot"
+[mcp.py]
+transport = "stdio"
+command = "{python}"
+args = ["{server}"]
+[trust]
+allow = [{{ command = "{python}", args = ["{server}"] }}]
+lock = "{lock}"
+[audit]
+path = "{log}"
+"#,
+            server = server.display(),
+            lock = dir.join("py.mcp.lock").display(),
+            log = dir.join("tools.jsonl").display(),
+        ),
+    )
+    .unwrap();
+    let parlor = env!("CARGO_BIN_EXE_parlor");
+    let trusted = std::process::Command::new(parlor)
+        .args(["mcp", "trust", "--pipeline"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(trusted.status.success(), "{trusted:?}");
+    // The whole path once, to a result: intent, then outcome.
+    let quick = std::process::Command::new(parlor)
+        .args([
+            "mcp",
+            "call",
+            "py__add",
+            r#"{"a": 2, "b": 3}"#,
+            "--pipeline",
+        ])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(quick.status.success(), "{quick:?}");
+    assert_eq!(String::from_utf8_lossy(&quick.stdout).trim(), "5");
+
+    let log = dir.join("tools.jsonl");
+    let mut child = std::process::Command::new(parlor)
+        .args([
+            "mcp",
+            "call",
+            "py__slow",
+            r#"{"seconds": 60}"#,
+            "--pipeline",
+        ])
+        .arg(&spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the intent (the server is connecting, then the call runs).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let lines_in = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|t| t.matches('\n').count())
+            .unwrap_or(0)
+    };
+    while lines_in(&log) < 3 {
+        assert!(std::time::Instant::now() < deadline, "no intent written");
+        assert!(child.try_wait().unwrap().is_none(), "the call ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let r = records(&log);
+    let decisions: Vec<_> = r.iter().map(|r| r["decision"].as_str().unwrap()).collect();
+    assert_eq!(decisions, ["calling", "allowed", "calling"], "{r:?}");
+    assert_eq!(r[2]["tool"], "slow");
+    assert_eq!(r[2]["principal"], "cli");
+    assert_eq!(r[2]["arguments"], json!({"seconds": 60}));
+    let report = verify(&log).unwrap();
+    assert_eq!(report.records, 3, "{report:?}");
 }
 
 /// `parlor audit verify`: OK and exit 0 on a good log, the precise problem

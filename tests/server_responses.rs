@@ -160,8 +160,9 @@ async fn the_server_calls_the_mcp_tool_and_answers() {
         .map(|l| serde_json::from_str(l).unwrap())
         .filter(|r: &Value| r["session"] == id)
         .collect();
-    assert_eq!(records.len(), 1, "{log}");
-    let record = &records[0];
+    let decisions: Vec<_> = records.iter().map(|r| r["decision"].as_str()).collect();
+    assert_eq!(decisions, [Some("calling"), Some("allowed")], "{log}");
+    let record = &records[1];
     assert_eq!(record["decision"], "allowed", "{record}");
     assert_eq!(record["server"], "kb", "{record}");
     assert_eq!(record["tool"], "search_knowledge", "{record}");

@@ -19,6 +19,12 @@
 //! sidecar, then acknowledges each waiter. So an acknowledged record is on
 //! disk, and concurrent appends share one fsync.
 //!
+//! A call's intent ([`Decision::Calling`], [`AuditLog::append_intent`]) is
+//! acknowledged once written, before the fsync: written is enough to
+//! survive the process dying mid-call (`kill -9`, a crash), which is what
+//! it is for, and it costs no fsync of its own (the outcome's fsync, or
+//! the next group's, makes it durable).
+//!
 //! # Truncation and torn writes
 //! A chain cannot see its own tail cut off, so `<file>.head` holds the last
 //! `seq` and `hash`, replaced atomically (temp file, fsync, rename) after
@@ -89,6 +95,10 @@ pub enum AuditError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
+    /// Allowed and about to be sent to the server: written before the call
+    /// (see [`AuditLog::append_intent`]), so a call the process dies in is
+    /// still on record. Its outcome follows as another record.
+    Calling,
     Allowed,
     Denied,
     RateLimited,
@@ -280,6 +290,8 @@ fn cap(s: &str, max: usize) -> String {
 struct Pending {
     record: Prepared,
     ack: oneshot::Sender<Result<Receipt, String>>,
+    /// Acknowledge only once fsynced; else once written.
+    durable: bool,
 }
 
 /// An append-only, hash-chained, fsynced log of tool decisions. Cheap to
@@ -377,9 +389,27 @@ impl AuditLog {
     /// # Errors
     /// As [`AuditLog::append`].
     pub async fn append_prepared(&self, record: Prepared) -> Result<Receipt, AuditError> {
+        self.queue(record, true).await
+    }
+
+    /// Append the intent to call a tool; returns once the record is
+    /// written (it survives the process dying), without waiting for an
+    /// fsync of its own.
+    ///
+    /// # Errors
+    /// As [`AuditLog::append`].
+    pub async fn append_intent(&self, entry: &AuditEntry<'_>) -> Result<Receipt, AuditError> {
+        self.queue(Prepared::new(entry), false).await
+    }
+
+    async fn queue(&self, record: Prepared, durable: bool) -> Result<Receipt, AuditError> {
         let (ack, done) = oneshot::channel();
         self.tx
-            .send(Pending { record, ack })
+            .send(Pending {
+                record,
+                ack,
+                durable,
+            })
             .await
             .map_err(|_| AuditError::Closed)?;
         match done.await {
@@ -419,17 +449,42 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let result = self.commit(&group);
-            for (i, p) in group.drain(..).enumerate() {
-                let _ = p.ack.send(match &result {
-                    Ok(receipts) => Ok(receipts[i].clone()),
-                    Err(e) => Err(e.clone()),
-                });
-            }
+            self.commit(&mut group);
         }
     }
 
-    fn commit(&mut self, group: &[Pending]) -> Result<Vec<Receipt>, String> {
+    /// Write `group`, acknowledge its intents, fsync if any other record
+    /// needs it, then acknowledge those. Drains `group`.
+    fn commit(&mut self, group: &mut Vec<Pending>) {
+        let receipts = match self.write(group) {
+            Ok(receipts) => receipts,
+            Err(e) => {
+                for p in group.drain(..) {
+                    let _ = p.ack.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        let mut durable = Vec::new();
+        for (p, receipt) in group.drain(..).zip(receipts) {
+            if p.durable {
+                durable.push((p, receipt));
+            } else {
+                let _ = p.ack.send(Ok(receipt));
+            }
+        }
+        if durable.is_empty() {
+            return;
+        }
+        let synced = self.sync();
+        for (p, receipt) in durable {
+            let _ = p.ack.send(synced.clone().map(|()| receipt));
+        }
+    }
+
+    /// Seal and write `group` in one write (no fsync): the receipts, in
+    /// order.
+    fn write(&mut self, group: &[Pending]) -> Result<Vec<Receipt>, String> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -446,24 +501,36 @@ impl Writer {
                 hash: hash.clone(),
             });
         }
-        let written = self
-            .file
-            .write_all(buf.as_bytes())
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            let e = format!("{}: {e}", self.path.display());
-            tracing::error!(message = "Audit log write failed; refusing further records.", error = %e);
-            self.failed = Some(e.clone());
-            return Err(e);
+        if let Err(e) = self.file.write_all(buf.as_bytes()) {
+            return Err(self.fail(e));
+        }
+        (self.seq, self.hash) = (seq, hash);
+        Ok(receipts)
+    }
+
+    /// fsync what was written, then move the head up to it.
+    fn sync(&mut self) -> Result<(), String> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if let Err(e) = self.file.sync_data() {
+            return Err(self.fail(e));
         }
         self.fsyncs.fetch_add(1, Ordering::Relaxed);
-        (self.seq, self.hash) = (seq, hash);
         // The records are durable; a failed head update only weakens
         // truncation detection, so it is logged, not fatal.
         if let Err(e) = self.write_head() {
             tracing::warn!(message = "Audit head not updated.", path = %self.head.display(), error = %e);
         }
-        Ok(receipts)
+        Ok(())
+    }
+
+    /// The log stops at its first failure (fail closed).
+    fn fail(&mut self, e: std::io::Error) -> String {
+        let e = format!("{}: {e}", self.path.display());
+        tracing::error!(message = "Audit log write failed; refusing further records.", error = %e);
+        self.failed = Some(e.clone());
+        e
     }
 
     fn write_head(&self) -> std::io::Result<()> {

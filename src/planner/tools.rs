@@ -120,7 +120,9 @@ impl Toolbox for McpPool {
 
 /// The MCP pool behind the access policy, with every decision written to
 /// the audit log (durably) before its result is returned; if the record
-/// cannot be written the result is withheld (fail closed).
+/// cannot be written the result is withheld (fail closed). An allowed call
+/// is recorded twice: its intent (`calling`) before it is sent, its
+/// outcome after.
 #[derive(Clone)]
 pub struct AuditedPool {
     pool: Arc<McpPool>,
@@ -343,10 +345,31 @@ impl Toolbox for AuditedPool {
         let (pool, log, context) = (self.pool.clone(), self.log.clone(), self.context.clone());
         let name = name.to_string();
         let task = tokio::spawn(async move {
+            let (server, tool) = audited_route(&pool, &name);
+            // The intent first: a call the process dies in (kill -9, a
+            // crash) is still on record. No intent on record, no call. (A
+            // tool the pool does not know is sent nowhere: no intent.)
+            let known = !server.is_empty();
+            let intent = AuditEntry {
+                context: &context,
+                decision: Decision::Calling,
+                server: &server,
+                tool: &tool,
+                arguments: &arguments,
+                result: None,
+                tool_error: false,
+                latency: std::time::Duration::ZERO,
+                reason: confirmed.then_some(CONFIRMED),
+            };
+            if known {
+                if let Err(e) = log.append_intent(&intent).await {
+                    tracing::error!(message = "Tool call not made: its intent could not be recorded.", tool = %tool, error = %e);
+                    return ToolAnswer::error(AUDIT_FAILED);
+                }
+            }
             let started = Instant::now();
             let result = pool.call_tool(&name, arguments.clone()).await;
             let latency = started.elapsed();
-            let (server, tool) = audited_route(&pool, &name);
             let (answer, decision, reason) = match &result {
                 Ok(out) => (
                     ToolAnswer {
