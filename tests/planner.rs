@@ -708,6 +708,15 @@ async fn a_reply_cut_short_is_remembered_as_only_the_words_heard() {
         .unwrap();
 }
 
+/// The planner stage alone in a running pipeline, over `model` and the
+/// Python peer's tools.
+async fn start_stage(model: &Arc<Scripted>) -> parlor::runner::RunningPipeline {
+    let p = planner(model.clone(), py_pool().await, PlannerOptions::default());
+    parlor::runner::Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
+        .stage(Box::new(parlor::stages::planner::PlannerStage::new(p)))
+        .start()
+}
+
 /// A transcript the stt stage sends before the turn is over.
 async fn pause_words(
     input: &mpsc::Sender<parlor::frame::Frame>,
@@ -750,18 +759,12 @@ fn reply_of(frames: &[parlor::frame::Frame]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guess_on_a_pause_becomes_the_answer_and_its_tools_wait_for_the_turn() {
     use parlor::frame::Frame;
-    use parlor::runner::Pipeline;
-    use parlor::stages::planner::PlannerStage;
 
-    let pool = py_pool().await;
     let model = Scripted::new(vec![
         Step::Calls(vec![("py__add", json!({"a": 1, "b": 1}))]),
         Step::Say("One and one make two."),
     ]);
-    let p = planner(model.clone(), pool, PlannerOptions::default());
-    let mut running = Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
-        .stage(Box::new(PlannerStage::new(p)))
-        .start();
+    let mut running = start_stage(&model).await;
     let input = running.input_handle();
     let turn = running.turns().begin();
     pause_words(&input, turn, "what is one and one").await;
@@ -812,19 +815,12 @@ async fn a_guess_on_a_pause_becomes_the_answer_and_its_tools_wait_for_the_turn()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guess_is_dropped_when_the_caller_goes_on_and_leaves_no_trace() {
-    use parlor::runner::Pipeline;
-    use parlor::stages::planner::PlannerStage;
-
-    let pool = py_pool().await;
     let model = Scripted::new(vec![
         Step::Say("Which order?"),
         Step::Say("Order 1042 shipped."),
         Step::Say("You are welcome."),
     ]);
-    let p = planner(model.clone(), pool, PlannerOptions::default());
-    let mut running = Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
-        .stage(Box::new(PlannerStage::new(p)))
-        .start();
+    let mut running = start_stage(&model).await;
     let input = running.input_handle();
     let turn = running.turns().begin();
     pause_words(&input, turn, "where is my order").await;

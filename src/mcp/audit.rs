@@ -145,6 +145,30 @@ pub struct AuditEntry<'a> {
     pub reason: Option<&'a str>,
 }
 
+impl<'a> AuditEntry<'a> {
+    /// A decision about a call with no result: an intent, a refusal, a
+    /// quarantine.
+    pub fn without_result(
+        context: &'a AuditContext,
+        decision: Decision,
+        (server, tool): (&'a str, &'a str),
+        arguments: &'a Value,
+        reason: Option<&'a str>,
+    ) -> Self {
+        Self {
+            context,
+            decision,
+            server,
+            tool,
+            arguments,
+            result: None,
+            tool_error: false,
+            latency: Duration::ZERO,
+            reason,
+        }
+    }
+}
+
 /// A record built and redacted, waiting for its place in the chain.
 #[derive(Debug, Clone)]
 pub struct Prepared {

@@ -202,17 +202,13 @@ impl AuditedPool {
         // On its own task, like an allowed call: a planner that stops
         // waiting must not leave the refusal unrecorded.
         let task = tokio::spawn(async move {
-            let entry = AuditEntry {
-                context: &context,
+            let entry = AuditEntry::without_result(
+                &context,
                 decision,
-                server: &server,
-                tool: &tool,
-                arguments: &arguments,
-                result: None,
-                tool_error: false,
-                latency: std::time::Duration::ZERO,
-                reason: Some(&why),
-            };
+                (&server, &tool),
+                &arguments,
+                Some(&why),
+            );
             recorded(&log, &entry, ToolAnswer::error(why.clone())).await
         });
         task.await
@@ -234,17 +230,13 @@ impl AuditedPool {
         let task = tokio::spawn(async move {
             for q in quarantines {
                 let reason = format!("quarantined, not offered: {}", q.reason);
-                let entry = AuditEntry {
-                    context: &context,
-                    decision: Decision::Denied,
-                    server: &q.server,
-                    tool: &q.tool,
-                    arguments: &Value::Null,
-                    result: None,
-                    tool_error: false,
-                    latency: std::time::Duration::ZERO,
-                    reason: Some(&reason),
-                };
+                let entry = AuditEntry::without_result(
+                    &context,
+                    Decision::Denied,
+                    (&q.server, &q.tool),
+                    &Value::Null,
+                    Some(&reason),
+                );
                 if let Err(e) = log.append(&entry).await {
                     tracing::error!(message = "Quarantine not recorded: audit write failed.", server = %q.server, tool = %q.tool, error = %e);
                 }
@@ -350,17 +342,13 @@ impl Toolbox for AuditedPool {
             // crash) is still on record. No intent on record, no call. (A
             // tool the pool does not know is sent nowhere: no intent.)
             let known = !server.is_empty();
-            let intent = AuditEntry {
-                context: &context,
-                decision: Decision::Calling,
-                server: &server,
-                tool: &tool,
-                arguments: &arguments,
-                result: None,
-                tool_error: false,
-                latency: std::time::Duration::ZERO,
-                reason: confirmed.then_some(CONFIRMED),
-            };
+            let intent = AuditEntry::without_result(
+                &context,
+                Decision::Calling,
+                (&server, &tool),
+                &arguments,
+                confirmed.then_some(CONFIRMED),
+            );
             if known {
                 if let Err(e) = log.append_intent(&intent).await {
                     tracing::error!(message = "Tool call not made: its intent could not be recorded.", tool = %tool, error = %e);
