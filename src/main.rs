@@ -772,6 +772,12 @@ async fn run_mcp_call(
         parlor::planner::setup::connect_tools(&spec, &[server.to_string()], false, Path::new("."))
             .await
             .map_err(Failure::input)?;
+    if connected.audit.is_none() {
+        eprintln!(
+            "warning: {} has no [audit] table: the call goes straight to the server, with no access rules, secret guard or audit record",
+            spec.source.display()
+        );
+    }
     let operator = parlor::mcp::AuditContext {
         principal: "cli".into(),
         role: role.into(),

@@ -428,6 +428,23 @@ path = "{log}"
     assert_eq!(r[2]["arguments"], json!({"seconds": 60}));
     let report = verify(&log).unwrap();
     assert_eq!(report.records, 3, "{report:?}");
+    // The next process opens the log, carries the chain on, and the head
+    // covers everything.
+    let again = std::process::Command::new(parlor)
+        .args([
+            "mcp",
+            "call",
+            "py__add",
+            r#"{"a": 1, "b": 1}"#,
+            "--pipeline",
+        ])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    let report = verify(&log).unwrap();
+    assert_eq!(report.records, 5, "{report:?}");
+    assert_eq!(report.head_seq, Some(5), "{report:?}");
 }
 
 /// `parlor audit verify`: OK and exit 0 on a good log, the precise problem

@@ -371,7 +371,7 @@ impl AuditLog {
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let fsyncs = Arc::new(AtomicU64::new(0));
-        let writer = Writer {
+        let mut writer = Writer {
             path: path.clone(),
             head: head_path(&path),
             file,
@@ -379,7 +379,14 @@ impl AuditLog {
             hash: report.last_hash,
             failed: None,
             fsyncs: fsyncs.clone(),
+            unsynced: false,
         };
+        if report.head_seq.unwrap_or(0) < report.last_seq {
+            // Records past the head: intents the last process wrote and
+            // died before syncing. Make them durable, and the head cover
+            // them, so cutting them off from now on is seen.
+            writer.sync().map_err(AuditError::Write)?;
+        }
         // A thread, not a task: writes and fsyncs block, and the writer
         // must outlive any one runtime's worker being busy.
         std::thread::Builder::new()
@@ -459,12 +466,36 @@ struct Writer {
     /// The first write error; every later append fails with it (fail closed).
     failed: Option<String>,
     fsyncs: Arc<AtomicU64>,
+    /// Records written and not yet fsynced (intents): synced as soon as
+    /// nothing else is waiting, and before the writer stops.
+    unsynced: bool,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = if self.unsynced {
+                // Intents are on file but not on disk: sync them once the
+                // queue is empty (their calls went ahead at the write, so
+                // this is on nobody's path), or before stopping.
+                match rx.try_recv() {
+                    Ok(p) => p,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        let _ = self.sync();
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        let _ = self.sync();
+                        return;
+                    }
+                }
+            } else {
+                match rx.blocking_recv() {
+                    Some(p) => p,
+                    None => return,
+                }
+            };
             group.push(first);
             // Everything that queued while the last fsync ran goes in this one.
             while group.len() < MAX_GROUP {
@@ -529,11 +560,15 @@ impl Writer {
             return Err(self.fail(e));
         }
         (self.seq, self.hash) = (seq, hash);
+        self.unsynced = true;
         Ok(receipts)
     }
 
     /// fsync what was written, then move the head up to it.
     fn sync(&mut self) -> Result<(), String> {
+        // Whatever happens, there is nothing more to try: a failed sync
+        // fails the log.
+        self.unsynced = false;
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }

@@ -140,7 +140,11 @@ impl PlannerStage {
         }
         // Dropping an older guess cancels it before the new one wants the model.
         self.guess = None;
-        if self.planner.options().speculate && cx.turns.is_live(turn) && !text.trim().is_empty() {
+        // A model with hosted MCP tools runs them inside its own request,
+        // where no hold can reach: such a guess could act. No guess then.
+        let may_guess =
+            self.planner.options().speculate && !self.planner.model().has_hosted_tools();
+        if may_guess && cx.turns.is_live(turn) && !text.trim().is_empty() {
             tracing::debug!(message = "Answering the pause's transcript ahead.", %turn);
             self.guess = Some(self.start(cx, turn, text, true));
         }

@@ -261,9 +261,11 @@ impl Segmenter {
     }
 
     fn process(&mut self, frame: &[f32], events: &mut Vec<SegmentEvent>) -> Result<(), VadError> {
+        // Only between turns: inside one the detector's own fall-off and
+        // the hysteresis decide where speech ends, as without the floor.
         // The stream's first frame always goes to the detector: some settle
         // their state on it (earshot primes on it).
-        let probability = if self.position > 0 && self.is_quiet(frame) {
+        let probability = if self.turn.is_none() && self.position > 0 && self.is_quiet(frame) {
             0.0
         } else {
             self.detector.speech_probability(frame)?
@@ -482,8 +484,9 @@ mod tests {
             ..config()
         };
         let mut s = Segmenter::new(config, Box::new(Counted(asked.clone())));
-        // Digital silence, a second of "speech", then a hiss at -80 dBFS.
-        let audio = signal(&[(0.0, 16_000), (0.9, 16_000), (1e-4, 16_000)]);
+        // Digital silence, a second of "speech", a hiss at -80 dBFS that
+        // ends the turn (200 ms), then a second more of it.
+        let audio = signal(&[(0.0, 16_000), (0.9, 16_000), (1e-4, 32_000)]);
         let mut events = Vec::new();
         s.push(&audio, &mut events).unwrap();
         s.finish(&mut events);
@@ -492,8 +495,13 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(ms(segment.speech), 1000);
-        // The stream's first frame, then only the loud ones.
-        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1 + 100);
+        // The stream's first frame, the loud ones, and the quiet ones
+        // inside the turn until its end of turn (3200 samples): none of
+        // the quiet ones before or after it.
+        assert_eq!(
+            asked.load(std::sync::atomic::Ordering::SeqCst),
+            1 + 100 + 20
+        );
     }
 
     #[test]
