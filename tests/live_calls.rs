@@ -201,13 +201,21 @@ async fn a_spoken_question_over_a_live_call_is_answered_aloud() {
         .text()
         .await
         .unwrap();
+    // Every get_order the call reported is counted (the 1.5B model now and
+    // then asks for the same order twice in one turn).
+    let lookups = events
+        .iter()
+        .filter(|e| matches!(e, ServerEvent::ToolCall { tool, .. } if tool == "get_order"))
+        .count();
     for line in [
-        "parlor_turns_total{route=\"calls\"} 1\n",
-        "parlor_calls_total 1\n",
-        "parlor_active_calls 0\n",
-        "parlor_tool_calls_total{server=\"orders\",tool=\"get_order\",outcome=\"ok\"} 1\n",
+        "parlor_turns_total{route=\"calls\"} 1\n".to_string(),
+        "parlor_calls_total 1\n".to_string(),
+        "parlor_active_calls 0\n".to_string(),
+        format!(
+            "parlor_tool_calls_total{{server=\"orders\",tool=\"get_order\",outcome=\"ok\"}} {lookups}\n"
+        ),
     ] {
-        assert!(metrics.contains(line), "{line} in\n{metrics}");
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
     }
     server.shutdown().await;
 }
@@ -383,7 +391,11 @@ async fn barge_in_stops_the_reply_and_says_what_the_caller_heard() {
         "{events:?}"
     );
     let second = events.iter().find_map(|e| match e {
-        ServerEvent::Transcript { turn: 2, text, .. } => Some(text.to_lowercase()),
+        ServerEvent::Transcript {
+            turn: 2,
+            text,
+            is_final: true,
+        } => Some(text.to_lowercase()),
         _ => None,
     });
     assert!(
@@ -558,7 +570,7 @@ async fn a_caller_who_hangs_up_or_stops_reading_leaves_nothing_running() {
     });
     loop {
         match rx.next().await.unwrap() {
-            Some(Incoming::Event(ServerEvent::Transcript { .. })) => break,
+            Some(Incoming::Event(ServerEvent::Transcript { is_final: true, .. })) => break,
             Some(_) => {}
             None => panic!("the call ended before the question was heard"),
         }
