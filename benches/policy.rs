@@ -10,13 +10,28 @@
 //!
 //! After the criterion groups, p50/p99 of `check + record` over 20,000
 //! single-call samples.
+//!
+//! Then the whole layer as the planner meets it, side by side on one pool
+//! (parlor's orders server over stdio, `get_order`): each round makes a
+//! bare [`McpPool::call_tool`] and an [`AuditedPool::call`] (secret scan,
+//! route, policy, the intent record, the call, the outcome record and its
+//! fsync) with the log on tmpfs (`/dev/shm`, where an fsync is all but
+//! free: the layer's cost without the disk) and with the log on the
+//! target's disk (the same plus real fsyncs). The differences are the
+//! layer's cost per call. `POLICY_BENCH_N` rounds (default 1000).
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use parlor::access::{AccessSpec, Caller};
 use parlor::mcp::audit::{Prepared, GENESIS};
-use parlor::mcp::{AuditEntry, Decision, Policy, Verdict};
+use parlor::mcp::servers::orders::open_or_seed;
+use parlor::mcp::{AuditContext, AuditEntry, AuditLog, Decision, McpPool, Policy, Verdict};
+use parlor::planner::tools::{AuditedPool, Toolbox};
+use parlor::spec::McpServerSpec;
 use serde_json::json;
 
 /// Rules like a deployment's: an admin-only tool, a deny list over a
@@ -129,9 +144,107 @@ fn bench(c: &mut Criterion) {
     );
 }
 
+/// p50 and p99 of `samples`, in µs.
+fn p50_p99(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+    (at(0.5), at(0.99))
+}
+
+/// An audited toolbox over `pool` logging to `dir`, under the bench's rules.
+fn audited(pool: &Arc<McpPool>, dir: &Path) -> AuditedPool {
+    let log = Arc::new(AuditLog::open(dir.join("audit.jsonl")).expect("open the audit log"));
+    AuditedPool::new(pool.clone(), log, AuditContext::default()).with_policy(Arc::new(policy()))
+}
+
+fn whole_layer() {
+    let n: usize = std::env::var("POLICY_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let data = tempfile::tempdir().expect("tempdir");
+    let db = data.path().join("orders.db");
+    drop(open_or_seed(&db).expect("seed orders db"));
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir on disk");
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let specs = BTreeMap::from([(
+        "orders".to_string(),
+        McpServerSpec::Stdio {
+            command: env!("CARGO_BIN_EXE_parlor-mcp-orders").into(),
+            args: vec!["--db".into(), db.display().to_string()],
+            env: BTreeMap::new(),
+        },
+    )]);
+    let pool = Arc::new(
+        rt.block_on(McpPool::connect(&specs, &["orders".into()]))
+            .expect("orders server"),
+    );
+    let on_disk = audited(&pool, disk.path());
+    let on_tmpfs = shm.as_ref().map(|d| audited(&pool, d.path()));
+    let args = json!({"order_id": 1042});
+    let (mut bare, mut tmpfs, mut fsynced) = (Vec::new(), Vec::new(), Vec::new());
+    rt.block_on(async {
+        for round in 0..n + 50 {
+            let t = Instant::now();
+            let out = pool.call_tool("orders__get_order", args.clone()).await;
+            let b = t.elapsed();
+            assert!(out.expect("bare call").text.contains("1042"));
+            let t = Instant::now();
+            if let Some(toolbox) = &on_tmpfs {
+                let answer = toolbox.call("orders__get_order", args.clone()).await;
+                assert!(!answer.is_error, "{}", answer.text);
+            }
+            let m = t.elapsed();
+            let t = Instant::now();
+            let answer = on_disk.call("orders__get_order", args.clone()).await;
+            let d = t.elapsed();
+            assert!(!answer.is_error, "{}", answer.text);
+            // The first rounds warm the session and the page cache.
+            if round >= 50 {
+                bare.push(b);
+                tmpfs.push(m);
+                fsynced.push(d);
+            }
+        }
+    });
+    let (b50, b99) = p50_p99(&mut bare);
+    let (d50, d99) = p50_p99(&mut fsynced);
+    println!("whole layer on orders__get_order over stdio, {n} rounds (µs, p50 / p99):");
+    println!("  bare pool call                     {b50:8.1} / {b99:8.1}");
+    if on_tmpfs.is_some() {
+        let (m50, m99) = p50_p99(&mut tmpfs);
+        println!(
+            "  audited, log on tmpfs              {m50:8.1} / {m99:8.1}   layer: +{:.1} / +{:.1} (goal p99 < 20 µs)",
+            m50 - b50,
+            m99 - b99
+        );
+    } else {
+        println!("  audited, log on tmpfs              (no /dev/shm here)");
+    }
+    println!(
+        "  audited, log on disk (fsync)       {d50:8.1} / {d99:8.1}   layer + fsync: +{:.1} / +{:.1}",
+        d50 - b50,
+        d99 - b99
+    );
+    drop((on_disk, on_tmpfs));
+    if let Ok(pool) = Arc::try_unwrap(pool) {
+        rt.block_on(pool.shutdown());
+    }
+}
+
+fn all(c: &mut Criterion) {
+    bench(c);
+    whole_layer();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = bench
+    targets = all
 }
 criterion_main!(benches);

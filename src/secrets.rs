@@ -7,9 +7,12 @@
 //! poisoned resource or an injected instruction might carry one into its
 //! context; this is the last check before the words reach a caller.
 
+use std::collections::VecDeque;
+use std::sync::{OnceLock, RwLock};
+
 use serde_json::Value;
 
-use crate::spec::{McpServerSpec, PipelineSpec, StageSpec};
+use crate::spec::{expand_env, McpServerSpec, PipelineSpec, StageSpec};
 
 /// Values shorter than this are not treated as secrets: an env value
 /// such as `1` or `true` would match everywhere.
@@ -25,6 +28,58 @@ pub const REDACTED: &str = "[redacted]";
 #[derive(Clone, Default)]
 pub struct Secrets {
     values: Vec<String>,
+    /// Tokens issued while running (see [`Issued`]), when this set
+    /// stands for everything the process holds.
+    issued: Option<&'static Issued>,
+}
+
+/// Credentials parlor is handed at run time, not named by its spec: OAuth
+/// access and refresh tokens. They exist only once fetched, deep in the
+/// MCP pool, so they are told to one process-wide list that the spec's
+/// [`Secrets`] also search.
+///
+/// Only a token's last [`Issued::TAIL`] characters are kept: that is the
+/// random part (a JWT's signature; its header is the same in every token),
+/// and a reply held back by a whole 600-byte token would reach the caller
+/// late. The newest [`Issued::KEPT`] are kept; older ones have expired.
+#[derive(Default)]
+pub struct Issued {
+    tails: RwLock<VecDeque<String>>,
+}
+
+impl Issued {
+    pub const TAIL: usize = 32;
+    pub const KEPT: usize = 64;
+
+    /// The process's list, which OAuth clients tell their tokens to.
+    pub fn global() -> &'static Issued {
+        static ISSUED: OnceLock<Issued> = OnceLock::new();
+        ISSUED.get_or_init(Issued::default)
+    }
+
+    /// Remembers `token` (too short a value is ignored, as for [`Secrets`]).
+    pub fn remember(&self, token: &str) {
+        let token = token.trim();
+        if token.len() < MIN_SECRET_LEN {
+            return;
+        }
+        let mut start = token.len().saturating_sub(Self::TAIL);
+        while !token.is_char_boundary(start) {
+            start += 1;
+        }
+        let mut tails = self.tails.write().expect("issued tokens lock");
+        if tails.iter().any(|t| t == &token[start..]) {
+            return;
+        }
+        tails.push_back(token[start..].to_string());
+        if tails.len() > Self::KEPT {
+            tails.pop_front();
+        }
+    }
+
+    fn tails(&self) -> std::sync::RwLockReadGuard<'_, VecDeque<String>> {
+        self.tails.read().expect("issued tokens lock")
+    }
 }
 
 /// By hand: the values are the point of hiding.
@@ -45,7 +100,16 @@ impl Secrets {
             .collect();
         values.sort();
         values.dedup();
-        Self { values }
+        Self {
+            values,
+            issued: None,
+        }
+    }
+
+    /// These values and every token `issued` holds, now or later.
+    pub fn with_issued(mut self, issued: &'static Issued) -> Self {
+        self.issued = Some(issued);
+        self
     }
 
     /// Every secret a spec gives parlor: the values of the environment
@@ -67,7 +131,11 @@ impl Secrets {
         }
         for server in spec.mcp.values() {
             match server {
-                McpServerSpec::Stdio { env: vars, .. } => values.extend(vars.values().cloned()),
+                McpServerSpec::Stdio { env: vars, .. } => values.extend(
+                    // Both as written and as it reaches the server.
+                    vars.values()
+                        .flat_map(|v| [v.clone()].into_iter().chain(expand_env(v).ok())),
+                ),
                 McpServerSpec::Hosted(hosted) => {
                     values.extend(hosted.authorization_env.as_deref().and_then(env));
                 }
@@ -86,16 +154,21 @@ impl Secrets {
                 values.extend(entry.split(':').next().map(str::to_string));
             }
         }
-        Self::new(values)
+        Self::new(values).with_issued(Issued::global())
     }
 
+    /// Whether there is nothing to look for (no values, and no tokens
+    /// issued yet).
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.values.is_empty() && self.issued.is_none_or(|i| i.tails().is_empty())
     }
 
     /// Whether `text` contains any secret.
     pub fn found_in(&self, text: &str) -> bool {
         self.values.iter().any(|s| text.contains(s.as_str()))
+            || self
+                .issued
+                .is_some_and(|i| i.tails().iter().any(|t| text.contains(t.as_str())))
     }
 
     /// Whether any string in `value` contains a secret.
@@ -125,13 +198,29 @@ impl Secrets {
     }
 
     fn redact(&self, text: &str) -> String {
-        self.values
+        let text = self
+            .values
             .iter()
-            .fold(text.to_string(), |t, s| t.replace(s.as_str(), REDACTED))
+            .fold(text.to_string(), |t, s| t.replace(s.as_str(), REDACTED));
+        match self.issued {
+            Some(issued) => issued
+                .tails()
+                .iter()
+                .fold(text, |t, s| t.replace(s.as_str(), REDACTED)),
+            None => text,
+        }
     }
 
     fn longest(&self) -> usize {
-        self.values.iter().map(String::len).max().unwrap_or(0)
+        let issued = self
+            .issued
+            .map_or(0, |i| i.tails().iter().map(String::len).max().unwrap_or(0));
+        self.values
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+            .max(issued)
     }
 }
 
@@ -257,6 +346,38 @@ mod tests {
             json!({"note": "send [redacted] now", "n": 3, "list": ["[redacted]"]})
         );
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_token_issued_later_is_found_by_its_tail_and_redacted() {
+        let issued: &'static Issued = Box::leak(Box::default());
+        let secrets = secrets().with_issued(issued);
+        let token =
+            "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwYXJsb3IifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbi0xMjM0NTY";
+        assert!(!secrets.found_in(token));
+        issued.remember(token);
+        issued.remember(token);
+        assert_eq!(issued.tails().len(), 1);
+        assert!(secrets.found_in(&format!("the token is {token}.")));
+        // The shared JWT header alone is not a secret.
+        assert!(!secrets.found_in("eyJhbGciOiJSUzI1NiJ9"));
+        let redacted = secrets.redact_value(&json!({ "auth": format!("Bearer {token}") }));
+        assert!(
+            !redacted.to_string().contains(&token[token.len() - 20..]),
+            "{redacted}"
+        );
+        // A reply is held back by the token's tail, so a split token is caught.
+        let mut guard = LeakGuard::new(&secrets);
+        let half = token.len() - 10;
+        let mut said: String = guard.push(&token[..half]).unwrap_or_default();
+        said.extend(guard.push(&token[half..]));
+        said.extend(guard.finish());
+        assert!(guard.tripped(), "{said}");
+        assert!(!said.contains(&token[token.len() - Issued::TAIL..token.len() - 10]));
+        for n in 0..Issued::KEPT + 1 {
+            issued.remember(&format!("another-token-{n:04}-abcdefgh"));
+        }
+        assert!(!secrets.found_in(token), "the oldest token is let go");
     }
 
     #[test]

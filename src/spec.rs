@@ -438,6 +438,9 @@ fn realtime_url(base: &str) -> String {
 pub enum McpServerSpec {
     /// A child process speaking over stdin/stdout. `env` is the *whole*
     /// environment it gets besides PATH: secrets live with their server.
+    /// A value may name a variable of parlor's own environment as
+    /// `${NAME}` (see [`expand_env`]), so a secret need not be written in
+    /// the spec.
     Stdio {
         command: String,
         #[serde(default)]
@@ -462,6 +465,39 @@ pub enum McpServerSpec {
     /// Responses API's `mcp` tool): parlor never connects to it. Needs the
     /// `openai` planner backend.
     Hosted(HostedMcpSpec),
+}
+
+/// `value` with each `${NAME}` replaced by parlor's environment variable
+/// `NAME` (letters, digits and `_`); any other `$` stays as written.
+///
+/// # Errors
+/// The first variable named that is not set (or not UTF-8), in words.
+pub fn expand_env(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(at) = rest.find("${") {
+        let after = &rest[at + 2..];
+        let name_len = after.find('}').filter(|&n| {
+            n > 0
+                && !after.starts_with(|c: char| c.is_ascii_digit())
+                && after[..n]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        let Some(n) = name_len else {
+            out.push_str(&rest[..at + 2]);
+            rest = after;
+            continue;
+        };
+        let name = &after[..n];
+        let found = std::env::var(name)
+            .map_err(|_| format!("${{{name}}} is not set in parlor's environment"))?;
+        out.push_str(&rest[..at]);
+        out.push_str(&found);
+        rest = &after[n + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// How parlor gets bearer tokens for a remote MCP server: the OAuth 2.1
@@ -1441,7 +1477,24 @@ fn check_order(spec: &PipelineSpec, problems: &mut Vec<Problem>) {
 
 #[cfg(test)]
 mod tests {
-    use super::realtime_url;
+    use super::{expand_env, realtime_url};
+
+    #[test]
+    fn env_values_name_parlors_variables() {
+        std::env::set_var("PARLOR_SPEC_TEST_KEY", "k-42");
+        assert_eq!(expand_env("${PARLOR_SPEC_TEST_KEY}").unwrap(), "k-42");
+        assert_eq!(
+            expand_env("Bearer ${PARLOR_SPEC_TEST_KEY}!").unwrap(),
+            "Bearer k-42!"
+        );
+        for literal in ["plain", "$HOME", "${}", "${1X}", "${not closed", "a$b${"] {
+            assert_eq!(expand_env(literal).unwrap(), literal);
+        }
+        assert_eq!(
+            expand_env("${PARLOR_SPEC_TEST_UNSET_VAR}").unwrap_err(),
+            "${PARLOR_SPEC_TEST_UNSET_VAR} is not set in parlor's environment"
+        );
+    }
 
     #[test]
     fn an_api_roots_realtime_route_is_a_websocket_url() {

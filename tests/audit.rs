@@ -174,6 +174,7 @@ async fn a_torn_tail_is_accepted_and_the_chain_continues() {
 
 #[tokio::test]
 async fn secrets_in_arguments_and_reasons_never_reach_the_file() {
+    support::trace_to_file("audit");
     let dir = support::log_dir("audit-secrets_in_arguments_and_reasons_never_reach_the_file");
     let path = dir.join("audit.jsonl");
     let log = AuditLog::open(&path).unwrap();
@@ -245,6 +246,7 @@ async fn the_chain_survives_kill_9_mid_write() {
 /// each is on disk, with the right fields, when the answer comes back.
 #[tokio::test]
 async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
+    support::trace_to_file("audit");
     let dir = support::log_dir("audit-tool_calls_through_the_pool_are_audited_before_the_answer");
     let specs =
         std::collections::BTreeMap::from([("orders".to_string(), support::orders_server(&dir))]);
@@ -377,30 +379,19 @@ path = "{log}"
         .unwrap();
     assert!(trusted.status.success(), "{trusted:?}");
     // The whole path once, to a result: intent, then outcome.
-    let quick = std::process::Command::new(parlor)
-        .args([
-            "mcp",
-            "call",
-            "py__add",
-            r#"{"a": 2, "b": 3}"#,
-            "--pipeline",
-        ])
-        .arg(&spec)
-        .output()
-        .unwrap();
+    let mcp_call = |tool: &str, arguments: &str| {
+        let mut command = std::process::Command::new(parlor);
+        command
+            .args(["mcp", "call", tool, arguments, "--pipeline"])
+            .arg(&spec);
+        command
+    };
+    let quick = mcp_call("py__add", r#"{"a": 2, "b": 3}"#).output().unwrap();
     assert!(quick.status.success(), "{quick:?}");
     assert_eq!(String::from_utf8_lossy(&quick.stdout).trim(), "5");
 
     let log = dir.join("tools.jsonl");
-    let mut child = std::process::Command::new(parlor)
-        .args([
-            "mcp",
-            "call",
-            "py__slow",
-            r#"{"seconds": 60}"#,
-            "--pipeline",
-        ])
-        .arg(&spec)
+    let mut child = mcp_call("py__slow", r#"{"seconds": 60}"#)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -430,17 +421,7 @@ path = "{log}"
     assert_eq!(report.records, 3, "{report:?}");
     // The next process opens the log, carries the chain on, and the head
     // covers everything.
-    let again = std::process::Command::new(parlor)
-        .args([
-            "mcp",
-            "call",
-            "py__add",
-            r#"{"a": 1, "b": 1}"#,
-            "--pipeline",
-        ])
-        .arg(&spec)
-        .output()
-        .unwrap();
+    let again = mcp_call("py__add", r#"{"a": 1, "b": 1}"#).output().unwrap();
     assert!(again.status.success(), "{again:?}");
     let report = verify(&log).unwrap();
     assert_eq!(report.records, 5, "{report:?}");

@@ -489,15 +489,45 @@ async fn a_slow_tool_times_out_and_the_session_survives() {
 #[tokio::test]
 async fn stdio_child_gets_only_its_own_env() {
     std::env::set_var("PARLOR_TEST_PARENT_SECRET", "leaked");
-    let pool = pool(vec![("py", py_stdio(&[("ORDERS_KEY", "k-123")]))]).await;
+    std::env::set_var("PARLOR_TEST_ORDERS_TOKEN", "t-456");
+    let pool = pool(vec![(
+        "py",
+        py_stdio(&[
+            ("ORDERS_KEY", "k-123"),
+            // Named, not written: the value comes from parlor's environment.
+            ("ORDERS_TOKEN", "${PARLOR_TEST_ORDERS_TOKEN}"),
+        ]),
+    )])
+    .await;
     let get = |name: &'static str| pool.call_tool("py__env", json!({ "name": name }));
     assert_eq!(get("ORDERS_KEY").await.expect("env").text, "k-123");
+    assert_eq!(get("ORDERS_TOKEN").await.expect("env").text, "t-456");
+    assert_eq!(
+        get("PARLOR_TEST_ORDERS_TOKEN").await.expect("env").text,
+        "<unset>"
+    );
     assert_eq!(
         get("PARLOR_TEST_PARENT_SECRET").await.expect("env").text,
         "<unset>"
     );
     assert_eq!(get("HOME").await.expect("env").text, "<unset>");
     assert_ne!(get("PATH").await.expect("env").text, "<unset>");
+}
+
+#[tokio::test]
+async fn an_env_value_naming_an_unset_variable_is_a_connect_error() {
+    let (specs, names) = specs(vec![(
+        "py",
+        py_stdio(&[("ORDERS_TOKEN", "${PARLOR_TEST_NEVER_SET_TOKEN}")]),
+    )]);
+    let Err(err) = McpPool::connect(&specs, &names).await else {
+        panic!("connected with an unset variable");
+    };
+    assert_eq!(
+        err.to_string(),
+        "MCP server \"py\": cannot connect: env ORDERS_TOKEN: \
+         ${PARLOR_TEST_NEVER_SET_TOKEN} is not set in parlor's environment"
+    );
 }
 
 #[tokio::test]

@@ -445,6 +445,11 @@ async fn an_expired_token_is_refused_and_parlor_renews_its_own() -> Result<()> {
     );
 
     search(&pool).await.context("the call after expiry")?;
+    // parlor renewed its token before it expired: the server refused only
+    // the raw one above (a 401 and retry would pass the call too, so the
+    // call working is not proof enough).
+    let refused = servers.kb.log().matches("the token has expired").count();
+    assert_eq!(refused, 1, "{}", servers.kb.log());
     pool.shutdown().await;
     assert_no_secrets(&servers, &[token]);
     Ok(())

@@ -494,22 +494,14 @@ async fn history_stays_within_its_budget_over_a_long_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stage_streams_reply_deltas_then_passes_the_end_of_turn_on() {
     use parlor::frame::Frame;
-    use parlor::runner::Pipeline;
-    use parlor::stages::planner::PlannerStage;
-
-    let pool = py_pool().await;
     let model = Scripted::new(vec![
         Step::Calls(vec![("py__add", json!({"a": 1, "b": 1}))]),
         Step::Say("One and one make two."),
         Step::Fail("connection refused"),
     ]);
-    let p = planner(model, pool, PlannerOptions::default());
     // Both turns are queued at once, so barge-in (which would cancel the
     // first when the second begins) is off, as when a file is played in.
-    let mut running = Pipeline::new(std::num::NonZeroUsize::new(4).unwrap())
-        .barge_in(false)
-        .stage(Box::new(PlannerStage::new(p)))
-        .start();
+    let mut running = start_stage_with(&model, PlannerOptions::default(), false).await;
     let input = running.input_handle();
     for question in ["what is one and one", "and now?"] {
         let turn = running.turns().begin();
@@ -597,10 +589,6 @@ async fn ask_stage(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_tool_gets_a_filler_that_stays_out_of_the_conversation() {
     use parlor::frame::Frame;
-    use parlor::runner::Pipeline;
-    use parlor::stages::planner::PlannerStage;
-
-    let pool = py_pool().await;
     let model = Scripted::new(vec![
         Step::Calls(vec![("py__slow", json!({"seconds": 0.6}))]),
         Step::Say("Done waiting."),
@@ -613,11 +601,7 @@ async fn a_slow_tool_gets_a_filler_that_stays_out_of_the_conversation() {
         fillers: vec!["One moment.".into(), "Still looking.".into()],
         ..PlannerOptions::default()
     };
-    let p = planner(model.clone(), pool, options);
-    let mut running = Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
-        .barge_in(false)
-        .stage(Box::new(PlannerStage::new(p)))
-        .start();
+    let mut running = start_stage_with(&model, options, false).await;
     let input = running.input_handle();
     let first = running.turns().begin();
     ask_stage(&input, first, "wait for it").await;
@@ -659,18 +643,11 @@ async fn a_slow_tool_gets_a_filler_that_stays_out_of_the_conversation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_cut_short_is_remembered_as_only_the_words_heard() {
-    use parlor::runner::Pipeline;
-    use parlor::stages::planner::PlannerStage;
-
-    let pool = py_pool().await;
     let model = Scripted::new(vec![
         Step::Say("Your order shipped on Monday. It will arrive on Friday."),
         Step::Say("Sure."),
     ]);
-    let p = planner(model.clone(), pool, PlannerOptions::default());
-    let mut running = Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
-        .stage(Box::new(PlannerStage::new(p)))
-        .start();
+    let mut running = start_stage(&model).await;
     let input = running.input_handle();
     let first = running.turns().begin();
     ask_stage(&input, first, "where is my order").await;
@@ -711,8 +688,19 @@ async fn a_reply_cut_short_is_remembered_as_only_the_words_heard() {
 /// The planner stage alone in a running pipeline, over `model` and the
 /// Python peer's tools.
 async fn start_stage(model: &Arc<Scripted>) -> parlor::runner::RunningPipeline {
-    let p = planner(model.clone(), py_pool().await, PlannerOptions::default());
+    start_stage_with(model, PlannerOptions::default(), true).await
+}
+
+/// [`start_stage`] with `options`, and barge-in off when turns are queued
+/// at once (as when a file is played in).
+async fn start_stage_with(
+    model: &Arc<Scripted>,
+    options: PlannerOptions,
+    barge_in: bool,
+) -> parlor::runner::RunningPipeline {
+    let p = planner(model.clone(), py_pool().await, options);
     parlor::runner::Pipeline::new(std::num::NonZeroUsize::new(8).unwrap())
+        .barge_in(barge_in)
         .stage(Box::new(parlor::stages::planner::PlannerStage::new(p)))
         .start()
 }
@@ -870,6 +858,7 @@ async fn a_guess_is_dropped_when_the_caller_goes_on_and_leaves_no_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_that_would_say_a_secret_is_cut_off_before_it() {
+    support::trace_to_file("planner");
     // A model talked into repeating a credential (by an injected
     // instruction, say): a fault a real model does not produce on demand.
     const SECRET: &str = "sk-parlor-test-0123456789abcdef";

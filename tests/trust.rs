@@ -443,6 +443,13 @@ async fn rug_pull_mid_session_quarantines_the_tool() {
     assert_eq!(last["decision"], "denied", "{last}");
     assert_eq!(last["server"], "hostile", "{last}");
     assert_eq!(last["tool"], "weather", "{last}");
+    // Only the first call, made before the pull, went out: the withheld
+    // one was refused before its intent.
+    let intents = records
+        .lines()
+        .filter(|l| l.contains(r#""decision":"calling""#) && l.contains(r#""tool":"weather""#))
+        .count();
+    assert_eq!(intents, 1, "{records}");
     // The attacks themselves are on record, once each, when the gate first
     // withheld the tool: the shadowing name at the first listing, the rug
     // pull when the changed description was listed.

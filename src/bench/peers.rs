@@ -76,6 +76,11 @@ impl PipecatPeer {
             match spec.mcp.get(name) {
                 Some(McpServerSpec::Stdio { command, args, env }) => {
                     let command = crate::mcp::transport::resolve_command(command);
+                    let env = env
+                        .iter()
+                        .map(|(k, v)| Ok((k.clone(), crate::spec::expand_env(v)?)))
+                        .collect::<Result<std::collections::BTreeMap<_, _>, String>>()
+                        .map_err(|why| format!("MCP server {name}: {why}"))?;
                     mcp.insert(
                         name.clone(),
                         json!({"command": command, "args": args, "env": env}),

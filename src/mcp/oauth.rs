@@ -421,6 +421,13 @@ impl TokenSource {
     /// Saves the rotated refresh token (a person's grant) and holds the
     /// access token of `answer`, asked for at `asked`.
     pub(super) fn keep(&self, answer: TokenAnswer, asked: Instant) -> Result<Held, OAuthError> {
+        // Known as secrets from now on: a reply or a tool's arguments that
+        // would carry one is stopped like one carrying an API key.
+        let issued = crate::secrets::Issued::global();
+        issued.remember(&answer.access_token);
+        if let Some(refresh) = &answer.refresh_token {
+            issued.remember(refresh);
+        }
         if let Proof::SignedIn(store) = &self.proof {
             // The old refresh token is spent: without the new one saved, the
             // next run would have to sign in again.

@@ -383,6 +383,18 @@ impl McpPool {
         name: &str,
         arguments: Value,
     ) -> Result<ToolOutput, ToolCallError> {
+        let route = self.resolve(name).await?;
+        self.call_routed(name, &route, arguments).await
+    }
+
+    /// The server and that server's own name for `name`, as a call would
+    /// be sent now: the routes are re-listed first if a server announced a
+    /// change, and a quarantined tool is refused. Lets a caller record the
+    /// exact route before anything is sent ([`McpPool::call_routed`]).
+    ///
+    /// # Errors
+    /// [`ToolCallError::Quarantined`] or [`ToolCallError::UnknownTool`].
+    pub async fn resolve(&self, name: &str) -> Result<(String, String), ToolCallError> {
         let route = self.routes.lock().expect("routes lock").get(name).cloned();
         // A server that announced a change since the routes were built may
         // have swapped this tool's definition: judge the new list first,
@@ -404,14 +416,26 @@ impl McpPool {
         // A server that could not re-list (dead, backing off) keeps its
         // last route, so the call reports why the server is unavailable
         // rather than an unknown tool.
-        let (server, tool) = self
-            .routes
+        self.routes
             .lock()
             .expect("routes lock")
             .get(name)
             .cloned()
             .or(route)
-            .ok_or_else(|| ToolCallError::UnknownTool { name: name.into() })?;
+            .ok_or_else(|| ToolCallError::UnknownTool { name: name.into() })
+    }
+
+    /// Sends `name` along a route [`McpPool::resolve`] gave.
+    ///
+    /// # Errors
+    /// See [`ToolCallError`].
+    pub async fn call_routed(
+        &self,
+        name: &str,
+        route: &(String, String),
+        arguments: Value,
+    ) -> Result<ToolOutput, ToolCallError> {
+        let (server, tool) = route.clone();
         let arguments = match arguments {
             Value::Null => None,
             Value::Object(m) => Some(m),

@@ -126,7 +126,12 @@ pub async fn connect<H: ClientHandler>(
             if let Some(path) = std::env::var_os("PATH") {
                 cmd.env("PATH", path);
             }
-            cmd.envs(env).kill_on_drop(true);
+            for (key, value) in env {
+                let value = crate::spec::expand_env(value)
+                    .map_err(|why| connect_err(format!("env {key}: {why}")))?;
+                cmd.env(key, value);
+            }
+            cmd.kill_on_drop(true);
             let (child, stderr) = TokioChildProcess::builder(cmd)
                 .stderr(Stdio::piped())
                 .spawn()

@@ -305,7 +305,20 @@ impl Toolbox for AuditedPool {
             let redacted = self.secrets.redact_value(&arguments);
             return self.refuse(name, redacted, Decision::Denied, why).await;
         }
-        let server = self.pool.route(name).map(|(s, _)| s).unwrap_or_default();
+        // The route as the call would go now (a rug pull since the last
+        // listing is judged first), so the rules see the right server and
+        // the records name it. A tool withheld or unknown is sent nowhere.
+        let route = match self.pool.resolve(name).await {
+            Ok(route) => route,
+            Err(e) => {
+                let decision = match e {
+                    ToolCallError::Quarantined { .. } => Decision::Denied,
+                    _ => Decision::Failed,
+                };
+                return self.refuse(name, arguments, decision, e.to_string()).await;
+            }
+        };
+        let server = route.0.clone();
         match self.policy.check(&self.context, &server, name) {
             Verdict::Allow => {}
             Verdict::Denied(why) => {
@@ -337,26 +350,22 @@ impl Toolbox for AuditedPool {
         let (pool, log, context) = (self.pool.clone(), self.log.clone(), self.context.clone());
         let name = name.to_string();
         let task = tokio::spawn(async move {
-            let (server, tool) = audited_route(&pool, &name);
+            let (server, tool) = &route;
             // The intent first: a call the process dies in (kill -9, a
-            // crash) is still on record. No intent on record, no call. (A
-            // tool the pool does not know is sent nowhere: no intent.)
-            let known = !server.is_empty();
+            // crash) is still on record. No intent on record, no call.
             let intent = AuditEntry::without_result(
                 &context,
                 Decision::Calling,
-                (&server, &tool),
+                (server, tool),
                 &arguments,
                 confirmed.then_some(CONFIRMED),
             );
-            if known {
-                if let Err(e) = log.append_intent(&intent).await {
-                    tracing::error!(message = "Tool call not made: its intent could not be recorded.", tool = %tool, error = %e);
-                    return ToolAnswer::error(AUDIT_FAILED);
-                }
+            if let Err(e) = log.append_intent(&intent).await {
+                tracing::error!(message = "Tool call not made: its intent could not be recorded.", tool = %tool, error = %e);
+                return ToolAnswer::error(AUDIT_FAILED);
             }
             let started = Instant::now();
-            let result = pool.call_tool(&name, arguments.clone()).await;
+            let result = pool.call_routed(&name, &route, arguments.clone()).await;
             let latency = started.elapsed();
             let (answer, decision, reason) = match &result {
                 Ok(out) => (
@@ -367,12 +376,6 @@ impl Toolbox for AuditedPool {
                     Decision::Allowed,
                     confirmed.then(|| CONFIRMED.to_string()),
                 ),
-                // The gate refused it: nothing was sent to the server.
-                Err(e @ ToolCallError::Quarantined { .. }) => (
-                    ToolAnswer::error(e.as_output().text),
-                    Decision::Denied,
-                    Some(e.to_string()),
-                ),
                 Err(e) => (
                     ToolAnswer::error(e.as_output().text),
                     Decision::Failed,
@@ -382,8 +385,8 @@ impl Toolbox for AuditedPool {
             let entry = AuditEntry {
                 context: &context,
                 decision,
-                server: &server,
-                tool: &tool,
+                server,
+                tool,
                 arguments: &arguments,
                 result: result.as_ref().ok().map(|o| o.text.as_bytes()),
                 tool_error: answer.is_error && decision == Decision::Allowed,

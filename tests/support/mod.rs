@@ -44,6 +44,25 @@ pub fn log_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// parlor's in-process tracing output (parlor at debug, the rest at info)
+/// for this whole test binary, written to
+/// `<target>/tmp/test-logs/tracing-BINARY/tracing.log`: without a
+/// subscriber nothing is logged, and the secrets check after the suite
+/// would read nothing of what parlor itself would have logged. The first
+/// call in a binary wins.
+pub fn trace_to_file(binary: &str) {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let path = log_dir(&format!("tracing-{binary}")).join("tracing.log");
+        let file = std::fs::File::create(&path).expect("create the tracing log");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info,parlor=debug")
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .try_init();
+    });
+}
+
 /// A model file under `models/`, which must exist.
 pub fn model(name: &str) -> PathBuf {
     let path = root().join("models").join(name);
