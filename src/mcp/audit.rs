@@ -22,14 +22,17 @@
 //! A call's intent ([`Decision::Calling`], [`AuditLog::append_intent`]) is
 //! acknowledged once written, before the fsync: written is enough to
 //! survive the process dying mid-call (`kill -9`, a crash), which is what
-//! it is for, and it costs no fsync of its own (the outcome's fsync, or
-//! the next group's, makes it durable).
+//! it is for, and it costs no fsync of its own: the outcome's fsync, or
+//! the next group's, makes it durable, or the writer syncs it once nothing
+//! has come for [`INTENT_SYNC_AFTER`] (a call still running).
 //!
 //! # Truncation and torn writes
 //! A chain cannot see its own tail cut off, so `<file>.head` holds the last
-//! `seq` and `hash`, replaced atomically (temp file, fsync, rename) after
-//! each group's fsync: it is never ahead of the durable log, and a log
-//! shorter than its head has been truncated. A kill during a write can
+//! `seq` and `hash`, rewritten in place after each group's fsync as one
+//! fixed-size write (a sector, so whole or not at all): it is never ahead
+//! of the durable log, and a log shorter than its head has been truncated.
+//! The head is not fsynced itself: after a power cut it may lag the log,
+//! which [`verify`] allows, and it costs the group no second fsync. A kill during a write can
 //! leave a partial last line; it was never acknowledged (the ack follows the
 //! fsync), so [`verify`] accepts it and reports it as an unacknowledged
 //! tail, and [`AuditLog::open`] cuts it off and continues the chain. A bad
@@ -59,6 +62,12 @@ pub const MAX_ARGUMENT_STRING: usize = 256;
 const QUEUE: usize = 1024;
 /// At most this many records share one write and fsync.
 const MAX_GROUP: usize = 512;
+/// How long written intents wait for the next record's fsync to cover
+/// them before the writer syncs them alone. Most tool calls end sooner, so
+/// a call costs one fsync, not two.
+pub const INTENT_SYNC_AFTER: Duration = Duration::from_millis(20);
+/// The head file's size: its JSON, padded.
+const HEAD_BYTES: usize = 128;
 const REDACTED: &str = "[redacted]";
 
 /// Why a log cannot be written or does not verify.
@@ -373,7 +382,13 @@ impl AuditLog {
         let fsyncs = Arc::new(AtomicU64::new(0));
         let mut writer = Writer {
             path: path.clone(),
-            head: head_path(&path),
+            head: OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(head_path(&path))
+                .map_err(io)?,
             file,
             seq: report.last_seq,
             hash: report.last_hash,
@@ -459,7 +474,7 @@ fn head_path(path: &Path) -> PathBuf {
 
 struct Writer {
     path: PathBuf,
-    head: PathBuf,
+    head: File,
     file: File,
     seq: u64,
     hash: String,
@@ -474,18 +489,36 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Pending>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
+        // Only for waiting on the queue with a deadline.
+        let clock = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build();
         loop {
             let first = if self.unsynced {
-                // Intents are on file but not on disk: sync them once the
-                // queue is empty (their calls went ahead at the write, so
-                // this is on nobody's path), or before stopping.
-                match rx.try_recv() {
-                    Ok(p) => p,
-                    Err(mpsc::error::TryRecvError::Empty) => {
+                // Intents are on file but not on disk: the next record's
+                // fsync will cover them (their calls went ahead at the
+                // write, so this is on nobody's path); if none comes soon,
+                // or the log is closing, sync them alone.
+                let next = match &clock {
+                    // The timer is made inside, where the runtime is.
+                    Ok(rt) => rt
+                        .block_on(async {
+                            tokio::time::timeout(INTENT_SYNC_AFTER, rx.recv()).await
+                        })
+                        .ok(),
+                    Err(_) => match rx.try_recv() {
+                        Ok(p) => Some(Some(p)),
+                        Err(mpsc::error::TryRecvError::Empty) => None,
+                        Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                    },
+                };
+                match next {
+                    Some(Some(p)) => p,
+                    None => {
                         let _ = self.sync();
                         continue;
                     }
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                    Some(None) => {
                         let _ = self.sync();
                         return;
                     }
@@ -579,7 +612,7 @@ impl Writer {
         // The records are durable; a failed head update only weakens
         // truncation detection, so it is logged, not fatal.
         if let Err(e) = self.write_head() {
-            tracing::warn!(message = "Audit head not updated.", path = %self.head.display(), error = %e);
+            tracing::warn!(message = "Audit head not updated.", path = %self.path.display(), error = %e);
         }
         Ok(())
     }
@@ -593,15 +626,14 @@ impl Writer {
     }
 
     fn write_head(&self) -> std::io::Result<()> {
-        let tmp = self.head.with_extension("head.tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(
-            serde_json::json!({ "seq": self.seq, "hash": self.hash })
-                .to_string()
-                .as_bytes(),
-        )?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, &self.head)
+        use std::os::unix::fs::FileExt as _;
+        let mut head = serde_json::json!({ "seq": self.seq, "hash": self.hash }).to_string();
+        // Padded to a fixed size, so a shorter head never leaves the end of
+        // a longer one behind (JSON allows the trailing spaces).
+        let pad = HEAD_BYTES.saturating_sub(head.len() + 1);
+        head.extend(std::iter::repeat_n(' ', pad));
+        head.push('\n');
+        self.head.write_all_at(head.as_bytes(), 0)
     }
 }
 
@@ -640,6 +672,9 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
         Err(e) => return Err(io(e)),
     };
     let head = match std::fs::read(head_path(path)) {
+        // Empty: created by a writer that has not synced yet (no more
+        // than a missing head, which deleting it would give anyway).
+        Ok(h) if h.is_empty() => None,
         Ok(h) => Some(parse_head(&h)?),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io(e)),
