@@ -7,12 +7,12 @@
 //! poisoned resource or an injected instruction might carry one into its
 //! context; this is the last check before the words reach a caller.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{OnceLock, RwLock};
 
 use serde_json::Value;
 
-use crate::spec::{expand_env, McpServerSpec, PipelineSpec, StageSpec};
+use crate::spec::{env_refs, expand_env, McpServerSpec, PipelineSpec, StageSpec};
 
 /// Values shorter than this are not treated as secrets: an env value
 /// such as `1` or `true` would match everywhere.
@@ -41,15 +41,21 @@ pub struct Secrets {
 /// Only a token's last [`Issued::TAIL`] characters are kept: that is the
 /// random part (a JWT's signature; its header is the same in every token),
 /// and a reply held back by a whole 600-byte token would reach the caller
-/// late. The newest [`Issued::KEPT`] are kept; older ones have expired.
+/// late. So the leak guard stops a reply at those characters: the start of
+/// a token may have been said by then (for a JWT, its header and claims,
+/// which grant nothing). Redaction removes the whole token around them.
+///
+/// Each token source (one server's OAuth client) has its own slot with its
+/// newest [`Issued::KEPT`] tokens (the access token, the one it replaced,
+/// the refresh token), so one server's renewals never push out another's.
 #[derive(Default)]
 pub struct Issued {
-    tails: RwLock<VecDeque<String>>,
+    slots: RwLock<BTreeMap<String, VecDeque<String>>>,
 }
 
 impl Issued {
     pub const TAIL: usize = 32;
-    pub const KEPT: usize = 64;
+    pub const KEPT: usize = 4;
 
     /// The process's list, which OAuth clients tell their tokens to.
     pub fn global() -> &'static Issued {
@@ -57,8 +63,9 @@ impl Issued {
         ISSUED.get_or_init(Issued::default)
     }
 
-    /// Remembers `token` (too short a value is ignored, as for [`Secrets`]).
-    pub fn remember(&self, token: &str) {
+    /// Remembers `token` for `slot` (too short a value is ignored, as for
+    /// [`Secrets`]).
+    pub fn remember(&self, slot: &str, token: &str) {
         let token = token.trim();
         if token.len() < MIN_SECRET_LEN {
             return;
@@ -67,20 +74,27 @@ impl Issued {
         while !token.is_char_boundary(start) {
             start += 1;
         }
-        let mut tails = self.tails.write().expect("issued tokens lock");
-        if tails.iter().any(|t| t == &token[start..]) {
+        let tail = &token[start..];
+        let mut slots = self.slots.write().expect("issued tokens lock");
+        let kept = slots.entry(slot.to_string()).or_default();
+        if kept.iter().any(|t| t == tail) {
             return;
         }
-        tails.push_back(token[start..].to_string());
-        if tails.len() > Self::KEPT {
-            tails.pop_front();
+        kept.push_back(tail.to_string());
+        if kept.len() > Self::KEPT {
+            kept.pop_front();
         }
     }
 
-    fn tails(&self) -> std::sync::RwLockReadGuard<'_, VecDeque<String>> {
-        self.tails.read().expect("issued tokens lock")
+    /// Runs `f` over every kept tail.
+    fn with_tails<R>(&self, f: impl FnOnce(Tails<'_>) -> R) -> R {
+        let slots = self.slots.read().expect("issued tokens lock");
+        f(slots.values().flatten())
     }
 }
+
+type Tails<'a> =
+    std::iter::Flatten<std::collections::btree_map::Values<'a, String, VecDeque<String>>>;
 
 /// By hand: the values are the point of hiding.
 impl std::fmt::Debug for Secrets {
@@ -89,6 +103,30 @@ impl std::fmt::Debug for Secrets {
             .field("count", &self.values.len())
             .finish()
     }
+}
+
+/// Characters a bearer token is made of (RFC 6750's b64token).
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~+/=".contains(c)
+}
+
+/// `text` with every token ending in `tail` replaced whole.
+fn redact_token(text: &str, tail: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(tail) {
+        let start = rest[..at]
+            .char_indices()
+            .rev()
+            .take_while(|(_, c)| is_token_char(*c))
+            .last()
+            .map_or(at, |(i, _)| i);
+        out.push_str(&rest[..start]);
+        out.push_str(REDACTED);
+        rest = &rest[at + tail.len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Secrets {
@@ -131,11 +169,16 @@ impl Secrets {
         }
         for server in spec.mcp.values() {
             match server {
-                McpServerSpec::Stdio { env: vars, .. } => values.extend(
-                    // Both as written and as it reaches the server.
-                    vars.values()
-                        .flat_map(|v| [v.clone()].into_iter().chain(expand_env(v).ok())),
-                ),
+                McpServerSpec::Stdio { env: vars, .. } => {
+                    for value in vars.values() {
+                        // As written, as it reaches the server, and each
+                        // variable it names on its own (the token inside
+                        // "Bearer ${TOKEN}").
+                        values.push(value.clone());
+                        values.extend(expand_env(value).ok());
+                        values.extend(env_refs(value).iter().filter_map(|n| env(n)));
+                    }
+                }
                 McpServerSpec::Hosted(hosted) => {
                     values.extend(hosted.authorization_env.as_deref().and_then(env));
                 }
@@ -160,7 +203,10 @@ impl Secrets {
     /// Whether there is nothing to look for (no values, and no tokens
     /// issued yet).
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty() && self.issued.is_none_or(|i| i.tails().is_empty())
+        self.values.is_empty()
+            && self
+                .issued
+                .is_none_or(|i| i.with_tails(|mut t| t.next().is_none()))
     }
 
     /// Whether `text` contains any secret.
@@ -168,7 +214,7 @@ impl Secrets {
         self.values.iter().any(|s| text.contains(s.as_str()))
             || self
                 .issued
-                .is_some_and(|i| i.tails().iter().any(|t| text.contains(t.as_str())))
+                .is_some_and(|i| i.with_tails(|mut tails| tails.any(|t| text.contains(t.as_str()))))
     }
 
     /// Whether any string in `value` contains a secret.
@@ -203,18 +249,15 @@ impl Secrets {
             .iter()
             .fold(text.to_string(), |t, s| t.replace(s.as_str(), REDACTED));
         match self.issued {
-            Some(issued) => issued
-                .tails()
-                .iter()
-                .fold(text, |t, s| t.replace(s.as_str(), REDACTED)),
+            Some(issued) => issued.with_tails(|tails| tails.fold(text, |t, s| redact_token(&t, s))),
             None => text,
         }
     }
 
     fn longest(&self) -> usize {
-        let issued = self
-            .issued
-            .map_or(0, |i| i.tails().iter().map(String::len).max().unwrap_or(0));
+        let issued = self.issued.map_or(0, |i| {
+            i.with_tails(|t| t.map(String::len).max().unwrap_or(0))
+        });
         self.values
             .iter()
             .map(String::len)
@@ -355,17 +398,15 @@ mod tests {
         let token =
             "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJwYXJsb3IifQ.c2lnbmF0dXJlLW9mLXRoZS10b2tlbi0xMjM0NTY";
         assert!(!secrets.found_in(token));
-        issued.remember(token);
-        issued.remember(token);
-        assert_eq!(issued.tails().len(), 1);
+        issued.remember("kb", token);
+        issued.remember("kb", token);
+        assert_eq!(issued.with_tails(|t| t.count()), 1);
         assert!(secrets.found_in(&format!("the token is {token}.")));
         // The shared JWT header alone is not a secret.
         assert!(!secrets.found_in("eyJhbGciOiJSUzI1NiJ9"));
-        let redacted = secrets.redact_value(&json!({ "auth": format!("Bearer {token}") }));
-        assert!(
-            !redacted.to_string().contains(&token[token.len() - 20..]),
-            "{redacted}"
-        );
+        // Redacted whole, not only its tail.
+        let redacted = secrets.redact_value(&json!({ "auth": format!("Bearer {token}, ok") }));
+        assert_eq!(redacted, json!({ "auth": "Bearer [redacted], ok" }));
         // A reply is held back by the token's tail, so a split token is caught.
         let mut guard = LeakGuard::new(&secrets);
         let half = token.len() - 10;
@@ -374,8 +415,13 @@ mod tests {
         said.extend(guard.finish());
         assert!(guard.tripped(), "{said}");
         assert!(!said.contains(&token[token.len() - Issued::TAIL..token.len() - 10]));
-        for n in 0..Issued::KEPT + 1 {
-            issued.remember(&format!("another-token-{n:04}-abcdefgh"));
+        // Another server's renewals do not push this token out; its own do.
+        for n in 0..Issued::KEPT * 4 {
+            issued.remember("other", &format!("another-token-{n:04}-abcdefgh"));
+        }
+        assert!(secrets.found_in(token));
+        for n in 0..Issued::KEPT {
+            issued.remember("kb", &format!("renewed-token-{n:04}-abcdefgh"));
         }
         assert!(!secrets.found_in(token), "the oldest token is let go");
     }

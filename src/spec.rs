@@ -473,6 +473,25 @@ pub enum McpServerSpec {
 /// # Errors
 /// The first variable named that is not set (or not UTF-8), in words.
 pub fn expand_env(value: &str) -> Result<String, String> {
+    expand_with(value, |name| {
+        std::env::var(name).map_err(|_| format!("${{{name}}} is not set in parlor's environment"))
+    })
+}
+
+/// The variables `value` names as `${NAME}`.
+pub fn env_refs(value: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let _ = expand_with(value, |name| {
+        names.push(name.to_string());
+        Ok(String::new())
+    });
+    names
+}
+
+fn expand_with(
+    value: &str,
+    mut lookup: impl FnMut(&str) -> Result<String, String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(value.len());
     let mut rest = value;
     while let Some(at) = rest.find("${") {
@@ -489,9 +508,7 @@ pub fn expand_env(value: &str) -> Result<String, String> {
             rest = after;
             continue;
         };
-        let name = &after[..n];
-        let found = std::env::var(name)
-            .map_err(|_| format!("${{{name}}} is not set in parlor's environment"))?;
+        let found = lookup(&after[..n])?;
         out.push_str(&rest[..at]);
         out.push_str(&found);
         rest = &after[n + 1..];
@@ -1477,7 +1494,7 @@ fn check_order(spec: &PipelineSpec, problems: &mut Vec<Problem>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{expand_env, realtime_url};
+    use super::{env_refs, expand_env, realtime_url};
 
     #[test]
     fn env_values_name_parlors_variables() {
@@ -1490,6 +1507,7 @@ mod tests {
         for literal in ["plain", "$HOME", "${}", "${1X}", "${not closed", "a$b${"] {
             assert_eq!(expand_env(literal).unwrap(), literal);
         }
+        assert_eq!(env_refs("Bearer ${A_1} and ${B}, not $C"), ["A_1", "B"]);
         assert_eq!(
             expand_env("${PARLOR_SPEC_TEST_UNSET_VAR}").unwrap_err(),
             "${PARLOR_SPEC_TEST_UNSET_VAR} is not set in parlor's environment"

@@ -481,7 +481,6 @@ async fn resources_in_the_prompt_make_every_turn_untrusted_and_silence_is_a_no()
 
 #[tokio::test]
 async fn a_tool_call_carrying_a_secret_is_refused_and_recorded_redacted() {
-    support::trace_to_file("access");
     const SECRET: &str = "orders-db-password-7f3e9a";
     let dir =
         support::log_dir("access-a_tool_call_carrying_a_secret_is_refused_and_recorded_redacted");

@@ -264,7 +264,6 @@ async fn turn(planner: &Planner, question: &str) -> (TurnOutcome, Option<String>
 /// for (the cancel) tried right after, as a model that obeyed would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_results_are_capped_timed_out_refused_and_audited() {
-    support::trace_to_file("attacks");
     let dir = support::log_dir("attacks/tool_level");
     let rig = Rig::new(&dir).await;
     let tools = rig.tools.for_caller(&session("tool_level")).unwrap();

@@ -174,7 +174,6 @@ async fn a_torn_tail_is_accepted_and_the_chain_continues() {
 
 #[tokio::test]
 async fn secrets_in_arguments_and_reasons_never_reach_the_file() {
-    support::trace_to_file("audit");
     let dir = support::log_dir("audit-secrets_in_arguments_and_reasons_never_reach_the_file");
     let path = dir.join("audit.jsonl");
     let log = AuditLog::open(&path).unwrap();
@@ -246,7 +245,6 @@ async fn the_chain_survives_kill_9_mid_write() {
 /// each is on disk, with the right fields, when the answer comes back.
 #[tokio::test]
 async fn tool_calls_through_the_pool_are_audited_before_the_answer() {
-    support::trace_to_file("audit");
     let dir = support::log_dir("audit-tool_calls_through_the_pool_are_audited_before_the_answer");
     let specs =
         std::collections::BTreeMap::from([("orders".to_string(), support::orders_server(&dir))]);

@@ -202,7 +202,7 @@ impl Servers {
         // One directory per set of servers: the tests run in parallel.
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = support::log_dir(&format!("oauth-servers-{n}"));
+        let dir = support::fresh_dir(&format!("oauth-servers-{n}"));
         let clients = dir.join("clients.toml");
         let mut file = std::fs::File::create(&clients)?;
         for ((id, _, secret), scopes, ttl) in [
@@ -448,6 +448,8 @@ async fn an_expired_token_is_refused_and_parlor_renews_its_own() -> Result<()> {
     // parlor renewed its token before it expired: the server refused only
     // the raw one above (a 401 and retry would pass the call too, so the
     // call working is not proof enough).
+    // The server's stderr is copied by a thread: give it time to catch up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let refused = servers.kb.log().matches("the token has expired").count();
     assert_eq!(refused, 1, "{}", servers.kb.log());
     pool.shutdown().await;
@@ -685,7 +687,7 @@ fn finished(child: &mut Child) -> Result<std::process::ExitStatus> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_person_signs_in_once_with_pkce_and_later_runs_renew_without_them() -> Result<()> {
     let servers = Servers::start()?;
-    let dir = support::log_dir("oauth-person-signs-in");
+    let dir = support::fresh_dir("oauth-person-signs-in");
     let creds = dir.join("credentials");
     let spec = person_spec(&dir, &servers)?;
 

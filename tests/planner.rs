@@ -107,6 +107,11 @@ impl PlannerModel for Scripted {
                 }
                 Ok(ModelReply {
                     text: words.into(),
+                    // A token a word, so a test can tell whose words were paid for.
+                    usage: parlor::frame::Usage {
+                        output_text_tokens: words.split_whitespace().count() as u64,
+                        ..Default::default()
+                    },
                     ..ModelReply::default()
                 })
             }
@@ -802,6 +807,37 @@ async fn a_guess_on_a_pause_becomes_the_answer_and_its_tools_wait_for_the_turn()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guess_that_failed_is_not_the_answer() {
+    // The model fails on the pause's words (a dropped connection, say):
+    // the turn is asked again when it ends, not answered with the failure.
+    let model = Scripted::new(vec![
+        Step::Fail("connection reset"),
+        Step::Say("One and one make two."),
+    ]);
+    let mut running = start_stage(&model).await;
+    let input = running.input_handle();
+    let turn = running.turns().begin();
+    pause_words(&input, turn, "what is one and one").await;
+    asked(&model, 1).await;
+    // Long enough for the failed run to have ended.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ask_stage(&input, turn, "what is one and one").await;
+    drop(input);
+    running.close_input();
+    let mut frames = Vec::new();
+    while let Some(f) = running.output().recv().await {
+        frames.push(f);
+    }
+    assert_eq!(reply_of(&frames), "One and one make two.");
+    assert_eq!(model.seen.lock().unwrap().len(), 2);
+    running
+        .join(Duration::from_secs(5))
+        .await
+        .into_result()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guess_is_dropped_when_the_caller_goes_on_and_leaves_no_trace() {
     let model = Scripted::new(vec![
         Step::Say("Which order?"),
@@ -813,6 +849,8 @@ async fn a_guess_is_dropped_when_the_caller_goes_on_and_leaves_no_trace() {
     let turn = running.turns().begin();
     pause_words(&input, turn, "where is my order").await;
     asked(&model, 1).await;
+    // Long enough for the guess to have finished its answer.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     // The caller went on after the pause: the final words differ.
     ask_stage(&input, turn, "where is my order 1042").await;
     let mut frames = Vec::new();
@@ -828,6 +866,11 @@ async fn a_guess_is_dropped_when_the_caller_goes_on_and_leaves_no_trace() {
         "Order 1042 shipped.",
         "the guess was spoken"
     );
+    // The guess's words were paid for, and are counted: 2 + 3 tokens.
+    let Some(parlor::frame::Frame::EndOfTurn(metrics)) = frames.last() else {
+        unreachable!()
+    };
+    assert_eq!(metrics.usage.output_text_tokens, 5, "{:?}", metrics.usage);
     let next = running.turns().begin();
     ask_stage(&input, next, "thanks").await;
     drop(input);

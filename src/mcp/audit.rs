@@ -394,7 +394,8 @@ impl AuditLog {
             hash: report.last_hash,
             failed: None,
             fsyncs: fsyncs.clone(),
-            unsynced: false,
+            unsynced_since: None,
+            head_synced: false,
         };
         if report.head_seq.unwrap_or(0) < report.last_seq {
             // Records past the head: intents the last process wrote and
@@ -483,7 +484,10 @@ struct Writer {
     fsyncs: Arc<AtomicU64>,
     /// Records written and not yet fsynced (intents): synced as soon as
     /// nothing else is waiting, and before the writer stops.
-    unsynced: bool,
+    unsynced_since: Option<std::time::Instant>,
+    /// The head file's first write was fsynced (so its size and its data
+    /// agree after a power cut); later in-place writes need not be.
+    head_synced: bool,
 }
 
 impl Writer {
@@ -494,16 +498,19 @@ impl Writer {
             .enable_time()
             .build();
         loop {
-            let first = if self.unsynced {
+            let first = if let Some(since) = self.unsynced_since {
                 // Intents are on file but not on disk: the next record's
                 // fsync will cover them (their calls went ahead at the
                 // write, so this is on nobody's path); if none comes soon,
                 // or the log is closing, sync them alone.
                 let next = match &clock {
                     // The timer is made inside, where the runtime is.
+                    // From the first unsynced write: a stream of intents
+                    // does not put the sync off.
                     Ok(rt) => rt
                         .block_on(async {
-                            tokio::time::timeout(INTENT_SYNC_AFTER, rx.recv()).await
+                            let due = tokio::time::Instant::from_std(since + INTENT_SYNC_AFTER);
+                            tokio::time::timeout_at(due, rx.recv()).await
                         })
                         .ok(),
                     Err(_) => match rx.try_recv() {
@@ -593,7 +600,8 @@ impl Writer {
             return Err(self.fail(e));
         }
         (self.seq, self.hash) = (seq, hash);
-        self.unsynced = true;
+        self.unsynced_since
+            .get_or_insert_with(std::time::Instant::now);
         Ok(receipts)
     }
 
@@ -601,7 +609,7 @@ impl Writer {
     fn sync(&mut self) -> Result<(), String> {
         // Whatever happens, there is nothing more to try: a failed sync
         // fails the log.
-        self.unsynced = false;
+        self.unsynced_since = None;
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
@@ -625,7 +633,7 @@ impl Writer {
         e
     }
 
-    fn write_head(&self) -> std::io::Result<()> {
+    fn write_head(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt as _;
         let mut head = serde_json::json!({ "seq": self.seq, "hash": self.hash }).to_string();
         // Padded to a fixed size, so a shorter head never leaves the end of
@@ -633,7 +641,12 @@ impl Writer {
         let pad = HEAD_BYTES.saturating_sub(head.len() + 1);
         head.extend(std::iter::repeat_n(' ', pad));
         head.push('\n');
-        self.head.write_all_at(head.as_bytes(), 0)
+        self.head.write_all_at(head.as_bytes(), 0)?;
+        if !self.head_synced {
+            self.head.sync_all()?;
+            self.head_synced = true;
+        }
+        Ok(())
     }
 }
 
@@ -671,13 +684,14 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(io(e)),
     };
-    let head = match std::fs::read(head_path(path)) {
-        // Empty: created by a writer that has not synced yet (no more
-        // than a missing head, which deleting it would give anyway).
-        Ok(h) if h.is_empty() => None,
-        Ok(h) => Some(parse_head(&h)?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io(e)),
+    let head = match read_head(path) {
+        Ok(head) => head,
+        // Read while the writer rewrote it, perhaps: once more.
+        Err(AuditError::BadHead(_)) => {
+            std::thread::sleep(Duration::from_millis(20));
+            read_head(path)?
+        }
+        Err(e) => return Err(e),
     };
     let good = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let (mut seq, mut hash) = (0u64, GENESIS.to_string());
@@ -755,6 +769,22 @@ fn check_line(line: &[u8], n: usize) -> Result<Link, AuditError> {
         return Err(AuditError::Altered { seq });
     }
     Ok(Link { seq, prev, hash })
+}
+
+/// The head's seq and hash, or none.
+fn read_head(path: &Path) -> Result<Option<(u64, String)>, AuditError> {
+    match std::fs::read(head_path(path)) {
+        // Blank (or zeros after a power cut): created by a writer that had
+        // not written it yet. No more than a missing head, which deleting
+        // it would give anyway.
+        Ok(h) if h.iter().all(|b| *b == 0 || b.is_ascii_whitespace()) => Ok(None),
+        Ok(h) => parse_head(&h).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AuditError::Io {
+            path: head_path(path),
+            source: e,
+        }),
+    }
 }
 
 fn parse_head(bytes: &[u8]) -> Result<(u64, String), AuditError> {

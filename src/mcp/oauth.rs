@@ -424,9 +424,10 @@ impl TokenSource {
         // Known as secrets from now on: a reply or a tool's arguments that
         // would carry one is stopped like one carrying an API key.
         let issued = crate::secrets::Issued::global();
-        issued.remember(&answer.access_token);
+        let slot = format!("{} {}", self.server_url, self.spec.client_id);
+        issued.remember(&slot, &answer.access_token);
         if let Some(refresh) = &answer.refresh_token {
-            issued.remember(refresh);
+            issued.remember(&slot, refresh);
         }
         if let Proof::SignedIn(store) = &self.proof {
             // The old refresh token is spent: without the new one saved, the

@@ -308,14 +308,22 @@ impl Toolbox for AuditedPool {
         // The route as the call would go now (a rug pull since the last
         // listing is judged first), so the rules see the right server and
         // the records name it. A tool withheld or unknown is sent nowhere.
-        let route = match self.pool.resolve(name).await {
+        // On a task of its own: a re-list cut off half-way (the planner
+        // stops waiting) could leave a changed list cached but not judged.
+        let resolving = {
+            let (pool, name) = (self.pool.clone(), name.to_string());
+            tokio::spawn(async move { pool.resolve(&name).await })
+        };
+        let resolved = resolving.await.unwrap_or_else(|_| {
+            Err(ToolCallError::UnknownTool {
+                name: name.to_string(),
+            })
+        });
+        let route = match resolved {
             Ok(route) => route,
             Err(e) => {
-                let decision = match e {
-                    ToolCallError::Quarantined { .. } => Decision::Denied,
-                    _ => Decision::Failed,
-                };
-                return self.refuse(name, arguments, decision, e.to_string()).await;
+                let (decision, why) = unroutable(&e);
+                return self.refuse(name, arguments, decision, why).await;
             }
         };
         let server = route.0.clone();
@@ -350,6 +358,30 @@ impl Toolbox for AuditedPool {
         let (pool, log, context) = (self.pool.clone(), self.log.clone(), self.context.clone());
         let name = name.to_string();
         let task = tokio::spawn(async move {
+            // Judged again now: the tool may have changed (a rug pull)
+            // while the caller was asked, and what runs must be what was
+            // approved and checked.
+            match pool.resolve(&name).await {
+                Ok(now) if now == route => {}
+                changed => {
+                    let (decision, why) = match &changed {
+                        Err(e) => unroutable(e),
+                        Ok(_) => (
+                            Decision::Denied,
+                            format!("tool \"{name}\" changed server while it waited; not called"),
+                        ),
+                    };
+                    let (server, tool) = &route;
+                    let entry = AuditEntry::without_result(
+                        &context,
+                        decision,
+                        (server, tool),
+                        &arguments,
+                        Some(&why),
+                    );
+                    return recorded(&log, &entry, ToolAnswer::error(why.clone())).await;
+                }
+            }
             let (server, tool) = &route;
             // The intent first: a call the process dies in (kill -9, a
             // crash) is still on record. No intent on record, no call.
@@ -403,6 +435,15 @@ impl Toolbox for AuditedPool {
         self.untrusted_seen.store(true, Ordering::Release);
         answer
     }
+}
+
+/// How a call the pool cannot route is recorded, and what the model is told.
+fn unroutable(e: &ToolCallError) -> (Decision, String) {
+    let decision = match e {
+        ToolCallError::Quarantined { .. } => Decision::Denied,
+        _ => Decision::Failed,
+    };
+    (decision, e.to_string())
 }
 
 /// The audit reason of a sensitive call the caller approved.

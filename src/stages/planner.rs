@@ -20,6 +20,9 @@
 //! (with its copy of the conversation). So the end-of-turn silence that
 //! keeps parlor from cutting a caller off is no longer all waiting.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{Stage, StageContext, StageError, StageIo};
-use crate::frame::{Frame, TurnId};
+use crate::frame::{Frame, TurnId, Usage};
 use crate::planner::{History, Planner, PlannerError, PlannerEvent, TurnOutcome};
 
 pub struct PlannerStage {
@@ -39,6 +42,9 @@ pub struct PlannerStage {
     fillers_said: usize,
     /// An answer started on a pause's transcript, before the turn was over.
     guess: Option<Run>,
+    /// What dropped guesses consumed (their model requests were paid for),
+    /// counted into their turn's usage at the next chance.
+    wasted: Vec<(TurnId, Usage)>,
 }
 
 /// One turn's planner run on its own task (so the stage can go on reading
@@ -53,6 +59,9 @@ struct Run {
     confirmed: CancellationToken,
     /// Stops this run alone (a child of the turn's token).
     cancel: CancellationToken,
+    /// The run ended in an error (the model failed, say): as a guess it is
+    /// not kept, since the turn itself may well succeed.
+    failed: Arc<AtomicBool>,
 }
 
 impl Drop for Run {
@@ -70,6 +79,30 @@ impl PlannerStage {
             last_turn: None,
             fillers_said: 0,
             guess: None,
+            wasted: Vec::new(),
+        }
+    }
+
+    /// Drops a guess nobody will use (stopping it), keeping the usage it
+    /// reported. (A request cancelled mid-way reports none.)
+    fn discard(&mut self, run: Option<Run>) {
+        let Some(mut run) = run else {
+            return;
+        };
+        while let Ok(event) = run.events.try_recv() {
+            if let PlannerEvent::Usage(usage) = event {
+                self.wasted.push((run.turn, usage));
+            }
+        }
+    }
+
+    /// Counts the dropped guesses' usage into their turns, before those
+    /// turns' ends pass (a turn already over gets none).
+    fn count_wasted(&mut self, io: &mut StageIo, cx: &StageContext) {
+        for (turn, usage) in self.wasted.drain(..) {
+            if cx.turns.is_live(turn) {
+                io.add_usage(turn, usage);
+            }
         }
     }
 
@@ -100,10 +133,12 @@ impl PlannerStage {
         };
         let mut history = self.history.clone();
         let (tx, events) = mpsc::unbounded_channel();
+        let failed = Arc::new(AtomicBool::new(false));
         let task = {
-            let (text, cancel) = (text.to_string(), cancel.clone());
+            let (text, cancel, failed) = (text.to_string(), cancel.clone(), failed.clone());
             tokio::spawn(async move {
                 let result = planner.run_turn(&mut history, &text, &tx, &cancel).await;
+                failed.store(result.is_err(), Ordering::Release);
                 (history, result)
             })
         };
@@ -114,6 +149,7 @@ impl PlannerStage {
             task: AbortOnDropHandle::new(task),
             confirmed,
             cancel,
+            failed,
         }
     }
 
@@ -139,7 +175,8 @@ impl PlannerStage {
             return;
         }
         // Dropping an older guess cancels it before the new one wants the model.
-        self.guess = None;
+        let older = self.guess.take();
+        self.discard(older);
         // A model with hosted MCP tools runs them inside its own request,
         // where no hold can reach: such a guess could act. No guess then.
         let may_guess =
@@ -158,13 +195,18 @@ impl PlannerStage {
         let trimmed = self.keep_heard(cx);
         self.last_turn = Some(turn);
         match self.guess.take() {
-            Some(guess) if guess.turn == turn && guess.text == text && !trimmed => {
+            Some(guess)
+                if guess.turn == turn
+                    && guess.text == text
+                    && !trimmed
+                    && !guess.failed.load(Ordering::Acquire) =>
+            {
                 tracing::debug!(message = "The pause's guess stands.", %turn);
                 guess.confirmed.cancel();
                 guess
             }
             stale => {
-                drop(stale);
+                self.discard(stale);
                 self.start(cx, turn, text, false)
             }
         }
@@ -270,6 +312,7 @@ impl Stage for PlannerStage {
                     is_final: true,
                 }) if cx.turns.is_live(turn) && !text.trim().is_empty() => {
                     let run = self.confirm(&cx, turn, &text);
+                    self.count_wasted(&mut io, &cx);
                     io.forward_consumed(Frame::Transcript {
                         turn,
                         text,
@@ -299,8 +342,10 @@ impl Stage for PlannerStage {
                     // A turn that ended with no final transcript (its
                     // speech failed to transcribe) leaves no guess behind.
                     if self.guess.as_ref().is_some_and(|g| g.turn == metrics.turn) {
-                        self.guess = None;
+                        let unused = self.guess.take();
+                        self.discard(unused);
                     }
+                    self.count_wasted(&mut io, &cx);
                     io.forward(Frame::EndOfTurn(metrics)).await?;
                 }
                 Some(frame) => io.forward(frame).await?,

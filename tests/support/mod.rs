@@ -35,7 +35,22 @@ pub fn python() -> String {
 /// A fresh directory for the audit and log files a test writes, kept after
 /// the run under `<target>/tmp/test-logs/` so tests/run.sh can grep every
 /// one of them for the test secrets (a tempdir would be gone by then).
+///
+/// The first call in a test binary also sends parlor's in-process tracing
+/// to a file there ([`trace_to_file`]), so what the tests' own process
+/// logged is grepped too.
 pub fn log_dir(name: &str) -> PathBuf {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|stem| stem.split('-').next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| "tests".into());
+    trace_to_file(&binary);
+    fresh_dir(name)
+}
+
+/// [`log_dir`] without the tracing (for a binary that captures its own).
+pub fn fresh_dir(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("test-logs")
         .join(name);
@@ -53,7 +68,7 @@ pub fn log_dir(name: &str) -> PathBuf {
 pub fn trace_to_file(binary: &str) {
     static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
-        let path = log_dir(&format!("tracing-{binary}")).join("tracing.log");
+        let path = fresh_dir(&format!("tracing-{binary}")).join("tracing.log");
         let file = std::fs::File::create(&path).expect("create the tracing log");
         let _ = tracing_subscriber::fmt()
             .with_env_filter("info,parlor=debug")
