@@ -633,8 +633,37 @@ async fn drops_cancelled_turns_and_passes_other_frames_through() {
     );
 }
 
+/// Counts whisper.cpp log lines at error level, for the whole test binary
+/// (whisper.cpp logs from the blocking pool's threads).
+fn whisper_errors() -> &'static AtomicUsize {
+    static ERRORS: OnceLock<&'static AtomicUsize> = OnceLock::new();
+    ERRORS.get_or_init(|| {
+        use tracing_subscriber::layer::SubscriberExt;
+        struct Count(&'static AtomicUsize);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                let meta = event.metadata();
+                if *meta.level() == tracing::Level::ERROR
+                    && meta.target().starts_with("whisper_rs::whisper")
+                {
+                    self.0.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        let errors: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Count(errors)))
+            .expect("the only subscriber of this test binary");
+        errors
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_turn_mid_transcription_drops_it_and_the_next_turn_still_works() {
+    let errors = whisper_errors();
     let clip = sample_clip();
     let mut h = start(load_stage(), true);
 
@@ -676,6 +705,13 @@ async fn cancelling_a_turn_mid_transcription_drops_it_and_the_next_turn_still_wo
             "transcript:2",
             "end_of_turn:2"
         ]
+    );
+    // whisper.cpp reports the stop as "failed to encode" at error level;
+    // a cancelled turn is no error, so it must not be logged as one.
+    assert_eq!(
+        errors.load(Ordering::SeqCst),
+        0,
+        "a cancelled transcription logged an error"
     );
 }
 

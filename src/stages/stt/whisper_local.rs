@@ -8,7 +8,7 @@
 //! cancelled (barge-in): the frames behind it flow on at once, while
 //! whisper.cpp stops at its next checkpoint.
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};
 
@@ -230,7 +230,9 @@ impl WhisperEngine {
             }
         }
 
+        RUNNING.set(cancel.cloned());
         let result = self.state.full(params, samples);
+        RUNNING.set(None);
         if cancel.is_some_and(CancellationToken::is_cancelled) {
             return Err(SttError::Cancelled);
         }
@@ -256,11 +258,68 @@ unsafe extern "C" fn abort_if_cancelled(data: *mut c_void) -> bool {
     token.is_cancelled()
 }
 
+thread_local! {
+    /// The turn's cancel token while this thread runs `full` (whisper.cpp
+    /// logs from the calling thread; the abort callback may run on its
+    /// compute threads). Once it has fired, whisper.cpp's "failed to
+    /// encode" (or decode) is not an error but the stop that was asked for.
+    static RUNNING: std::cell::RefCell<Option<CancellationToken>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// whisper.cpp and ggml print to stderr by default; route them to tracing
-/// (targets `whisper_rs::…`) so they follow the service's log settings.
+/// so they follow the service's log settings. ggml's through whisper-rs's
+/// hook (target `whisper_rs::ggml_logging_hook`); whisper.cpp's through
+/// [`whisper_log`] (target `whisper_rs::whisper_logging_hook`, as
+/// whisper-rs's own hook would), which knows a cancelled turn's
+/// "failed to encode" is not an error.
 fn route_whisper_logs() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(whisper_rs::install_logging_hooks);
+    ONCE.call_once(|| {
+        whisper_rs::install_logging_hooks();
+        // SAFETY: `whisper_log` neither panics nor unwinds, and keeps no
+        // pointer past the call.
+        unsafe { whisper_rs::set_log_callback(Some(whisper_log), std::ptr::null_mut()) };
+    });
+}
+
+/// whisper.cpp's log lines, one tracing event each.
+unsafe extern "C" fn whisper_log(level: c_uint, text: *const c_char, _user_data: *mut c_void) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: whisper.cpp passes a NUL-terminated string alive for the call.
+    let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let text = text.trim();
+    if text.is_empty() {
+        return;
+    }
+    let stopping = RUNNING.with_borrow(|t| t.as_ref().is_some_and(CancellationToken::is_cancelled));
+    match whisper_log_level(level, stopping) {
+        tracing::Level::ERROR => {
+            tracing::error!(target: "whisper_rs::whisper_logging_hook", "{text}")
+        }
+        tracing::Level::WARN => {
+            tracing::warn!(target: "whisper_rs::whisper_logging_hook", "{text}")
+        }
+        tracing::Level::INFO => {
+            tracing::info!(target: "whisper_rs::whisper_logging_hook", "{text}")
+        }
+        _ => tracing::debug!(target: "whisper_rs::whisper_logging_hook", "{text}"),
+    }
+}
+
+/// The tracing level of a whisper.cpp log line (ggml's levels: 1 debug,
+/// 2 info, 3 warn, 4 error; 0 and 5, none and continuation, as debug).
+/// An error while the call is being stopped on purpose is only debug.
+fn whisper_log_level(level: c_uint, aborted: bool) -> tracing::Level {
+    match level {
+        4 if aborted => tracing::Level::DEBUG,
+        4 => tracing::Level::ERROR,
+        3 => tracing::Level::WARN,
+        2 => tracing::Level::INFO,
+        _ => tracing::Level::DEBUG,
+    }
 }
 
 /// The `whisper-local` stt stage.
