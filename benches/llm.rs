@@ -260,4 +260,44 @@ fn main() {
             ms(wo) / ms(w)
         );
     }
+
+    // A pipeline with no tools (small talk only): the planner then asks
+    // for plain text, not a `say` decision under the tool-choice prompt
+    // and grammar. Time to the first word both ways, side by side.
+    let mut no_tools = |plain: bool| {
+        let mut times = Vec::new();
+        for q in &small_talk {
+            for _ in 0..runs {
+                let started = std::time::Instant::now();
+                let mut first = None;
+                let on_text = |_: &str| {
+                    first.get_or_insert_with(|| started.elapsed());
+                    std::ops::ControlFlow::Break(())
+                };
+                if plain {
+                    llm.complete(&convo(q), on_text).ok();
+                } else {
+                    llm.decide_with(&convo(q), &[], ToolChoice::Auto, on_text)
+                        .ok();
+                }
+                times.extend(first);
+            }
+        }
+        times
+    };
+    let (mut plain, mut say) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        plain.extend(no_tools(true));
+        say.extend(no_tools(false));
+    }
+    if !plain.is_empty() && !say.is_empty() {
+        let (p, s) = (median(plain), median(say));
+        println!(
+            "no tools, first spoken word ({} small-talk questions): plain text {:.1} ms, a say decision {:.1} ms ({:.2}x)",
+            small_talk.len(),
+            ms(p),
+            ms(s),
+            ms(s) / ms(p)
+        );
+    }
 }

@@ -324,3 +324,49 @@ fn a_missing_model_says_how_to_get_it() {
     let err = LocalLlm::load("models/no-such-model.gguf", LocalLlmOptions::default()).unwrap_err();
     assert!(err.to_string().contains("models/setup.sh"), "{err}");
 }
+
+/// With no tools to offer, the planner asks the model for plain text: no
+/// tool-choice prompt (so fewer input tokens than a `say` decision would
+/// take) and no JSON in the reply, streamed as it is written.
+#[test]
+fn with_no_tools_the_planner_asks_for_plain_text() {
+    use parlor::llm::{LocalPlanner, ModelRequest, PlannerModel};
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let messages = [
+        ChatMessage::system("You are a friendly voice assistant. Answer in one short sentence."),
+        ChatMessage::user("What is the capital of France?"),
+    ];
+    let llm = load();
+    let plain_prompt = llm.count_tokens(&parlor::llm::local::render_prompt(&messages, None));
+    let say_prompt = llm.count_tokens(&parlor::llm::local::render_prompt(
+        &messages,
+        Some((&[], ToolChoice::Auto)),
+    ));
+    let planner = LocalPlanner::new(llm, "qwen 0.5b");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reply = runtime
+        .block_on(planner.respond(
+            ModelRequest {
+                messages: &messages,
+                tools: &[],
+                choice: ToolChoice::Auto,
+            },
+            &tx,
+            &tokio_util::sync::CancellationToken::new(),
+        ))
+        .expect("an answer");
+    assert!(reply.calls.is_empty());
+    assert!(reply.text.contains("Paris"), "{:?}", reply.text);
+    assert!(!reply.text.contains('{'), "plain words: {:?}", reply.text);
+    let mut streamed = String::new();
+    while let Ok(piece) = rx.try_recv() {
+        streamed.push_str(&piece);
+    }
+    assert_eq!(streamed.trim(), reply.text.trim(), "streamed as written");
+    assert_eq!(reply.usage.input_text_tokens as usize, plain_prompt);
+    assert!(
+        plain_prompt < say_prompt,
+        "the plain prompt ({plain_prompt} tokens) leaves out the tool-choice one ({say_prompt})"
+    );
+}

@@ -131,14 +131,23 @@ impl PlannerModel for LocalPlanner {
                 return Err(LlmError::Cancelled);
             }
             let mut llm = llm.lock().unwrap_or_else(|e| e.into_inner());
-            let decision = llm.decide_with(&messages, &tools, choice, |piece| {
+            let on_piece = |piece: &str| {
                 let _ = text.send(piece.to_string());
                 if cancel.is_cancelled() {
                     ControlFlow::Break(())
                 } else {
                     ControlFlow::Continue(())
                 }
-            })?;
+            };
+            let decision = if tools.is_empty() && choice != ToolChoice::Required {
+                // Nothing to choose from but saying: plain text, without
+                // the tool-choice prompt and the JSON wrapper the grammar
+                // would force and escape (the first word comes sooner;
+                // `cargo bench --bench llm`).
+                Decision::Say(llm.complete(&messages, on_piece)?)
+            } else {
+                llm.decide_with(&messages, &tools, choice, on_piece)?
+            };
             let stats = llm.last_stats();
             let usage = crate::frame::Usage {
                 input_text_tokens: stats.prompt_tokens as u64,
