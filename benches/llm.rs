@@ -17,6 +17,7 @@
 //! `PARLOR_BENCH_QUESTIONS` how many questions the timing table uses
 //! (default all).
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Duration;
 
@@ -48,6 +49,40 @@ fn ttft(
     }
     let s = llm.last_stats();
     (s.time_to_first_token, s.prompt_tokens, s.reused_tokens)
+}
+
+/// What a first-word timing hands the model: stop at the first piece.
+type OnText<'a> = &'a mut dyn FnMut(&str) -> ControlFlow<()>;
+
+/// Time to the first streamed piece of `ask(llm, question, way, ...)` for
+/// each question `runs` times, the `true` way and the `false` way
+/// alternating (so drift on a shared machine hits both alike).
+fn first_words_side_by_side(
+    llm: &mut LocalLlm,
+    questions: &[&str],
+    runs: usize,
+    ask: impl Fn(&mut LocalLlm, &str, bool, OnText<'_>) -> Result<(), LlmError>,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let mut times = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        for way in [true, false] {
+            for q in questions {
+                for _ in 0..runs {
+                    let started = std::time::Instant::now();
+                    let mut first = None;
+                    let mut on_text = |_: &str| {
+                        first.get_or_insert_with(|| started.elapsed());
+                        ControlFlow::Break(())
+                    };
+                    // A stopped request is an error by design; only the
+                    // time to its first piece counts.
+                    ask(llm, q, way, &mut on_text).ok();
+                    if way { &mut times.0 } else { &mut times.1 }.extend(first);
+                }
+            }
+        }
+    }
+    times
 }
 
 fn main() {
@@ -225,30 +260,13 @@ fn main() {
         .filter(|(_, expect)| *expect == "say")
         .map(|(q, _)| *q)
         .collect();
-    let mut first_word = |forced: bool| {
+    let first_word = |llm: &mut LocalLlm, q: &str, forced: bool, on_text: OnText<'_>| {
         llm.options_mut().forced_text = forced;
-        let mut times = Vec::new();
-        for q in &small_talk {
-            for _ in 0..runs {
-                let started = std::time::Instant::now();
-                let mut first = None;
-                llm.options_mut().max_tokens = 96;
-                llm.decide_with(&convo(q), &tools, ToolChoice::Auto, |_| {
-                    first.get_or_insert_with(|| started.elapsed());
-                    std::ops::ControlFlow::Break(())
-                })
-                .ok();
-                times.extend(first);
-            }
-        }
-        times
+        llm.options_mut().max_tokens = 96;
+        llm.decide_with(&convo(q), &tools, ToolChoice::Auto, on_text)
+            .map(drop)
     };
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    // Alternate, so drift on a shared machine hits both alike.
-    for _ in 0..2 {
-        with.extend(first_word(true));
-        without.extend(first_word(false));
-    }
+    let (with, without) = first_words_side_by_side(&mut llm, &small_talk, runs, first_word);
     llm.options_mut().forced_text = true;
     if !with.is_empty() && !without.is_empty() {
         let (w, wo) = (median(with), median(without));
@@ -264,32 +282,15 @@ fn main() {
     // A pipeline with no tools (small talk only): the planner then asks
     // for plain text, not a `say` decision under the tool-choice prompt
     // and grammar. Time to the first word both ways, side by side.
-    let mut no_tools = |plain: bool| {
-        let mut times = Vec::new();
-        for q in &small_talk {
-            for _ in 0..runs {
-                let started = std::time::Instant::now();
-                let mut first = None;
-                let on_text = |_: &str| {
-                    first.get_or_insert_with(|| started.elapsed());
-                    std::ops::ControlFlow::Break(())
-                };
-                if plain {
-                    llm.complete(&convo(q), on_text).ok();
-                } else {
-                    llm.decide_with(&convo(q), &[], ToolChoice::Auto, on_text)
-                        .ok();
-                }
-                times.extend(first);
-            }
+    let no_tools = |llm: &mut LocalLlm, q: &str, plain: bool, on_text: OnText<'_>| {
+        if plain {
+            llm.complete(&convo(q), on_text).map(drop)
+        } else {
+            llm.decide_with(&convo(q), &[], ToolChoice::Auto, on_text)
+                .map(drop)
         }
-        times
     };
-    let (mut plain, mut say) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        plain.extend(no_tools(true));
-        say.extend(no_tools(false));
-    }
+    let (plain, say) = first_words_side_by_side(&mut llm, &small_talk, runs, no_tools);
     if !plain.is_empty() && !say.is_empty() {
         let (p, s) = (median(plain), median(say));
         println!(

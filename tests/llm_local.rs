@@ -330,7 +330,6 @@ fn a_missing_model_says_how_to_get_it() {
 /// take) and no JSON in the reply, streamed as it is written.
 #[test]
 fn with_no_tools_the_planner_asks_for_plain_text() {
-    use parlor::llm::{LocalPlanner, ModelRequest, PlannerModel};
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let messages = [
         ChatMessage::system("You are a friendly voice assistant. Answer in one short sentence."),
@@ -342,13 +341,70 @@ fn with_no_tools_the_planner_asks_for_plain_text() {
         &messages,
         Some((&[], ToolChoice::Auto)),
     ));
-    let planner = LocalPlanner::new(llm, "qwen 0.5b");
+    let planner = parlor::llm::LocalPlanner::new(llm, "qwen 0.5b");
+    let (reply, streamed) = answer_without_tools(&planner, &messages);
+    assert!(reply.calls.is_empty());
+    assert!(reply.text.contains("Paris"), "{:?}", reply.text);
+    assert!(!reply.text.contains('{'), "plain words: {:?}", reply.text);
+    assert_eq!(streamed.trim(), reply.text.trim(), "streamed as written");
+    assert_eq!(reply.usage.input_text_tokens as usize, plain_prompt);
+    assert!(
+        plain_prompt < say_prompt,
+        "the plain prompt ({plain_prompt} tokens) leaves out the tool-choice one ({say_prompt})"
+    );
+}
+
+/// A conversation that already holds a tool call and its result is still
+/// answered through `say`, even with no tools left to offer: shown calls in
+/// its history without the tool prompt, the model would answer in their
+/// JSON, and that would be spoken.
+#[test]
+fn after_a_tool_call_the_planner_answers_through_say_even_with_no_tools_left() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let call = parlor::llm::ToolCall {
+        id: "call_1".into(),
+        name: "weather".into(),
+        arguments: serde_json::json!({"city": "Paris"}),
+    };
+    let messages = [
+        ChatMessage::system("You are a friendly voice assistant. Answer in one short sentence."),
+        ChatMessage::user("What is the weather in Paris?"),
+        ChatMessage::ToolCall(call),
+        ChatMessage::ToolResult {
+            call_id: "call_1".into(),
+            name: "weather".into(),
+            content: "Sunny, 21 degrees Celsius.".into(),
+        },
+    ];
+    let llm = load();
+    let say_prompt = llm.count_tokens(&parlor::llm::local::render_prompt(
+        &messages,
+        Some((&[], ToolChoice::Auto)),
+    ));
+    let planner = parlor::llm::LocalPlanner::new(llm, "qwen 0.5b");
+    let (reply, streamed) = answer_without_tools(&planner, &messages);
+    assert!(reply.calls.is_empty());
+    assert_eq!(
+        reply.usage.input_text_tokens as usize, say_prompt,
+        "asked under the tool-choice prompt"
+    );
+    assert!(reply.text.contains("21"), "{:?}", reply.text);
+    assert!(!streamed.contains('{'), "no JSON is spoken: {streamed:?}");
+}
+
+/// Ask `planner` to answer `messages` with no tools on offer: the reply and
+/// the text it streamed.
+fn answer_without_tools(
+    planner: &parlor::llm::LocalPlanner,
+    messages: &[ChatMessage],
+) -> (parlor::llm::ModelReply, String) {
+    use parlor::llm::{ModelRequest, PlannerModel};
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let reply = runtime
         .block_on(planner.respond(
             ModelRequest {
-                messages: &messages,
+                messages,
                 tools: &[],
                 choice: ToolChoice::Auto,
             },
@@ -356,17 +412,9 @@ fn with_no_tools_the_planner_asks_for_plain_text() {
             &tokio_util::sync::CancellationToken::new(),
         ))
         .expect("an answer");
-    assert!(reply.calls.is_empty());
-    assert!(reply.text.contains("Paris"), "{:?}", reply.text);
-    assert!(!reply.text.contains('{'), "plain words: {:?}", reply.text);
     let mut streamed = String::new();
     while let Ok(piece) = rx.try_recv() {
         streamed.push_str(&piece);
     }
-    assert_eq!(streamed.trim(), reply.text.trim(), "streamed as written");
-    assert_eq!(reply.usage.input_text_tokens as usize, plain_prompt);
-    assert!(
-        plain_prompt < say_prompt,
-        "the plain prompt ({plain_prompt} tokens) leaves out the tool-choice one ({say_prompt})"
-    );
+    (reply, streamed)
 }

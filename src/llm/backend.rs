@@ -108,6 +108,18 @@ impl LocalPlanner {
     }
 }
 
+/// Whether the local model answers in plain text rather than choosing
+/// under the tool-choice grammar: nothing to choose but saying, and no tool
+/// call in the conversation (a model shown calls and results in its history
+/// but asked without the tool prompt tends to answer in their JSON, which
+/// would be spoken).
+fn answers_in_plain_text(messages: &[ChatMessage], tools: &[ToolSpec], choice: ToolChoice) -> bool {
+    let called_tools = messages
+        .iter()
+        .any(|m| matches!(m, ChatMessage::ToolCall(_) | ChatMessage::ToolResult { .. }));
+    tools.is_empty() && choice != ToolChoice::Required && !called_tools
+}
+
 #[async_trait]
 impl PlannerModel for LocalPlanner {
     fn describe(&self) -> String {
@@ -139,12 +151,19 @@ impl PlannerModel for LocalPlanner {
                     ControlFlow::Continue(())
                 }
             };
-            let decision = if tools.is_empty() && choice != ToolChoice::Required {
+            let decision = if answers_in_plain_text(&messages, &tools, choice) {
                 // Nothing to choose from but saying: plain text, without
                 // the tool-choice prompt and the JSON wrapper the grammar
                 // would force and escape (the first word comes sooner;
                 // `cargo bench --bench llm`).
-                Decision::Say(llm.complete(&messages, on_piece)?)
+                let text = llm.complete(&messages, on_piece)?;
+                if llm.last_stats().hit_token_limit {
+                    tracing::warn!(
+                        tokens = llm.last_stats().generated_tokens,
+                        "the local planner's answer reached its token limit and is cut off"
+                    );
+                }
+                Decision::Say(text)
             } else {
                 llm.decide_with(&messages, &tools, choice, on_piece)?
             };

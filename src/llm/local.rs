@@ -100,6 +100,9 @@ pub struct GenerationStats {
     pub forced_tokens: usize,
     /// From the first output token to the end of the output.
     pub generation_time: Duration,
+    /// The output stopped at `max_tokens`, not at the model's end of turn:
+    /// it is cut off, likely mid-sentence.
+    pub hit_token_limit: bool,
 }
 
 impl GenerationStats {
@@ -289,8 +292,9 @@ impl LocalLlm {
     }
 
     /// Plain text for the conversation (no tools, no grammar), streamed to
-    /// `on_text`. The planner answers through `say` instead; this is for
-    /// uses without tools.
+    /// `on_text`: the planner's answer when it has no tools to offer, and
+    /// the served chat route's. Output cut off at `max_tokens` is returned
+    /// as it is, with `last_stats().hit_token_limit` set.
     pub fn complete(
         &mut self,
         messages: &[ChatMessage],
@@ -444,6 +448,7 @@ impl LocalLlm {
         }
         self.stats.generation_time = first_at.map(|t| t.elapsed()).unwrap_or_default();
         let finished = self.stats.generated_tokens < self.options.max_tokens;
+        self.stats.hit_token_limit = !finished;
         if grammar.is_some() && !finished {
             return Err(LlmError::TokenLimit {
                 max_tokens: self.options.max_tokens,

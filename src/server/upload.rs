@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Multipart, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::StatusCode;
 
 use super::ApiError;
@@ -42,6 +42,16 @@ impl Upload {
     /// body, 400 for a malformed form, a form without `file`, or an
     /// oversized field.
     pub async fn read(request: Request) -> Result<Self, ApiError> {
+        // A body announced over the limit is turned away before any of it
+        // is read: the caller is not made to send 25 MB for a 413.
+        let announced = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|length| length > UPLOAD_BODY_LIMIT as u64) {
+            return Err(body_error(StatusCode::PAYLOAD_TOO_LARGE, String::new()));
+        }
         let content_type = request
             .headers()
             .get(CONTENT_TYPE)

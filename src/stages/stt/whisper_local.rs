@@ -8,12 +8,13 @@
 //! cancelled (barge-in): the frames behind it flow on at once, while
 //! whisper.cpp stops at its next checkpoint.
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
+use whisper_rs::whisper_rs_sys::ggml_log_level as GgmlLogLevel;
 use whisper_rs::{
     FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters, WhisperState,
 };
@@ -230,9 +231,9 @@ impl WhisperEngine {
             }
         }
 
-        RUNNING.set(cancel.cloned());
+        let running = Running::set(cancel);
         let result = self.state.full(params, samples);
-        RUNNING.set(None);
+        drop(running);
         if cancel.is_some_and(CancellationToken::is_cancelled) {
             return Err(SttError::Cancelled);
         }
@@ -267,35 +268,67 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// whisper.cpp and ggml print to stderr by default; route them to tracing
-/// so they follow the service's log settings. ggml's through whisper-rs's
-/// hook (target `whisper_rs::ggml_logging_hook`); whisper.cpp's through
-/// [`whisper_log`] (target `whisper_rs::whisper_logging_hook`, as
-/// whisper-rs's own hook would), which knows a cancelled turn's
-/// "failed to encode" is not an error.
+/// Holds this thread's [`RUNNING`] token for one `full` call and clears it
+/// when dropped, even if the call unwinds.
+struct Running;
+
+impl Running {
+    fn set(cancel: Option<&CancellationToken>) -> Self {
+        RUNNING.set(cancel.cloned());
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = RUNNING.try_with(|running| running.replace(None));
+    }
+}
+
+/// whisper.cpp and ggml print to stderr by default; route both to tracing
+/// so they follow the service's log settings. `whisper_log_set` sets
+/// ggml's log callback too, so one callback, [`whisper_log`], takes every
+/// line (target `whisper_rs::whisper_logging_hook`, as whisper-rs's own
+/// hook would), and it knows a cancelled turn's "failed to encode" is not
+/// an error.
 fn route_whisper_logs() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        whisper_rs::install_logging_hooks();
-        // SAFETY: `whisper_log` neither panics nor unwinds, and keeps no
-        // pointer past the call.
+        // SAFETY: `whisper_log` never unwinds (it catches panics) and keeps
+        // no pointer past the call.
         unsafe { whisper_rs::set_log_callback(Some(whisper_log), std::ptr::null_mut()) };
     });
 }
 
-/// whisper.cpp's log lines, one tracing event each.
-unsafe extern "C" fn whisper_log(level: c_uint, text: *const c_char, _user_data: *mut c_void) {
+/// whisper.cpp's and ggml's log lines, one tracing event each. A panic
+/// (say, in a subscriber) must not unwind into C: it is caught and the line
+/// dropped.
+unsafe extern "C" fn whisper_log(
+    level: GgmlLogLevel,
+    text: *const c_char,
+    _user_data: *mut c_void,
+) {
     if text.is_null() {
         return;
     }
     // SAFETY: whisper.cpp passes a NUL-terminated string alive for the call.
-    let text = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    let text = unsafe { CStr::from_ptr(text) };
+    let _ = std::panic::catch_unwind(|| log_whisper_line(level, &text.to_string_lossy()));
+}
+
+fn log_whisper_line(level: GgmlLogLevel, text: &str) {
     let text = text.trim();
     if text.is_empty() {
         return;
     }
-    let stopping = RUNNING.with_borrow(|t| t.as_ref().is_some_and(CancellationToken::is_cancelled));
-    match whisper_log_level(level, stopping) {
+    let stopping = RUNNING
+        .try_with(|t| {
+            t.borrow()
+                .as_ref()
+                .is_some_and(CancellationToken::is_cancelled)
+        })
+        .unwrap_or(false);
+    match whisper_log_level(level, text, stopping) {
         tracing::Level::ERROR => {
             tracing::error!(target: "whisper_rs::whisper_logging_hook", "{text}")
         }
@@ -309,15 +342,20 @@ unsafe extern "C" fn whisper_log(level: c_uint, text: *const c_char, _user_data:
     }
 }
 
-/// The tracing level of a whisper.cpp log line (ggml's levels: 1 debug,
-/// 2 info, 3 warn, 4 error; 0 and 5, none and continuation, as debug).
-/// An error while the call is being stopped on purpose is only debug.
-fn whisper_log_level(level: c_uint, aborted: bool) -> tracing::Level {
+/// The tracing level of a whisper.cpp or ggml log line (none and
+/// continuation lines as debug). The encoder's or decoder's failure while
+/// the call is being stopped on purpose is only debug: it is how
+/// whisper.cpp reports the abort. Any other error stays one.
+fn whisper_log_level(level: GgmlLogLevel, text: &str, aborted: bool) -> tracing::Level {
+    use whisper_rs::whisper_rs_sys as sys;
+    let abort_report = text.contains("failed to encode") || text.contains("failed to decode");
     match level {
-        4 if aborted => tracing::Level::DEBUG,
-        4 => tracing::Level::ERROR,
-        3 => tracing::Level::WARN,
-        2 => tracing::Level::INFO,
+        sys::ggml_log_level_GGML_LOG_LEVEL_ERROR if aborted && abort_report => {
+            tracing::Level::DEBUG
+        }
+        sys::ggml_log_level_GGML_LOG_LEVEL_ERROR => tracing::Level::ERROR,
+        sys::ggml_log_level_GGML_LOG_LEVEL_WARN => tracing::Level::WARN,
+        sys::ggml_log_level_GGML_LOG_LEVEL_INFO => tracing::Level::INFO,
         _ => tracing::Level::DEBUG,
     }
 }
@@ -385,5 +423,38 @@ impl Stage for WhisperLocal {
 
     async fn run(self: Box<Self>, io: StageIo, cx: StageContext) -> Result<(), StageError> {
         run_stt(&*self, io, cx).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whisper_rs::whisper_rs_sys as sys;
+
+    #[test]
+    fn only_the_abort_report_of_a_stopped_call_is_demoted() {
+        let error = sys::ggml_log_level_GGML_LOG_LEVEL_ERROR;
+        let encode = "whisper_full_with_state: failed to encode";
+        assert_eq!(
+            whisper_log_level(error, encode, true),
+            tracing::Level::DEBUG
+        );
+        assert_eq!(
+            whisper_log_level(error, encode, false),
+            tracing::Level::ERROR
+        );
+        assert_eq!(
+            whisper_log_level(error, "failed to allocate the compute buffer", true),
+            tracing::Level::ERROR,
+            "a stopped call's other errors stay errors"
+        );
+        assert_eq!(
+            whisper_log_level(sys::ggml_log_level_GGML_LOG_LEVEL_WARN, "x", true),
+            tracing::Level::WARN
+        );
+        assert_eq!(
+            whisper_log_level(sys::ggml_log_level_GGML_LOG_LEVEL_CONT, "x", false),
+            tracing::Level::DEBUG
+        );
     }
 }
