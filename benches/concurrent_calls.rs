@@ -23,6 +23,10 @@
 //!
 //! The callers run in this process on the same 2 cores as the server, so
 //! their CPU is counted against the machine, not the server.
+//! `PARLOR_BENCH_CALLERS_NICE=10` runs them (and the upstream) at a lower
+//! priority than the server, as callers on other machines would be: the
+//! server's figures then show its own capacity, and the callers' frame
+//! lateness shows what they gave up for it.
 //!
 //! Needs espeak-ng and an open-files limit above twice the largest N
 //! (`ulimit -n 4096`). Run: `cargo bench --bench concurrent_calls`.
@@ -397,6 +401,34 @@ async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usiz
     }
 }
 
+/// Lower this process's priority (every thread's: Linux keeps a nice value
+/// per thread, and threads started later inherit their creator's) below
+/// the server's, which keeps nice 0. Callers on the far side of a network
+/// take none of the server's CPU; on one machine, with the same priority,
+/// they take what the server would use at the knee. Their own lateness is
+/// reported per step, so what this costs them stays in view.
+fn yield_to_the_server(nice: i32) {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("list this process's threads");
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<libc::id_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: setpriority reads only its arguments.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            let error = std::io::Error::last_os_error();
+            // A blocking-pool thread may have idled out since the listing.
+            if error.raw_os_error() != Some(libc::ESRCH) {
+                panic!("setpriority({tid}, {nice}): {error}");
+            }
+        }
+    }
+    println!("callers and upstream at nice {nice}, the server at 0");
+}
+
 /// RSS before and after `n` quiet calls; KiB per call.
 async fn idle_memory(served: &Served, n: usize) -> (u64, u64, f64) {
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -446,7 +478,12 @@ fn print_table(steps: &[Step]) {
     }
 }
 
-fn write_json(idle: (usize, u64, u64, f64), steps: &[Step], best: Option<usize>) {
+fn write_json(
+    idle: (usize, u64, u64, f64),
+    steps: &[Step],
+    best: Option<usize>,
+    callers_nice: usize,
+) {
     let steps: Vec<_> = steps
         .iter()
         .map(|s| {
@@ -465,6 +502,7 @@ fn write_json(idle: (usize, u64, u64, f64), steps: &[Step], best: Option<usize>)
         "ramp": steps,
         "largest_calls_under_budget": best,
         "budget_ms": BUDGET_MS,
+        "callers_nice": callers_nice,
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&dir).unwrap();
@@ -482,9 +520,14 @@ async fn main() {
     let spec = write_spec(&base_url);
     let mut served = Served::start(Some(&spec), most + 16);
     served.ready().await;
+    let callers_nice = env_usize("PARLOR_BENCH_CALLERS_NICE", 0);
+    if callers_nice > 0 {
+        yield_to_the_server(callers_nice as i32);
+    }
     println!(
         "upstream: STT {STT_DELAY:?}, LLM first token {LLM_FIRST_TOKEN_DELAY:?}, TTS first audio {TTS_FIRST_AUDIO_DELAY:?}; \
-         added latency = voice to voice - {UPSTREAM_MS} ms. Callers and server share the same 2 cores."
+         added latency = voice to voice - {UPSTREAM_MS} ms. Callers and server share the same 2 cores \
+         (callers at nice {callers_nice})."
     );
 
     let (before, after, per_call) = idle_memory(&served, idle_calls).await;
@@ -538,6 +581,11 @@ async fn main() {
         }
         None => println!("no step stayed within {BUDGET_MS} ms p99 without errors"),
     }
-    write_json((idle_calls, before, after, per_call), &steps, best);
+    write_json(
+        (idle_calls, before, after, per_call),
+        &steps,
+        best,
+        callers_nice,
+    );
     let _ = std::fs::remove_file(spec);
 }

@@ -11,9 +11,11 @@
 //! - **after the decision**: from the VAD's end-of-turn decision to the
 //!   first reply audio sent (`voice_to_voice_ms`).
 //!
-//! A variant is `END/EARLY/GUESS`: the vad's `end_of_turn_ms`, its
-//! `early_stt_ms` (0: transcribe only once the turn is over) and the
-//! planner's `speculate` (`on`/`off`). `PARLOR_BENCH_VARIANTS` lists them,
+//! A variant is `END/EARLY/GUESS[/FLOOR]`: the vad's `end_of_turn_ms`, its
+//! `early_stt_ms` (0: transcribe only once the turn is over), the
+//! planner's `speculate` (`on`/`off`) and, optionally, the vad's
+//! `quiet_dbfs` (-100: the detector alone decides where speech ends; the
+//! spec's own value when left out). `PARLOR_BENCH_VARIANTS` lists them,
 //! comma-separated (default below); `PARLOR_BENCH_PIPELINE` is the spec
 //! (default `benches/pipelines/chat-fast.toml`, with small talk; set
 //! `PARLOR_BENCH_QUESTIONS=shop` for a spec with the shop's tools);
@@ -46,13 +48,16 @@ struct Variant {
     end_of_turn_ms: u32,
     early_stt_ms: u32,
     speculate: bool,
+    quiet_dbfs: Option<i64>,
 }
 
 impl Variant {
     fn parse(text: &str) -> Self {
         let parts: Vec<&str> = text.trim().split('/').collect();
-        let [end, early, guess] = parts[..] else {
-            panic!("a variant is END/EARLY/GUESS, e.g. 600/100/on; got {text:?}");
+        let (end, early, guess, floor) = match parts[..] {
+            [end, early, guess] => (end, early, guess, None),
+            [end, early, guess, floor] => (end, early, guess, Some(floor)),
+            _ => panic!("a variant is END/EARLY/GUESS[/FLOOR], e.g. 600/100/on; got {text:?}"),
         };
         Self {
             end_of_turn_ms: end.parse().expect("END in milliseconds"),
@@ -62,6 +67,7 @@ impl Variant {
                 "off" => false,
                 other => panic!("GUESS is on or off, got {other:?}"),
             },
+            quiet_dbfs: floor.map(|f| f.parse().expect("FLOOR in dBFS, e.g. -60")),
         }
     }
 
@@ -75,7 +81,9 @@ impl Variant {
                 format!("{} ms", self.early_stt_ms)
             },
             if self.speculate { "on" } else { "off" }
-        )
+        ) + &self
+            .quiet_dbfs
+            .map_or(String::new(), |f| format!(", quiet floor {f} dBFS"))
     }
 
     /// `base` with this variant's settings, written where `serve` can read
@@ -95,6 +103,9 @@ impl Variant {
                         i64::from(self.end_of_turn_ms).into(),
                     );
                     stage.insert("early_stt_ms".into(), i64::from(self.early_stt_ms).into());
+                    if let Some(floor) = self.quiet_dbfs {
+                        stage.insert("quiet_dbfs".into(), (floor as f64).into());
+                    }
                 }
                 Some("planner") => {
                     stage.insert("speculate".into(), self.speculate.into());

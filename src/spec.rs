@@ -145,10 +145,15 @@ pub struct VadSpec {
     /// at or above `end_of_turn_ms` it never fires.
     #[serde(default = "default_early_stt_ms")]
     pub early_stt_ms: u32,
-    /// A frame quieter than this (RMS, dBFS) is silence without asking the
-    /// detector: no voice is that quiet, and a quiet line (most of a call)
-    /// then costs next to nothing, which is what lets one machine hold many
-    /// calls. -100 asks the detector about every frame.
+    /// A frame quieter than this (RMS, dBFS) is silence: no voice is that
+    /// quiet. Between turns the detector is not even asked, so a quiet line
+    /// (most of a call) costs next to nothing, which is what lets one
+    /// machine hold many calls. Inside a turn, 64 ms of such frames are
+    /// silence whatever the detector says, dated from the first, so the end
+    /// of turn counts from where the voice stopped, not from where the
+    /// detector's probability fell off (50–150 ms later); a line noisier
+    /// than the floor gets none of this. Raised above about -50 it starts
+    /// to cut soft speech. -100 leaves every frame to the detector.
     #[serde(default = "default_quiet_dbfs")]
     pub quiet_dbfs: f32,
 }

@@ -335,13 +335,13 @@ fn with_no_tools_the_planner_asks_for_plain_text() {
         ChatMessage::system("You are a friendly voice assistant. Answer in one short sentence."),
         ChatMessage::user("What is the capital of France?"),
     ];
-    let llm = load();
-    let plain_prompt = llm.count_tokens(&parlor::llm::local::render_prompt(&messages, None));
-    let say_prompt = llm.count_tokens(&parlor::llm::local::render_prompt(
-        &messages,
-        Some((&[], ToolChoice::Auto)),
-    ));
-    let planner = parlor::llm::LocalPlanner::new(llm, "qwen 0.5b");
+    let (
+        planner,
+        PromptTokens {
+            plain: plain_prompt,
+            say: say_prompt,
+        },
+    ) = planner_for(&messages);
     let (reply, streamed) = answer_without_tools(&planner, &messages);
     assert!(reply.calls.is_empty());
     assert!(reply.text.contains("Paris"), "{:?}", reply.text);
@@ -376,12 +376,12 @@ fn after_a_tool_call_the_planner_answers_through_say_even_with_no_tools_left() {
             content: "Sunny, 21 degrees Celsius.".into(),
         },
     ];
-    let llm = load();
-    let say_prompt = llm.count_tokens(&parlor::llm::local::render_prompt(
-        &messages,
-        Some((&[], ToolChoice::Auto)),
-    ));
-    let planner = parlor::llm::LocalPlanner::new(llm, "qwen 0.5b");
+    let (
+        planner,
+        PromptTokens {
+            say: say_prompt, ..
+        },
+    ) = planner_for(&messages);
     let (reply, streamed) = answer_without_tools(&planner, &messages);
     assert!(reply.calls.is_empty());
     assert_eq!(
@@ -390,6 +390,27 @@ fn after_a_tool_call_the_planner_answers_through_say_even_with_no_tools_left() {
     );
     assert!(reply.text.contains("21"), "{:?}", reply.text);
     assert!(!streamed.contains('{'), "no JSON is spoken: {streamed:?}");
+}
+
+/// The prompt `messages` make, in tokens, asked for plain text and asked
+/// for a `say` decision with no tools.
+struct PromptTokens {
+    plain: usize,
+    say: usize,
+}
+
+/// The 0.5B model as a planner, and the sizes of the prompts `messages`
+/// would make.
+fn planner_for(messages: &[ChatMessage]) -> (parlor::llm::LocalPlanner, PromptTokens) {
+    let llm = load();
+    let tokens = PromptTokens {
+        plain: llm.count_tokens(&parlor::llm::local::render_prompt(messages, None)),
+        say: llm.count_tokens(&parlor::llm::local::render_prompt(
+            messages,
+            Some((&[], ToolChoice::Auto)),
+        )),
+    };
+    (parlor::llm::LocalPlanner::new(llm, "qwen 0.5b"), tokens)
 }
 
 /// Ask `planner` to answer `messages` with no tools on offer: the reply and

@@ -80,10 +80,17 @@ impl SentenceChunker {
             if !next.is_whitespace() {
                 continue;
             }
-            let sentence_end = matches!(c, '.' | '!' | '?' | '…') && !is_abbreviation(&text[..i]);
+            // Closing quotes and brackets after a mark belong to it:
+            // `He said "go." Then` ends after the quote.
+            let body = text[..next_i].trim_end_matches(is_closer);
+            let Some(mark) = body.chars().next_back() else {
+                continue;
+            };
+            let before = &body[..body.len() - mark.len_utf8()];
+            let sentence_end = matches!(mark, '.' | '!' | '?' | '…') && !is_abbreviation(before);
             let clause_end = self.pieces == 0
-                && matches!(c, ',' | ';' | ':')
-                && text[..i].trim().chars().count() >= MIN_FIRST_CLAUSE_CHARS;
+                && matches!(mark, ',' | ';' | ':')
+                && before.trim().chars().count() >= MIN_FIRST_CLAUSE_CHARS;
             if sentence_end || clause_end {
                 return Some(next_i);
             }
@@ -98,6 +105,11 @@ impl SentenceChunker {
     }
 }
 
+/// Characters that close a quote, a bracket or emphasis after a mark.
+fn is_closer(c: char) -> bool {
+    matches!(c, '"' | '”' | '’' | '\'' | ')' | ']' | '*' | '_')
+}
+
 /// Whether the word before a period is an abbreviation ("Dr."), dotted
 /// ("e.g.", "p.m.") or an initial ("J."). A decimal ("3.5") never gets
 /// here: no space follows its period.
@@ -106,6 +118,7 @@ fn is_abbreviation(before: &str) -> bool {
         .rsplit(|c: char| c.is_whitespace() || c == '(')
         .next()
         .unwrap_or("")
+        .trim_start_matches(['"', '“', '‘', '\'', '['])
         .to_lowercase();
     let single_initial = word.chars().count() == 1 && word.chars().all(char::is_alphabetic);
     single_initial || word.contains('.') || ABBREVIATIONS.contains(&word.as_str())
@@ -193,6 +206,23 @@ mod tests {
         assert_eq!(
             feed(&["Ask Dr. Smith at 3.5 p.m. today. J. Doe agrees. Done"]),
             vec!["Ask Dr. Smith at 3.5 p.m. today.", "J. Doe agrees.", "Done"]
+        );
+    }
+
+    #[test]
+    fn a_mark_followed_by_closing_quotes_or_brackets_ends_after_them() {
+        assert_eq!(
+            feed(&[
+                "He said \"go.\" Then we left (see Dr. Smith.) Next, ",
+                "**Note.** ",
+                "\"Dr. Who\" airs."
+            ]),
+            vec![
+                "He said \"go.\"",
+                "Then we left (see Dr. Smith.)",
+                "Next, Note.",
+                "\"Dr. Who\" airs."
+            ]
         );
     }
 

@@ -31,6 +31,12 @@ use crate::spec::VadSpec;
 /// How far below the start threshold a frame must fall to count as silence.
 const HYSTERESIS: f32 = 0.15;
 
+/// Inside a turn, quiet frames overrule the detector only once they have
+/// run this long (64 ms at 16 kHz): a stop consonant's closure or a gap
+/// between words can be one quiet frame, and must not read as a pause
+/// (with a 25 ms `early_stt` one frame would start a transcription).
+const QUIET_RUN_MIN: usize = 1024;
+
 /// The segmenter's knobs, in samples at 16 kHz.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SegmenterConfig {
@@ -52,8 +58,10 @@ pub struct SegmenterConfig {
     /// Silence inside an announced turn after which the speech so far is
     /// offered for an early transcription ([`SegmentEvent::Paused`]); 0: never.
     pub early_stt: usize,
-    /// A frame whose mean square is below this is silence, and the detector
-    /// is not asked (see `VadSpec::quiet_dbfs`); 0: always ask.
+    /// A frame whose mean square is below this is quiet: between turns it
+    /// is silence and the detector is not asked; inside a turn a run of
+    /// quiet frames is silence whatever the detector says (see
+    /// `VadSpec::quiet_dbfs`). 0: the detector decides every frame.
     pub quiet_power: f32,
 }
 
@@ -69,8 +77,13 @@ impl SegmenterConfig {
             max_turn: ms(spec.max_turn_s.saturating_mul(1000)),
             barge_in_min: ms(spec.barge_in_min_ms),
             early_stt: ms(spec.early_stt_ms),
-            // dBFS of an RMS level, as a mean square: 10^(dB/10).
-            quiet_power: 10f32.powf(spec.quiet_dbfs / 10.0),
+            // dBFS of an RMS level, as a mean square: 10^(dB/10). -100
+            // means "off": 0, which not even digital silence is below.
+            quiet_power: if spec.quiet_dbfs <= -100.0 {
+                0.0
+            } else {
+                10f32.powf(spec.quiet_dbfs / 10.0)
+            },
         }
     }
 }
@@ -126,6 +139,8 @@ struct Turn {
     announced: bool,
     /// This silence run has been offered as a [`SegmentEvent::Paused`].
     paused: bool,
+    /// Length of the run of quiet frames going on now.
+    quiet_run: usize,
 }
 
 /// Turns a stream of audio into turns; see the module docs.
@@ -261,11 +276,13 @@ impl Segmenter {
     }
 
     fn process(&mut self, frame: &[f32], events: &mut Vec<SegmentEvent>) -> Result<(), VadError> {
-        // Only between turns: inside one the detector's own fall-off and
-        // the hysteresis decide where speech ends, as without the floor.
-        // The stream's first frame always goes to the detector: some settle
-        // their state on it (earshot primes on it).
-        let probability = if self.turn.is_none() && self.position > 0 && self.is_quiet(frame) {
+        // Between turns a frame below the floor is silence and the
+        // detector is not asked (that is the saving). Inside a turn it is
+        // asked, and a run of quiet frames overrules it below. The stream's
+        // first frame always goes to the detector: some settle their state
+        // on it (earshot primes on it).
+        let quiet = self.position > 0 && self.is_quiet(frame);
+        let probability = if quiet && self.turn.is_none() {
             0.0
         } else {
             self.detector.speech_probability(frame)?
@@ -294,6 +311,7 @@ impl Segmenter {
                     silence: 0,
                     announced: false,
                     paused: false,
+                    quiet_run: 0,
                 });
                 self.after_frame(events);
             } else {
@@ -303,6 +321,22 @@ impl Segmenter {
         };
 
         turn.audio.extend_from_slice(frame);
+        // A detector's probability falls off over the 50–150 ms after a
+        // voice stops; a line quiet enough for the floor shows the end at
+        // once. So past `QUIET_RUN_MIN` the run is silence, dated from its
+        // first frame: the end of turn counts from where the speech ended.
+        turn.quiet_run = if quiet {
+            turn.quiet_run + frame.len()
+        } else {
+            0
+        };
+        let overruled = turn.quiet_run >= QUIET_RUN_MIN;
+        let probability = if overruled { 0.0 } else { probability };
+        if overruled && turn.silence < turn.quiet_run - frame.len() {
+            // The detector still heard speech in the run's first frames.
+            turn.silence = turn.quiet_run - frame.len();
+            turn.speech_end = (self.position - turn.quiet_run as u64).max(turn.speech_start);
+        }
         if probability >= cfg.threshold {
             turn.silence = 0;
             turn.paused = false;
@@ -477,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_below_the_quiet_floor_are_silence_without_the_detector() {
+    fn between_turns_frames_below_the_quiet_floor_skip_the_detector() {
         let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let config = SegmenterConfig {
             quiet_power: 1e-6, // -60 dBFS
@@ -502,6 +536,64 @@ mod tests {
             asked.load(std::sync::atomic::Ordering::SeqCst),
             1 + 100 + 20
         );
+    }
+
+    /// A detector that hears speech in everything: the worst case of the
+    /// fall-off after a voice stops.
+    struct AlwaysSpeech;
+
+    impl SpeechDetector for AlwaysSpeech {
+        fn frame_len(&self) -> usize {
+            160
+        }
+        fn speech_probability(&mut self, _frame: &[f32]) -> Result<f32, VadError> {
+            Ok(0.9)
+        }
+        fn reset(&mut self) {}
+    }
+
+    #[test]
+    fn inside_a_turn_a_quiet_run_overrules_the_detector() {
+        let run = |quiet_power, audio: &[f32]| {
+            let config = SegmenterConfig {
+                quiet_power,
+                early_stt: 400, // 25 ms
+                ..config()
+            };
+            let mut s = Segmenter::new(config, Box::new(AlwaysSpeech));
+            let mut events = Vec::new();
+            s.push(audio, &mut events).unwrap();
+            events
+        };
+        let pauses = |events: &[SegmentEvent]| {
+            events
+                .iter()
+                .filter(|e| matches!(e, SegmentEvent::Paused(_)))
+                .count()
+        };
+        // A second of speech, then half a second of hiss at -80 dBFS that
+        // the detector still calls speech.
+        let audio = signal(&[(0.9, 16_000), (1e-4, 8_000)]);
+        // With the floor the turn ends 200 ms after the speech, before the
+        // input does; the speech is the second, not the hiss.
+        let events = run(1e-6, &audio);
+        let Some(SegmentEvent::Ended(ended)) = events.last() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(ms(ended.speech), 1000);
+        assert_eq!(pauses(&events), 1);
+        // Without it the detector's word stands and the turn goes on.
+        let events = run(0.0, &audio);
+        assert!(
+            !events.iter().any(|e| matches!(e, SegmentEvent::Ended(_))),
+            "{events:?}"
+        );
+        // A quiet gap shorter than the run (48 ms: a stop consonant) is
+        // not a pause; one longer (100 ms) is.
+        for (gap, expected) in [(768, 0), (1_600, 1)] {
+            let audio = signal(&[(0.9, 16_000), (1e-4, gap), (0.9, 16_000)]);
+            assert_eq!(pauses(&run(1e-6, &audio)), expected, "gap of {gap} samples");
+        }
     }
 
     #[test]
