@@ -3,8 +3,8 @@
 //! an idle call costs in memory.
 //!
 //! The pipeline's stt, planner and tts are the `openai` backends pointed at
-//! a **local fixed-latency upstream** in this process: a tiny axum server
-//! that answers `/v1/audio/transcriptions`, `/v1/chat/completions`
+//! a **local fixed-latency upstream** in this process, on a thread and
+//! runtime of its own: a tiny axum server that answers `/v1/audio/transcriptions`, `/v1/chat/completions`
 //! (streamed) and `/v1/audio/speech` after fixed delays. It stands in for
 //! remote APIs, so what is measured is parlor's own overhead per turn:
 //! **added latency = voice_to_voice_ms − (STT + LLM + TTS upstream delays)**.
@@ -17,13 +17,14 @@
 //!    `10,50,100,250,500,1000`), N calls whose starts are staggered over one
 //!    second each stream 20 ms frames in real time: a spoken question
 //!    (espeak-ng), then silence until the reply is done, twice. Per N: p50
-//!    and p99 added latency, turns answered, errors, server RSS and CPU, and
-//!    the callers' frame-send lateness. The ramp stops after two steps over
+//!    and p99 added latency (and its p99 at each of stt, planner and tts's
+//!    first output, to show where a tail builds up), turns answered,
+//!    errors, server RSS and CPU, and the callers' frame-send lateness. The ramp stops after two steps over
 //!    20 ms p99 or any error.
 //!
 //! The callers run in this process on the same 2 cores as the server, so
 //! their CPU is counted against the machine, not the server.
-//! `PARLOR_BENCH_CALLERS_NICE=10` runs them (and the upstream) at a lower
+//! `PARLOR_BENCH_CALLERS_NICE=10` runs them (not the upstream) at a lower
 //! priority than the server, as callers on other machines would be: the
 //! server's figures then show its own capacity, and the callers' frame
 //! lateness shows what they gave up for it.
@@ -57,6 +58,20 @@ const STT_DELAY: Duration = Duration::from_millis(50);
 const LLM_FIRST_TOKEN_DELAY: Duration = Duration::from_millis(100);
 const TTS_FIRST_AUDIO_DELAY: Duration = Duration::from_millis(50);
 const UPSTREAM_MS: f64 = 200.0;
+/// Each API stage and the upstream delays up to its first output: what is
+/// left of its `first_output_after_speech_end` is parlor's share so far.
+/// Shows where in the chain the added latency accrues.
+const STAGE_UPSTREAM_MS: [(&str, Duration); STAGES] = [
+    ("stt", STT_DELAY),
+    ("planner", STT_DELAY.saturating_add(LLM_FIRST_TOKEN_DELAY)),
+    (
+        "tts",
+        STT_DELAY
+            .saturating_add(LLM_FIRST_TOKEN_DELAY)
+            .saturating_add(TTS_FIRST_AUDIO_DELAY),
+    ),
+];
+const STAGES: usize = 3;
 
 const TRANSCRIPT: &str = "What is the capital of France?";
 const REPLY: &str = "The capital of France is Paris.";
@@ -73,16 +88,46 @@ const BUDGET_MS: f64 = 20.0;
 
 // ---------------------------------------------------------------- upstream
 
-/// Starts the fixed-latency upstream; returns its `/v1` base URL.
-async fn start_upstream() -> String {
-    let app = Router::new()
-        .route("/v1/audio/transcriptions", post(transcribe))
-        .route("/v1/chat/completions", post(chat))
-        .route("/v1/audio/speech", post(speech));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/v1")
+/// The fixed-latency upstream: its `/v1` base URL, and the id of the one
+/// thread it runs on.
+struct Upstream {
+    base_url: String,
+    thread: libc::pid_t,
+}
+
+/// Starts the upstream on a thread and runtime of its own, apart from the
+/// callers', so that `yield_to_the_server` can leave it at the server's
+/// priority: it stands in for remote APIs, and a reply it was too starved
+/// to send on time would count against parlor's added latency.
+fn start_upstream() -> Upstream {
+    let (started, upstream) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("upstream".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the upstream's runtime");
+            runtime.block_on(async move {
+                let app = Router::new()
+                    .route("/v1/audio/transcriptions", post(transcribe))
+                    .route("/v1/chat/completions", post(chat))
+                    .route("/v1/audio/speech", post(speech));
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                // SAFETY: gettid takes no arguments and cannot fail.
+                let thread = unsafe { libc::gettid() };
+                started
+                    .send(Upstream {
+                        base_url: format!("http://{addr}/v1"),
+                        thread,
+                    })
+                    .unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        })
+        .expect("start the upstream's thread");
+    upstream.recv().expect("the upstream started")
 }
 
 /// The body (a multipart WAV) is read and ignored: the transcript is fixed.
@@ -254,6 +299,8 @@ impl Hiss {
 #[derive(Default)]
 struct CallResult {
     added_ms: Vec<f64>,
+    /// Per stage of `STAGE_UPSTREAM_MS`, the added latency at its first output.
+    stage_added_ms: [Vec<f64>; STAGES],
     errors: Vec<String>,
     /// How late each frame went out after its 20 ms tick was due.
     lateness_ms: Vec<f32>,
@@ -315,7 +362,8 @@ async fn one_turn(
                 }
             }
             incoming = rx.next() => match incoming {
-                Ok(Some(Incoming::Event(ServerEvent::TurnDone { voice_to_voice_ms, .. }))) => {
+                Ok(Some(Incoming::Event(ServerEvent::TurnDone { voice_to_voice_ms, stages, .. }))) => {
+                    record_stages(&stages, &mut result.stage_added_ms);
                     match voice_to_voice_ms {
                         Some(ms) => result.added_ms.push(ms - UPSTREAM_MS),
                         None => result.errors.push("turn.done without audio".into()),
@@ -336,6 +384,23 @@ async fn one_turn(
     }
 }
 
+/// Adds each API stage's added latency at its first output, from a
+/// `turn.done`'s `stages` (a list of `{stage, first_output_after_speech_end}`).
+fn record_stages(stages: &serde_json::Value, into: &mut [Vec<f64>; STAGES]) {
+    let Some(stages) = stages.as_array() else {
+        return;
+    };
+    for ((name, upstream_ms), added) in STAGE_UPSTREAM_MS.iter().zip(into.iter_mut()) {
+        let first_output = stages
+            .iter()
+            .find(|s| s["stage"] == *name)
+            .and_then(|s| s["first_output_after_speech_end"].as_f64());
+        if let Some(ms) = first_output {
+            added.push(ms - upstream_ms.as_secs_f64() * 1e3);
+        }
+    }
+}
+
 // ------------------------------------------------------------------- steps
 
 /// One ramp step's figures.
@@ -346,6 +411,8 @@ struct Step {
     first_error: Option<String>,
     p50_ms: f64,
     p99_ms: f64,
+    /// p99 added latency at each API stage's first output.
+    stage_p99_ms: [f64; STAGES],
     lateness_p99_ms: f64,
     rss_kib: u64,
     /// Server RSS growth over the step's start, per call.
@@ -378,14 +445,22 @@ async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usiz
     let mut added = Vec::new();
     let mut lateness = Vec::new();
     let mut errors = Vec::new();
+    let mut stage_added: [Vec<f64>; STAGES] = Default::default();
     for r in results {
         let r = r.expect("caller task");
         added.extend(r.added_ms);
+        for (all, call) in stage_added.iter_mut().zip(r.stage_added_ms) {
+            all.extend(call);
+        }
         lateness.extend(r.lateness_ms.into_iter().map(f64::from));
         errors.extend(r.errors);
     }
     added.sort_by(f64::total_cmp);
     lateness.sort_by(f64::total_cmp);
+    let stage_p99_ms = stage_added.map(|mut a| {
+        a.sort_by(f64::total_cmp);
+        percentile(&a, 99.0)
+    });
     Step {
         calls,
         turns: added.len(),
@@ -393,6 +468,7 @@ async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usiz
         first_error: errors.into_iter().next(),
         p50_ms: percentile(&added, 50.0),
         p99_ms: percentile(&added, 99.0),
+        stage_p99_ms,
         lateness_p99_ms: percentile(&lateness, 99.0),
         rss_kib,
         rss_per_call_kib: rss_kib.saturating_sub(rss_before) as f64 / calls as f64,
@@ -401,13 +477,13 @@ async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usiz
     }
 }
 
-/// Lower this process's priority (every thread's: Linux keeps a nice value
-/// per thread, and threads started later inherit their creator's) below
-/// the server's, which keeps nice 0. Callers on the far side of a network
+/// Lower the callers' priority below the server's, which keeps nice 0:
+/// every thread of this process but the upstream's (Linux keeps a nice
+/// value per thread, and threads started later inherit their creator's). Callers on the far side of a network
 /// take none of the server's CPU; on one machine, with the same priority,
 /// they take what the server would use at the knee. Their own lateness is
 /// reported per step, so what this costs them stays in view.
-fn yield_to_the_server(nice: i32) {
+fn yield_to_the_server(nice: i32, upstream: libc::pid_t) {
     let tasks = std::fs::read_dir("/proc/self/task").expect("list this process's threads");
     for task in tasks.flatten() {
         let Some(tid) = task
@@ -417,6 +493,9 @@ fn yield_to_the_server(nice: i32) {
         else {
             continue;
         };
+        if tid as libc::pid_t == upstream {
+            continue;
+        }
         // SAFETY: setpriority reads only its arguments.
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
             let error = std::io::Error::last_os_error();
@@ -426,7 +505,7 @@ fn yield_to_the_server(nice: i32) {
             }
         }
     }
-    println!("callers and upstream at nice {nice}, the server at 0");
+    println!("callers at nice {nice}, the server and the upstream at 0");
 }
 
 /// RSS before and after `n` quiet calls; KiB per call.
@@ -491,6 +570,11 @@ fn write_json(
                 "calls": s.calls, "turns": s.turns, "errors": s.errors,
                 "first_error": s.first_error,
                 "added_p50_ms": s.p50_ms, "added_p99_ms": s.p99_ms,
+                "added_p99_ms_at_first_output": STAGE_UPSTREAM_MS
+                    .iter()
+                    .zip(s.stage_p99_ms)
+                    .map(|((stage, _), ms)| (stage.to_string(), json!(ms)))
+                    .collect::<serde_json::Map<_, _>>(),
                 "caller_lateness_p99_ms": s.lateness_p99_ms,
                 "server_rss_kib": s.rss_kib, "rss_per_call_kib": s.rss_per_call_kib, "server_cpu_pct": s.cpu_pct, "bench_cpu_pct": s.bench_cpu_pct,
             })
@@ -516,13 +600,13 @@ async fn main() {
     let idle_calls = env_usize("PARLOR_BENCH_IDLE_CALLS", 1000);
     let sizes = ramp_sizes();
     let most = sizes.iter().copied().max().unwrap_or(0).max(idle_calls);
-    let base_url = start_upstream().await;
-    let spec = write_spec(&base_url);
+    let upstream = start_upstream();
+    let spec = write_spec(&upstream.base_url);
     let mut served = Served::start(Some(&spec), most + 16);
     served.ready().await;
     let callers_nice = env_usize("PARLOR_BENCH_CALLERS_NICE", 0);
     if callers_nice > 0 {
-        yield_to_the_server(callers_nice as i32);
+        yield_to_the_server(callers_nice as i32, upstream.thread);
     }
     println!(
         "upstream: STT {STT_DELAY:?}, LLM first token {LLM_FIRST_TOKEN_DELAY:?}, TTS first audio {TTS_FIRST_AUDIO_DELAY:?}; \
@@ -541,12 +625,21 @@ async fn main() {
     for calls in sizes {
         let step = ramp_step(&served, &frames, calls).await;
         println!(
-            "{calls} calls: {} turns, {} errors{}, added p50 {:.1} ms p99 {:.1} ms, server CPU {:.0}%, callers + upstream CPU {:.0}%",
+            "{calls} calls: {} turns, {} errors{}, added p50 {:.1} ms p99 {:.1} ms \
+             (p99 at the first output of {}), server CPU {:.0}%, callers + upstream CPU {:.0}%",
             step.turns,
             step.errors,
-            step.first_error.as_ref().map_or(String::new(), |e| format!(" (first: {e})")),
+            step.first_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" (first: {e})")),
             step.p50_ms,
             step.p99_ms,
+            STAGE_UPSTREAM_MS
+                .iter()
+                .zip(step.stage_p99_ms)
+                .map(|((stage, _), ms)| format!("{stage} {ms:.1}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             step.cpu_pct,
             step.bench_cpu_pct
         );

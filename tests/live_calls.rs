@@ -422,6 +422,9 @@ async fn bad_input_gets_a_precise_error_and_the_call_goes_on() {
     let limits = CallLimits {
         max_calls: 1,
         idle_timeout: Duration::from_secs(2),
+        // Pings (answered by the client's library as it reads) more often
+        // than the idle timeout: pongs alone must not keep a call open.
+        ping_interval: Duration::from_millis(500),
         ..CallLimits::default()
     };
     let server = Server::start(limits).await;

@@ -35,7 +35,11 @@ impl Served {
             .unwrap()
             .local_addr()
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_parlor"));
+        // Another build's binary (an absolute path) can be served instead,
+        // to compare two builds in one sitting on this noisy machine.
+        let binary = std::env::var_os("PARLOR_BENCH_SERVER")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_parlor").into());
+        let mut command = Command::new(binary);
         command.args([
             "serve",
             "--addr",

@@ -9,7 +9,8 @@
 //! paced audio out. A call ends when
 //! - the caller says `end` (the turns in flight finish and play first),
 //! - the caller goes away or sends a message over the size limit (1009),
-//! - nothing arrives for `idle_timeout`, or the call reaches `max_duration`,
+//! - the caller sends nothing (audio or a message; pongs do not count) for
+//!   `idle_timeout`, or the call reaches `max_duration`,
 //! - the caller stops reading: a send that waits longer than
 //!   `write_timeout`, or pings unanswered for `pong_timeout`, end the call
 //!   instead of letting buffers grow,
@@ -19,7 +20,7 @@
 //! caller that hangs up mid-reply leaves no work behind.
 
 use std::collections::HashMap;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +50,8 @@ use crate::runner::Pipeline;
 pub struct CallLimits {
     /// Calls at once; one more gets a 429.
     pub max_calls: usize,
-    /// A call from which nothing arrives this long is ended.
+    /// A call whose caller sends nothing (audio or a message; pongs do not
+    /// count) this long is ended.
     pub idle_timeout: Duration,
     /// No call lasts longer.
     pub max_duration: Duration,
@@ -369,19 +371,27 @@ async fn run_call(
     let last_pong = AtomicU64::new(0);
     let last_pong_ref = &last_pong;
     let reader = async move {
+        let mut idle = IdleDeadline::new(limits.idle_timeout);
         loop {
-            let message = match tokio::time::timeout(limits.idle_timeout, stream_ref.next()).await {
-                Err(_) => return Ending::Idle,
-                Ok(None) => return Ending::Gone,
-                Ok(Some(Err(error))) => {
+            let next = tokio::select! {
+                biased;
+                next = stream_ref.next() => next,
+                () = idle.expired() => return Ending::Idle,
+            };
+            let message = match next {
+                None => return Ending::Gone,
+                Some(Err(error)) => {
                     return if is_too_big(error) {
                         Ending::TooBig
                     } else {
                         Ending::Gone
                     }
                 }
-                Ok(Some(Ok(message))) => message,
+                Some(Ok(message)) => message,
             };
+            if matches!(message, Message::Binary(_) | Message::Text(_)) {
+                idle.heard();
+            }
             match message {
                 Message::Binary(bytes) => match input.push_pcm16(&bytes).await {
                     Ok(()) => {}
@@ -464,7 +474,10 @@ async fn run_call(
     let ending = {
         let mut reader = pin!(reader);
         let mut writer = pin!(writer);
-        let stopping = registry.stopping.clone();
+        // A child of the server's token: waiting on it touches this call's
+        // own node, where every call waiting on the shared token would
+        // take the same two locks each time its task wakes (every frame).
+        let stopping = registry.stopping.child_token();
         let mut too_long = pin!(tokio::time::sleep(limits.max_duration));
         tokio::select! {
             ending = &mut reader => match ending {
@@ -523,6 +536,48 @@ pub(super) fn close(code: u16, reason: &str) -> Message {
         code,
         reason: reason.into(),
     }))
+}
+
+/// When a caller has gone idle: nothing sent (audio, or a message) for
+/// `timeout`. Pongs do not count: a client's WebSocket library answers
+/// pings by itself, so a caller who only reads would never be idle.
+///
+/// One timer per call, moved on lazily: it fires at most once per
+/// `timeout` and is then pushed back to the last message. A `timeout`
+/// around each read would re-arm a timer for every 20 ms frame (two locked
+/// updates of the timer wheel each).
+pub(super) struct IdleDeadline {
+    timeout: Duration,
+    heard_at: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleDeadline {
+    pub(super) fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            heard_at: tokio::time::Instant::now(),
+            timer: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    /// The caller sent something.
+    pub(super) fn heard(&mut self) {
+        self.heard_at = tokio::time::Instant::now();
+    }
+
+    /// Resolves once nothing has been heard for the timeout. Cancel-safe:
+    /// the timer lives in `self`.
+    pub(super) async fn expired(&mut self) {
+        loop {
+            self.timer.as_mut().await;
+            let deadline = self.heard_at + self.timeout;
+            if deadline <= tokio::time::Instant::now() {
+                return;
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
 }
 
 /// Send, unless the caller has stopped reading for longer than `timeout`.

@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
 
 use super::calls::{
-    close, is_too_big, send, CallSession, Ending, Registered, CLOSE_WAIT, MAX_WRITE_BUFFER,
-    READ_BUFFER, WRITE_BUFFER,
+    close, is_too_big, send, CallSession, Ending, IdleDeadline, Registered, CLOSE_WAIT,
+    MAX_WRITE_BUFFER, READ_BUFFER, WRITE_BUFFER,
 };
 use super::turns::{at_capacity, no_pipeline};
 use super::{start_realtime_call, ApiError, AppState};
@@ -184,19 +184,27 @@ async fn run_session(
     let last_pong_ref = &last_pong;
     let reader_protocol = protocol.clone();
     let reader = async move {
+        let mut idle = IdleDeadline::new(limits.idle_timeout);
         loop {
-            let message = match tokio::time::timeout(limits.idle_timeout, stream_ref.next()).await {
-                Err(_) => return Ending::Idle,
-                Ok(None) => return Ending::Gone,
-                Ok(Some(Err(error))) => {
+            let next = tokio::select! {
+                biased;
+                next = stream_ref.next() => next,
+                () = idle.expired() => return Ending::Idle,
+            };
+            let message = match next {
+                None => return Ending::Gone,
+                Some(Err(error)) => {
                     return if is_too_big(error) {
                         Ending::TooBig
                     } else {
                         Ending::Gone
                     }
                 }
-                Ok(Some(Ok(message))) => message,
+                Some(Ok(message)) => message,
             };
+            if matches!(message, Message::Binary(_) | Message::Text(_)) {
+                idle.heard();
+            }
             let reply = match message {
                 Message::Text(text) => {
                     let mut protocol = reader_protocol.lock().expect("session poisoned");
@@ -324,7 +332,10 @@ async fn run_session(
     let ending = {
         let mut reader = pin!(reader);
         let mut writer = pin!(writer);
-        let stopping = registry.stopping.clone();
+        // A child of the server's token: waiting on it touches this
+        // session's own node, where every call waiting on the shared token would
+        // take the same two locks each time its task wakes (every frame).
+        let stopping = registry.stopping.child_token();
         let mut too_long = pin!(tokio::time::sleep(limits.max_duration));
         tokio::select! {
             ending = &mut reader => ending,

@@ -26,6 +26,7 @@ pub mod earshot;
 pub mod segmenter;
 pub mod silero;
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -164,10 +165,13 @@ impl Stage for VadStage {
         let mut segmenter = self.segmenter;
         let mut events = Vec::with_capacity(4);
         let mut turn: Option<TurnId> = None;
+        // Made once, not per frame: each new one registers with the
+        // token's waiter list and leaves it again when a frame wins.
+        let mut shutdown = pin!(cx.shutdown.cancelled());
         loop {
             let frame = tokio::select! {
                 biased;
-                _ = cx.shutdown.cancelled() => return Ok(()),
+                () = &mut shutdown => return Ok(()),
                 frame = io.recv() => frame,
             };
             match frame {
@@ -206,7 +210,7 @@ impl Stage for VadStage {
                 Some(other) => {
                     let forwarded = tokio::select! {
                         biased;
-                        _ = cx.shutdown.cancelled() => false,
+                        () = &mut shutdown => false,
                         sent = io.forward(other) => sent.map(|()| true)?,
                     };
                     if !forwarded {
