@@ -30,7 +30,7 @@ use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpg
 use axum::extract::{Extension, Query, State};
 use axum::response::Response;
 use dashmap::DashMap;
-use futures::stream::SplitSink;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -373,25 +373,10 @@ async fn run_call(
     let reader = async move {
         let mut idle = IdleDeadline::new(limits.idle_timeout);
         loop {
-            let next = tokio::select! {
-                biased;
-                next = stream_ref.next() => next,
-                () = idle.expired() => return Ending::Idle,
+            let message = match idle.next_message(stream_ref).await {
+                Ok(message) => message,
+                Err(ending) => return ending,
             };
-            let message = match next {
-                None => return Ending::Gone,
-                Some(Err(error)) => {
-                    return if is_too_big(error) {
-                        Ending::TooBig
-                    } else {
-                        Ending::Gone
-                    }
-                }
-                Some(Ok(message)) => message,
-            };
-            if matches!(message, Message::Binary(_) | Message::Text(_)) {
-                idle.heard();
-            }
             match message {
                 Message::Binary(bytes) => match input.push_pcm16(&bytes).await {
                     Ok(()) => {}
@@ -561,21 +546,42 @@ impl IdleDeadline {
         }
     }
 
-    /// The caller sent something.
-    pub(super) fn heard(&mut self) {
-        self.heard_at = tokio::time::Instant::now();
-    }
-
-    /// Resolves once nothing has been heard for the timeout. Cancel-safe:
-    /// the timer lives in `self`.
-    pub(super) async fn expired(&mut self) {
+    /// The caller's next message, or how the call ends: the caller went
+    /// away or sent a message over the size limit, or nothing came for the
+    /// timeout. Cancel-safe: the timer lives in `self`.
+    pub(super) async fn next_message(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+    ) -> Result<Message, Ending> {
         loop {
-            self.timer.as_mut().await;
-            let deadline = self.heard_at + self.timeout;
-            if deadline <= tokio::time::Instant::now() {
-                return;
-            }
-            self.timer.as_mut().reset(deadline);
+            let next = tokio::select! {
+                // The socket first: a message that came as the timer fired
+                // still counts.
+                biased;
+                next = stream.next() => next,
+                () = self.timer.as_mut() => {
+                    let deadline = self.heard_at + self.timeout;
+                    if deadline <= tokio::time::Instant::now() {
+                        return Err(Ending::Idle);
+                    }
+                    self.timer.as_mut().reset(deadline);
+                    continue;
+                }
+            };
+            return match next {
+                None => Err(Ending::Gone),
+                Some(Err(error)) => Err(if is_too_big(error) {
+                    Ending::TooBig
+                } else {
+                    Ending::Gone
+                }),
+                Some(Ok(message)) => {
+                    if matches!(message, Message::Binary(_) | Message::Text(_)) {
+                        self.heard_at = tokio::time::Instant::now();
+                    }
+                    Ok(message)
+                }
+            };
         }
     }
 }

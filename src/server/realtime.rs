@@ -34,8 +34,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tracing::Instrument;
 
 use super::calls::{
-    close, is_too_big, send, CallSession, Ending, IdleDeadline, Registered, CLOSE_WAIT,
-    MAX_WRITE_BUFFER, READ_BUFFER, WRITE_BUFFER,
+    close, send, CallSession, Ending, IdleDeadline, Registered, CLOSE_WAIT, MAX_WRITE_BUFFER,
+    READ_BUFFER, WRITE_BUFFER,
 };
 use super::turns::{at_capacity, no_pipeline};
 use super::{start_realtime_call, ApiError, AppState};
@@ -186,25 +186,10 @@ async fn run_session(
     let reader = async move {
         let mut idle = IdleDeadline::new(limits.idle_timeout);
         loop {
-            let next = tokio::select! {
-                biased;
-                next = stream_ref.next() => next,
-                () = idle.expired() => return Ending::Idle,
+            let message = match idle.next_message(stream_ref).await {
+                Ok(message) => message,
+                Err(ending) => return ending,
             };
-            let message = match next {
-                None => return Ending::Gone,
-                Some(Err(error)) => {
-                    return if is_too_big(error) {
-                        Ending::TooBig
-                    } else {
-                        Ending::Gone
-                    }
-                }
-                Some(Ok(message)) => message,
-            };
-            if matches!(message, Message::Binary(_) | Message::Text(_)) {
-                idle.heard();
-            }
             let reply = match message {
                 Message::Text(text) => {
                     let mut protocol = reader_protocol.lock().expect("session poisoned");
