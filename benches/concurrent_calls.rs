@@ -57,11 +57,11 @@ use tokio_tungstenite::tungstenite::Message;
 const STT_DELAY: Duration = Duration::from_millis(50);
 const LLM_FIRST_TOKEN_DELAY: Duration = Duration::from_millis(100);
 const TTS_FIRST_AUDIO_DELAY: Duration = Duration::from_millis(50);
-const UPSTREAM_MS: f64 = 200.0;
+const UPSTREAM_MS: f64 = STAGE_UPSTREAM[STAGES - 1].1.as_secs_f64() * 1e3;
 /// Each API stage and the upstream delays up to its first output: what is
 /// left of its `first_output_after_speech_end` is parlor's share so far.
 /// Shows where in the chain the added latency accrues.
-const STAGE_UPSTREAM_MS: [(&str, Duration); STAGES] = [
+const STAGE_UPSTREAM: [(&str, Duration); STAGES] = [
     ("stt", STT_DELAY),
     ("planner", STT_DELAY.saturating_add(LLM_FIRST_TOKEN_DELAY)),
     (
@@ -299,7 +299,7 @@ impl Hiss {
 #[derive(Default)]
 struct CallResult {
     added_ms: Vec<f64>,
-    /// Per stage of `STAGE_UPSTREAM_MS`, the added latency at its first output.
+    /// Per stage of `STAGE_UPSTREAM`, the added latency at its first output.
     stage_added_ms: [Vec<f64>; STAGES],
     errors: Vec<String>,
     /// How late each frame went out after its 20 ms tick was due.
@@ -390,7 +390,7 @@ fn record_stages(stages: &serde_json::Value, into: &mut [Vec<f64>; STAGES]) {
     let Some(stages) = stages.as_array() else {
         return;
     };
-    for ((name, upstream_ms), added) in STAGE_UPSTREAM_MS.iter().zip(into.iter_mut()) {
+    for ((name, upstream_ms), added) in STAGE_UPSTREAM.iter().zip(into.iter_mut()) {
         let first_output = stages
             .iter()
             .find(|s| s["stage"] == *name)
@@ -570,7 +570,7 @@ fn write_json(
                 "calls": s.calls, "turns": s.turns, "errors": s.errors,
                 "first_error": s.first_error,
                 "added_p50_ms": s.p50_ms, "added_p99_ms": s.p99_ms,
-                "added_p99_ms_at_first_output": STAGE_UPSTREAM_MS
+                "added_p99_ms_at_first_output": STAGE_UPSTREAM
                     .iter()
                     .zip(s.stage_p99_ms)
                     .map(|((stage, _), ms)| (stage.to_string(), json!(ms)))
@@ -634,7 +634,7 @@ async fn main() {
                 .map_or(String::new(), |e| format!(" (first: {e})")),
             step.p50_ms,
             step.p99_ms,
-            STAGE_UPSTREAM_MS
+            STAGE_UPSTREAM
                 .iter()
                 .zip(step.stage_p99_ms)
                 .map(|((stage, _), ms)| format!("{stage} {ms:.1}"))

@@ -139,6 +139,14 @@ impl CallRegistry {
         self.stopping.cancel();
     }
 
+    /// What one call or session waits on to hear that the server is
+    /// stopping: a child of the server's token, so that waiting touches the
+    /// call's own node. Every call waiting on the shared token would take
+    /// the same two locks each time its task wakes (every frame).
+    pub(super) fn stop_signal(&self) -> CancellationToken {
+        self.stopping.child_token()
+    }
+
     pub(super) fn next_id(&self) -> String {
         format!("call_{}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
@@ -459,10 +467,7 @@ async fn run_call(
     let ending = {
         let mut reader = pin!(reader);
         let mut writer = pin!(writer);
-        // A child of the server's token: waiting on it touches this call's
-        // own node, where every call waiting on the shared token would
-        // take the same two locks each time its task wakes (every frame).
-        let stopping = registry.stopping.child_token();
+        let stopping = registry.stop_signal();
         let mut too_long = pin!(tokio::time::sleep(limits.max_duration));
         tokio::select! {
             ending = &mut reader => match ending {

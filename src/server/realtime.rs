@@ -317,10 +317,7 @@ async fn run_session(
     let ending = {
         let mut reader = pin!(reader);
         let mut writer = pin!(writer);
-        // A child of the server's token: waiting on it touches this
-        // session's own node, where every call waiting on the shared token would
-        // take the same two locks each time its task wakes (every frame).
-        let stopping = registry.stopping.child_token();
+        let stopping = registry.stop_signal();
         let mut too_long = pin!(tokio::time::sleep(limits.max_duration));
         tokio::select! {
             ending = &mut reader => ending,
