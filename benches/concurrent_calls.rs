@@ -42,6 +42,7 @@ use axum::body::{Body, Bytes};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use axum::Router;
 use parlor::audio::pcm16_le_bytes;
 use parlor::frame::AudioChunk;
@@ -123,6 +124,8 @@ fn start_upstream() -> Upstream {
                         thread,
                     })
                     .unwrap();
+                // Streamed tokens leave as written, as from a real API.
+                let listener = listener.tap_io(|tcp| tcp.set_nodelay(true).unwrap());
                 axum::serve(listener, app).await.unwrap();
             });
         })

@@ -40,7 +40,9 @@ pub(crate) async fn dial(url: &str, key: Option<&str>) -> Result<Socket, DialErr
         request.headers_mut().insert("authorization", value);
     }
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+    // No Nagle (`true`): a caller's 20 ms frames and a Realtime client's
+    // small events should leave when written, not wait for an ACK.
+    let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
         .await
         .map_err(|e| match e {
             tungstenite::Error::Http(response) => DialError::Refused {

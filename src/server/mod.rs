@@ -52,6 +52,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{Method, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Json;
 use serde_json::json;
 
@@ -319,6 +320,15 @@ pub async fn serve(
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let calls = state.calls.clone();
     let stop_calls = calls.clone();
+    // No Nagle: a call's reply audio is small writes right after an event.
+    // With Nagle the audio waits for the caller's ACK, which rides on its
+    // next 20 ms frame: ~10 ms more on every turn's first audio (live_calls
+    // showed arrivals bunched on the caller's frame clock).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(message = "Cannot turn off Nagle on a connection.", %error);
+        }
+    });
     let graceful = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
         shutdown.await;
         // Live calls are upgraded connections axum no longer tracks: tell
