@@ -39,11 +39,10 @@ pub struct Secrets {
 /// [`Secrets`] also search.
 ///
 /// Only a token's last [`Issued::TAIL`] characters are kept: that is the
-/// random part (a JWT's signature; its header is the same in every token),
-/// and a reply held back by a whole 600-byte token would reach the caller
-/// late. So the leak guard stops a reply at those characters: the start of
-/// a token may have been said by then (for a JWT, its header and claims,
-/// which grant nothing). Redaction removes the whole token around them.
+/// random part (a JWT's signature; its header is the same in every token).
+/// The leak guard finds a token by them, and holds back the word a reply is
+/// in the middle of while any token is known, so a token said as one word
+/// is never said in part. Redaction removes the whole token around them.
 ///
 /// Each token source (one server's OAuth client) has its own slot with its
 /// newest [`Issued::KEPT`] tokens (the access token, the one it replaced,
@@ -254,29 +253,53 @@ impl Secrets {
         }
     }
 
-    fn longest(&self) -> usize {
-        let issued = self.issued.map_or(0, |i| {
-            i.with_tails(|t| t.map(String::len).max().unwrap_or(0))
-        });
-        self.values
-            .iter()
-            .map(String::len)
-            .max()
-            .unwrap_or(0)
-            .max(issued)
+    /// Where the part of `text` that may still grow into a secret starts
+    /// (`text.len()` if none may): the longest end of it that begins a
+    /// secret value or a token's tail, and while tokens have been issued,
+    /// the token characters it ends with (a token's start is not known,
+    /// only its tail, so a word that may be one is held whole).
+    fn unfinished_at(&self, text: &str) -> usize {
+        let mut from = text.len();
+        let mut consider = |secret: &str| {
+            let earliest = text.len().saturating_sub(secret.len() - 1);
+            if let Some(at) = (earliest..from)
+                .filter(|&at| text.is_char_boundary(at))
+                .find(|&at| secret.starts_with(&text[at..]))
+            {
+                from = at;
+            }
+        };
+        self.values.iter().for_each(|v| consider(v));
+        if let Some(issued) = self.issued {
+            issued.with_tails(|tails| tails.for_each(|t| consider(t)));
+            if issued.with_tails(|mut t| t.next().is_some()) {
+                let word = text
+                    .char_indices()
+                    .rev()
+                    .take_while(|(_, c)| is_token_char(*c))
+                    .last()
+                    .map_or(text.len(), |(i, _)| i);
+                from = from.min(word);
+            }
+        }
+        from
     }
 }
 
-/// A reply streamed through a check for secrets. Text is held back just
-/// long enough that a secret split across pieces is seen whole before any
-/// of it goes out; once one is seen, the rest of the reply is replaced by
-/// [`WITHHELD`].
+/// A reply streamed through a check for secrets. Text that might be the
+/// start of a secret is held back until the next pieces show whether it is
+/// one; once one is seen, the rest of the reply is replaced by [`WITHHELD`].
+///
+/// Everything else goes out as it arrives, so a reply is not slowed by the
+/// keys parlor holds. When something is held, what goes out ends at a
+/// space: the sentence chunker takes a mark at the end of what has arrived
+/// for the end of a piece, and "Visit acme." of "Visit acme.com" is not one.
 pub struct LeakGuard<'a> {
     secrets: &'a Secrets,
-    /// Bytes kept back: one less than the longest secret.
-    keep: usize,
     held: String,
-    said_any: bool,
+    /// Whether what went out so far is nothing or ends in a space, so
+    /// [`WITHHELD`] needs no space of its own.
+    at_word_start: bool,
     tripped: bool,
 }
 
@@ -284,9 +307,8 @@ impl<'a> LeakGuard<'a> {
     pub fn new(secrets: &'a Secrets) -> Self {
         Self {
             secrets,
-            keep: secrets.longest().saturating_sub(1),
             held: String::new(),
-            said_any: false,
+            at_word_start: true,
             tripped: false,
         }
     }
@@ -300,19 +322,25 @@ impl<'a> LeakGuard<'a> {
         if self.secrets.found_in(&self.held) {
             self.tripped = true;
             self.held.clear();
-            let withheld = if self.said_any {
-                WITHHELD
-            } else {
+            let withheld = if self.at_word_start {
                 WITHHELD.trim_start()
+            } else {
+                WITHHELD
             };
             return Some(withheld.to_string());
         }
-        let mut cut = self.held.len().saturating_sub(self.keep);
-        while !self.held.is_char_boundary(cut) {
-            cut -= 1;
+        let mut cut = self.secrets.unfinished_at(&self.held);
+        if cut < self.held.len() {
+            cut = self.held[..cut]
+                .rfind(char::is_whitespace)
+                .map_or(0, |i| i + 1);
         }
-        self.said_any |= cut > 0;
-        (cut > 0).then(|| self.held.drain(..cut).collect())
+        if cut == 0 {
+            return None;
+        }
+        let said: String = self.held.drain(..cut).collect();
+        self.at_word_start = said.ends_with(char::is_whitespace);
+        Some(said)
     }
 
     /// The end of the reply: the rest of it, if it may be said.
@@ -407,14 +435,16 @@ mod tests {
         // Redacted whole, not only its tail.
         let redacted = secrets.redact_value(&json!({ "auth": format!("Bearer {token}, ok") }));
         assert_eq!(redacted, json!({ "auth": "Bearer [redacted], ok" }));
-        // A reply is held back by the token's tail, so a split token is caught.
+        // The word a reply is in is held while tokens are known, so no
+        // part of a token split across pieces is said, not even its header.
         let mut guard = LeakGuard::new(&secrets);
         let half = token.len() - 10;
-        let mut said: String = guard.push(&token[..half]).unwrap_or_default();
+        let mut said: String = guard.push("Here: ").unwrap_or_default();
+        said.extend(guard.push(&token[..half]));
         said.extend(guard.push(&token[half..]));
         said.extend(guard.finish());
         assert!(guard.tripped(), "{said}");
-        assert!(!said.contains(&token[token.len() - Issued::TAIL..token.len() - 10]));
+        assert_eq!(said, format!("Here: {}", WITHHELD.trim_start()));
         // Another server's renewals do not push this token out; its own do.
         for n in 0..Issued::KEPT * 4 {
             issued.remember("other", &format!("another-token-{n:04}-abcdefgh"));
@@ -424,6 +454,39 @@ mod tests {
             issued.remember("kb", &format!("renewed-token-{n:04}-abcdefgh"));
         }
         assert!(!secrets.found_in(token), "the oldest token is let go");
+    }
+
+    #[test]
+    fn text_that_cannot_start_a_secret_goes_out_as_it_arrives() {
+        let secrets = secrets();
+        let mut guard = LeakGuard::new(&secrets);
+        for piece in ["Your order", " 1042", " shipped.", " Anything else?"] {
+            assert_eq!(guard.push(piece).as_deref(), Some(piece));
+        }
+        assert_eq!(guard.finish(), None);
+    }
+
+    #[test]
+    fn what_goes_out_while_text_is_held_ends_at_a_space() {
+        let secrets = secrets();
+        let mut guard = LeakGuard::new(&secrets);
+        // The "h" may start "hunter2hunter2": hold it, and the word it is
+        // in, so the chunker is not handed "the site." as a finished sentence.
+        assert_eq!(
+            guard.push("Go to the site.h").as_deref(),
+            Some("Go to the ")
+        );
+        assert_eq!(
+            guard.push("ome today.").as_deref(),
+            Some("site.home today.")
+        );
+        // The start of a secret is held until the next pieces settle it.
+        assert_eq!(guard.push(" Say hunter").as_deref(), Some(" Say "));
+        assert_eq!(guard.push("2hunt").as_deref(), None);
+        assert_eq!(
+            guard.push("er2 then.").as_deref(),
+            Some(WITHHELD.trim_start())
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ const MAX_PIECE_CHARS: usize = 240;
 
 /// Words after which a period does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
-    "mr", "mrs", "ms", "dr", "st", "vs", "etc", "no", "approx", "jr", "sr", "inc", "ltd", "co",
+    "mr", "mrs", "ms", "dr", "st", "vs", "approx", "jr", "sr", "inc", "ltd", "co",
 ];
 
 /// One reply being cut into speakable pieces.
@@ -56,6 +56,15 @@ impl SentenceChunker {
     }
 
     fn emit(&mut self, piece: &str, out: &mut Vec<String>) {
+        // A closing quote or bracket cut off from the last piece's mark
+        // (`"go.` then `" Then`) does not open this one.
+        let piece = piece.trim_start();
+        let unclosed = piece.trim_start_matches(is_closer);
+        let piece = if unclosed.starts_with(char::is_whitespace) {
+            unclosed
+        } else {
+            piece
+        };
         let clean = speakable(piece);
         // A closing quote cut off from its sentence's mark says nothing.
         if clean.chars().any(char::is_alphanumeric) {
@@ -69,19 +78,22 @@ impl SentenceChunker {
         let text = &self.pending;
         let mut chars = text.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
+            if i >= MAX_PIECE_CHARS {
+                break;
+            }
             let Some(&(next_i, next)) = chars.peek() else {
                 // The end of what arrived so far. A mark here usually ends
                 // the piece, and waiting for the next token to show a space
                 // costs the caller a token's time (~20 ms of a 0.5B model)
-                // before the first audio. After a digit the next token
-                // decides ("3.5", "1,000").
+                // before the first audio. After a digit, or a space, the
+                // next token decides ("3.5", "1,000", "about .5").
                 let body = text.trim_end_matches(is_closer);
                 let mut tail = body.chars().rev();
-                let after_digit = matches!(
+                let undecided = matches!(
                     (tail.next(), tail.next()),
-                    (Some(mark), Some(d)) if is_mark(mark) && d.is_ascii_digit()
+                    (Some(mark), Some(d)) if is_mark(mark) && (d.is_ascii_digit() || d.is_whitespace())
                 );
-                if !after_digit && self.ends_piece(body) {
+                if !undecided && self.ends_piece(body, None) {
                     return Some(text.len());
                 }
                 break;
@@ -98,7 +110,7 @@ impl SentenceChunker {
             // Closing quotes and brackets after a mark belong to it:
             // `He said "go." Then` ends after the quote.
             let body = text[..next_i].trim_end_matches(is_closer);
-            if self.ends_piece(body) {
+            if self.ends_piece(body, Some(&text[next_i..])) {
                 return Some(next_i);
             }
         }
@@ -115,13 +127,17 @@ impl SentenceChunker {
 impl SentenceChunker {
     /// Whether text ending here (closers trimmed) ends a piece: a sentence
     /// mark not after an abbreviation, or in the first piece a clause mark
-    /// after enough words.
-    fn ends_piece(&self, body: &str) -> bool {
+    /// after enough words. `after` is what has arrived past it, if known.
+    fn ends_piece(&self, body: &str, after: Option<&str>) -> bool {
         let Some(mark) = body.chars().next_back() else {
             return false;
         };
         let before = &body[..body.len() - mark.len_utf8()];
-        let sentence_end = matches!(mark, '.' | '!' | '?' | '…') && !is_abbreviation(before);
+        let sentence_end = match mark {
+            '.' => !is_abbreviation(before, after),
+            '!' | '?' | '…' => true,
+            _ => false,
+        };
         let clause_end = self.pieces == 0
             && matches!(mark, ',' | ';' | ':')
             && before.trim().chars().count() >= MIN_FIRST_CLAUSE_CHARS;
@@ -142,7 +158,11 @@ fn is_closer(c: char) -> bool {
 /// Whether the word before a period is an abbreviation ("Dr."), dotted
 /// ("e.g.", "p.m.") or an initial ("J."). A decimal ("3.5") never gets
 /// here: no space follows its period.
-fn is_abbreviation(before: &str) -> bool {
+///
+/// "no" and "etc" are words as well: "No. 5" goes on, "the answer is no."
+/// ends, and "etc." ends a sentence when a capital follows. Until the next
+/// word has arrived (`after` unknown or blank) they are taken to go on.
+fn is_abbreviation(before: &str, after: Option<&str>) -> bool {
     let word = before
         .rsplit(|c: char| c.is_whitespace() || c == '(')
         .next()
@@ -150,7 +170,13 @@ fn is_abbreviation(before: &str) -> bool {
         .trim_start_matches(['"', '“', '‘', '\'', '['])
         .to_lowercase();
     let single_initial = word.chars().count() == 1 && word.chars().all(char::is_alphabetic);
-    single_initial || word.contains('.') || ABBREVIATIONS.contains(&word.as_str())
+    let next = after.and_then(|a| a.trim_start().chars().next());
+    let goes_on = match word.as_str() {
+        "no" => next.is_none_or(|c| c.is_ascii_digit()),
+        "etc" => next.is_none_or(|c| !c.is_uppercase()),
+        other => ABBREVIATIONS.contains(&other),
+    };
+    single_initial || word.contains('.') || goes_on
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -255,6 +281,49 @@ mod tests {
     }
 
     #[test]
+    fn an_undecided_mark_waits_for_the_next_token() {
+        // A mark after a space, or after "no"/"etc" with no word yet.
+        assert_eq!(
+            feed(&["It costs about", " .", "5 euros."]),
+            vec!["It costs about .5 euros."]
+        );
+        assert_eq!(
+            feed(&[
+                "See No.",
+                " 5 now. The answer is no.",
+                " Fine, etc.",
+                " Then go."
+            ]),
+            vec![
+                "See No. 5 now.",
+                "The answer is no.",
+                "Fine, etc.",
+                "Then go."
+            ]
+        );
+        assert_eq!(
+            feed(&["Pens, ink, etc. are here."]),
+            vec!["Pens, ink, etc. are here."]
+        );
+    }
+
+    #[test]
+    fn a_closer_cut_from_its_mark_does_not_open_the_next_piece() {
+        assert_eq!(
+            feed(&[
+                "He said \"go.",
+                "\" Then it (rained.",
+                ") After \"that\" we left."
+            ]),
+            vec![
+                "He said \"go.",
+                "Then it (rained.",
+                "After \"that\" we left."
+            ]
+        );
+    }
+
+    #[test]
     fn a_mark_followed_by_closing_quotes_or_brackets_ends_after_them() {
         assert_eq!(
             feed(&[
@@ -286,6 +355,12 @@ mod tests {
         assert!(pieces.len() >= 2, "{pieces:?}");
         assert!(pieces.iter().all(|p| p.len() <= MAX_PIECE_CHARS));
         assert!(pieces.iter().all(|p| p.split(' ').all(|w| w == "word")));
+        // Nor can a token that ends in a mark stretch a piece past the limit.
+        let pieces = feed(&[&long, "end."]);
+        assert!(
+            pieces.iter().all(|p| p.len() <= MAX_PIECE_CHARS),
+            "{pieces:?}"
+        );
         // Multi-byte text never panics on a cut.
         let pieces = feed(&[&"é".repeat(400)]);
         assert_eq!(pieces.concat().chars().count(), 400);
