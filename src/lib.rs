@@ -34,6 +34,7 @@ pub mod audio;
 pub mod bench;
 mod dial;
 pub mod file_call;
+pub mod first_audio;
 pub mod frame;
 pub mod live;
 pub mod llm;

@@ -42,6 +42,7 @@ use serde_json::json;
 use super::chat::{ChatMessage, Decision, ToolChoice, ToolSpec, SAY};
 use super::grammar::{self, SayStream};
 use super::LlmError;
+use crate::first_audio::FirstAudio;
 
 /// The system prompt when the conversation brings none.
 pub const DEFAULT_SYSTEM_PROMPT: &str =
@@ -431,6 +432,20 @@ impl LocalLlm {
             bytes.extend(vocab.token_to_piece(token, false, None));
             let piece = take_utf8(&mut bytes);
             output.push_str(&piece);
+            // Handed on before the next token is computed, not after: the
+            // token that ends the first clause then reaches the voice one
+            // decode (~20 ms of the 0.5B model on 2 cores) sooner. The
+            // cache holds only decoded tokens, so stopping here leaves it
+            // whole.
+            if !piece.is_empty() && on_piece(&piece).is_break() {
+                self.stats.generation_time = first_at.map(|t| t.elapsed()).unwrap_or_default();
+                return Err(LlmError::Cancelled);
+            }
+            // Text already out may be a first piece the voice is making
+            // now: the cores are its until then.
+            if !output.is_empty() {
+                FirstAudio::global().wait_blocking();
+            }
 
             batch.clear();
             batch
@@ -440,11 +455,6 @@ impl LocalLlm {
                 .decode(&mut batch)
                 .map_err(|e| LlmError::Backend(format!("generation: {e}")))?;
             self.cached.push(token);
-
-            if !piece.is_empty() && on_piece(&piece).is_break() {
-                self.stats.generation_time = first_at.map(|t| t.elapsed()).unwrap_or_default();
-                return Err(LlmError::Cancelled);
-            }
         }
         self.stats.generation_time = first_at.map(|t| t.elapsed()).unwrap_or_default();
         let finished = self.stats.generated_tokens < self.options.max_tokens;

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use super::chunker::SentenceChunker;
 use super::voice::Voice;
 use crate::audio::StreamResampler;
+use crate::first_audio::FirstAudio;
 use crate::frame::{AudioChunk, Frame, TurnId, Usage};
 use crate::stages::{Stage, StageContext, StageError, StageIo};
 
@@ -47,6 +48,26 @@ impl TtsStage {
 struct Reply {
     turn: TurnId,
     chunker: SentenceChunker,
+    /// Whether a piece of it has been spoken (the first goes first; see
+    /// [`crate::first_audio`]).
+    spoken: bool,
+}
+
+impl Reply {
+    /// What `speak` is told of the next piece: reply text, and whether it
+    /// is the first.
+    fn next_piece(&mut self) -> Piece {
+        let first = !self.spoken;
+        self.spoken = true;
+        Piece::Reply { first }
+    }
+}
+
+/// What a spoken piece is.
+#[derive(Clone, Copy)]
+enum Piece {
+    Reply { first: bool },
+    Filler,
 }
 
 #[async_trait]
@@ -72,13 +93,15 @@ impl Stage for TtsStage {
                         slot => slot.insert(Reply {
                             turn,
                             chunker: SentenceChunker::new(),
+                            spoken: false,
                         }),
                     };
                     let pieces = reply.chunker.push(&text);
                     io.forward_consumed(Frame::ReplyDelta { turn, text })
                         .await?;
-                    for piece in pieces {
-                        self.speak(&mut io, &cx, turn, piece, true).await?;
+                    for text in pieces {
+                        let piece = reply.next_piece();
+                        self.speak(&mut io, &cx, turn, text, piece).await?;
                     }
                 }
                 Frame::Filler { turn, text } => {
@@ -90,14 +113,15 @@ impl Stage for TtsStage {
                         text: text.clone(),
                     })
                     .await?;
-                    self.speak(&mut io, &cx, turn, text, false).await?;
+                    self.speak(&mut io, &cx, turn, text, Piece::Filler).await?;
                 }
                 Frame::EndOfTurn(metrics) => {
                     let turn = metrics.turn;
                     if let Some(mut done) = reply.take_if(|r| r.turn == turn) {
                         if let Some(rest) = done.chunker.finish() {
                             if cx.turns.is_live(turn) {
-                                self.speak(&mut io, &cx, turn, rest, true).await?;
+                                let piece = done.next_piece();
+                                self.speak(&mut io, &cx, turn, rest, piece).await?;
                             }
                         }
                     }
@@ -110,16 +134,16 @@ impl Stage for TtsStage {
 }
 
 impl TtsStage {
-    /// Speak one piece of the turn's reply (or a filler: `is_reply`
-    /// false, and its audio carries no text), sending its audio on as it is
-    /// made. Returns early (Ok) when the turn is cancelled.
+    /// Speak one piece of the turn's reply (or a filler, whose audio
+    /// carries no text), sending its audio on as it is made. Returns early
+    /// (Ok) when the turn is cancelled.
     async fn speak(
         &self,
         io: &mut StageIo,
         cx: &StageContext,
         turn: TurnId,
         text: String,
-        is_reply: bool,
+        piece: Piece,
     ) -> Result<(), StageError> {
         let cancel = cx.turns.token(turn);
         if cancel.is_cancelled() {
@@ -136,7 +160,12 @@ impl TtsStage {
         let (tx, rx) = mpsc::channel(VOICE_BUFFER);
         let voice = self.voice.clone();
         let said = text.clone();
-        let synthesis = async move { voice.speak(&said, &tx).await };
+        let first = matches!(piece, Piece::Reply { first: true });
+        let synthesis = async move {
+            let _making = first.then(|| FirstAudio::global().making());
+            voice.speak(&said, &tx).await
+        };
+        let is_reply = matches!(piece, Piece::Reply { .. });
         let playback = self.send_audio(io, turn, is_reply.then(|| text.clone()), rx);
         let spoken = async { tokio::join!(synthesis, playback) };
         let (synthesised, sent) = tokio::select! {
