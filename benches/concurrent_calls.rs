@@ -125,7 +125,10 @@ fn start_upstream() -> Upstream {
                     })
                     .unwrap();
                 // Streamed tokens leave as written, as from a real API.
-                let listener = listener.tap_io(|tcp| tcp.set_nodelay(true).unwrap());
+                let listener = listener.tap_io(|tcp| {
+                    // A connection reset before this is the caller's loss, not the upstream's.
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(listener, app).await.unwrap();
             });
         })

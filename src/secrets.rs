@@ -109,17 +109,22 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~+/=".contains(c)
 }
 
+/// Where the run of token characters that `text` ends with starts
+/// (`text.len()` if it ends in another character).
+fn token_start(text: &str) -> usize {
+    text.char_indices()
+        .rev()
+        .take_while(|(_, c)| is_token_char(*c))
+        .last()
+        .map_or(text.len(), |(i, _)| i)
+}
+
 /// `text` with every token ending in `tail` replaced whole.
 fn redact_token(text: &str, tail: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find(tail) {
-        let start = rest[..at]
-            .char_indices()
-            .rev()
-            .take_while(|(_, c)| is_token_char(*c))
-            .last()
-            .map_or(at, |(i, _)| i);
+        let start = token_start(&rest[..at]);
         out.push_str(&rest[..start]);
         out.push_str(REDACTED);
         rest = &rest[at + tail.len()..];
@@ -259,6 +264,18 @@ impl Secrets {
     /// the token characters it ends with (a token's start is not known,
     /// only its tail, so a word that may be one is held whole).
     fn unfinished_at(&self, text: &str) -> usize {
+        let mut from = self.secret_start_at(text);
+        if let Some(issued) = self.issued {
+            if issued.with_tails(|mut t| t.next().is_some()) {
+                from = from.min(token_start(text));
+            }
+        }
+        from
+    }
+
+    /// Where the longest end of `text` that begins a secret value or a
+    /// token's tail starts (`text.len()` if none does).
+    fn secret_start_at(&self, text: &str) -> usize {
         let mut from = text.len();
         let mut consider = |secret: &str| {
             let earliest = text.len().saturating_sub(secret.len() - 1);
@@ -272,15 +289,6 @@ impl Secrets {
         self.values.iter().for_each(|v| consider(v));
         if let Some(issued) = self.issued {
             issued.with_tails(|tails| tails.for_each(|t| consider(t)));
-            if issued.with_tails(|mut t| t.next().is_some()) {
-                let word = text
-                    .char_indices()
-                    .rev()
-                    .take_while(|(_, c)| is_token_char(*c))
-                    .last()
-                    .map_or(text.len(), |(i, _)| i);
-                from = from.min(word);
-            }
         }
         from
     }
@@ -320,20 +328,19 @@ impl<'a> LeakGuard<'a> {
         }
         self.held.push_str(piece);
         if self.secrets.found_in(&self.held) {
-            self.tripped = true;
             self.held.clear();
-            let withheld = if self.at_word_start {
-                WITHHELD.trim_start()
-            } else {
-                WITHHELD
-            };
-            return Some(withheld.to_string());
+            return Some(self.trip());
         }
-        let mut cut = self.secrets.unfinished_at(&self.held);
-        if cut < self.held.len() {
-            cut = self.held[..cut]
-                .rfind(char::is_whitespace)
-                .map_or(0, |i| i + 1);
+        let from = self.secrets.unfinished_at(&self.held);
+        let mut cut = from;
+        if from < self.held.len() {
+            // Back to the last space (text with none, such as Chinese,
+            // goes out up to the hold itself).
+            cut = self.held[..from]
+                .char_indices()
+                .rev()
+                .find(|(_, c)| c.is_whitespace())
+                .map_or(from, |(i, c)| i + c.len_utf8());
         }
         if cut == 0 {
             return None;
@@ -348,7 +355,28 @@ impl<'a> LeakGuard<'a> {
         if self.tripped || self.held.is_empty() {
             return None;
         }
+        // A reply that stops inside a secret ("the key is sk-test-4f9a8b")
+        // would say most of it: as much as a short secret is withheld.
+        let start = self.secrets.secret_start_at(&self.held);
+        if self.held.len() - start >= MIN_SECRET_LEN {
+            let mut said: String = self.held.drain(..start).collect();
+            self.held.clear();
+            self.at_word_start = said.is_empty() || said.ends_with(char::is_whitespace);
+            said.push_str(&self.trip());
+            return Some(said);
+        }
         Some(std::mem::take(&mut self.held))
+    }
+
+    /// Cut the reply off: what is said instead.
+    fn trip(&mut self) -> String {
+        self.tripped = true;
+        let withheld = if self.at_word_start {
+            WITHHELD.trim_start()
+        } else {
+            WITHHELD
+        };
+        withheld.to_string()
     }
 
     /// Whether a secret was found (and the reply cut off).
@@ -487,6 +515,30 @@ mod tests {
             guard.push("er2 then.").as_deref(),
             Some(WITHHELD.trim_start())
         );
+    }
+
+    #[test]
+    fn wide_spaces_and_text_with_none_never_split_a_character() {
+        let secrets = secrets();
+        let mut guard = LeakGuard::new(&secrets);
+        // A no-break space (2 bytes) and an ideographic space (3) before a hold.
+        assert_eq!(guard.push("Prix\u{a0}h").as_deref(), Some("Prix\u{a0}"));
+        assert_eq!(
+            guard.push("ôtel\u{3000}h").as_deref(),
+            Some("hôtel\u{3000}")
+        );
+        // No space at all: out up to the hold itself.
+        assert_eq!(guard.push("ui价格是h").as_deref(), Some("hui价格是"));
+        assert_eq!(guard.finish().as_deref(), Some("h"));
+    }
+
+    #[test]
+    fn a_reply_that_ends_inside_a_secret_does_not_say_most_of_it() {
+        let (said, tripped) = through(&["The key is ", "sk-test-4f9a8b7c"]);
+        assert!(tripped);
+        assert_eq!(said, format!("The key is {}", WITHHELD.trim_start()));
+        // A short end that merely looks like a start is said.
+        assert_eq!(through(&["Ask hun"]), ("Ask hun".to_string(), false));
     }
 
     #[test]

@@ -12,9 +12,9 @@
 /// least this many characters (shorter ones sound clipped: "Sure,").
 const MIN_FIRST_CLAUSE_CHARS: usize = 12;
 
-/// A piece with no boundary in sight is cut at a space after this many
-/// characters, so a run-on reply cannot hold speech back indefinitely.
-const MAX_PIECE_CHARS: usize = 240;
+/// A piece with no boundary in sight is cut at a space within this many
+/// bytes, so a run-on reply cannot hold speech back indefinitely.
+const MAX_PIECE_BYTES: usize = 240;
 
 /// Words after which a period does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
@@ -78,7 +78,7 @@ impl SentenceChunker {
         let text = &self.pending;
         let mut chars = text.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
-            if i >= MAX_PIECE_CHARS {
+            if i >= MAX_PIECE_BYTES {
                 break;
             }
             let Some(&(next_i, next)) = chars.peek() else {
@@ -91,7 +91,8 @@ impl SentenceChunker {
                 let mut tail = body.chars().rev();
                 let undecided = matches!(
                     (tail.next(), tail.next()),
-                    (Some(mark), Some(d)) if is_mark(mark) && (d.is_ascii_digit() || d.is_whitespace())
+                    (Some(mark), Some(before)) if before.is_whitespace()
+                        || (before.is_ascii_digit() && matches!(mark, '.' | ',' | ':'))
                 );
                 if !undecided && self.ends_piece(body, None) {
                     return Some(text.len());
@@ -114,9 +115,9 @@ impl SentenceChunker {
                 return Some(next_i);
             }
         }
-        if text.len() > MAX_PIECE_CHARS {
+        if text.len() > MAX_PIECE_BYTES {
             // Cut at the last space within the limit (or the limit itself).
-            let limit = floor_char_boundary(text, MAX_PIECE_CHARS);
+            let limit = floor_char_boundary(text, MAX_PIECE_BYTES);
             let cut = text[..limit].rfind(' ').filter(|&s| s > 0).unwrap_or(limit);
             return Some(cut);
         }
@@ -145,11 +146,6 @@ impl SentenceChunker {
     }
 }
 
-/// Marks that may end a piece.
-fn is_mark(c: char) -> bool {
-    matches!(c, '.' | '!' | '?' | '…' | ',' | ';' | ':')
-}
-
 /// Characters that close a quote, a bracket or emphasis after a mark.
 fn is_closer(c: char) -> bool {
     matches!(c, '"' | '”' | '’' | '\'' | ')' | ']' | '*' | '_')
@@ -159,9 +155,10 @@ fn is_closer(c: char) -> bool {
 /// ("e.g.", "p.m.") or an initial ("J."). A decimal ("3.5") never gets
 /// here: no space follows its period.
 ///
-/// "no" and "etc" are words as well: "No. 5" goes on, "the answer is no."
-/// ends, and "etc." ends a sentence when a capital follows. Until the next
-/// word has arrived (`after` unknown or blank) they are taken to go on.
+/// "no" and "etc" are words as well: they end a sentence when a capital
+/// follows ("the answer is no. Then"), not otherwise ("No. 5", "the no.
+/// of calls", "pens, etc. are"). Until the next word has arrived (`after`
+/// unknown or blank) they are taken to go on.
 fn is_abbreviation(before: &str, after: Option<&str>) -> bool {
     let word = before
         .rsplit(|c: char| c.is_whitespace() || c == '(')
@@ -172,8 +169,7 @@ fn is_abbreviation(before: &str, after: Option<&str>) -> bool {
     let single_initial = word.chars().count() == 1 && word.chars().all(char::is_alphabetic);
     let next = after.and_then(|a| a.trim_start().chars().next());
     let goes_on = match word.as_str() {
-        "no" => next.is_none_or(|c| c.is_ascii_digit()),
-        "etc" => next.is_none_or(|c| !c.is_uppercase()),
+        "no" | "etc" => next.is_none_or(|c| !c.is_uppercase()),
         other => ABBREVIATIONS.contains(&other),
     };
     single_initial || word.contains('.') || goes_on
@@ -305,6 +301,13 @@ mod tests {
             feed(&["Pens, ink, etc. are here."]),
             vec!["Pens, ink, etc. are here."]
         );
+        assert_eq!(
+            feed(&["Count the no.", " of calls."]),
+            vec!["Count the no. of calls."]
+        );
+        // After a digit only a mark that may go on waits: "911!" does not.
+        let mut chunker = SentenceChunker::new();
+        assert_eq!(chunker.push("Call 911!"), vec!["Call 911!"]);
     }
 
     #[test]
@@ -353,14 +356,16 @@ mod tests {
         let long = "word ".repeat(100);
         let pieces = feed(&[&long]);
         assert!(pieces.len() >= 2, "{pieces:?}");
-        assert!(pieces.iter().all(|p| p.len() <= MAX_PIECE_CHARS));
+        assert!(pieces.iter().all(|p| p.len() <= MAX_PIECE_BYTES));
         assert!(pieces.iter().all(|p| p.split(' ').all(|w| w == "word")));
-        // Nor can a token that ends in a mark stretch a piece past the limit.
-        let pieces = feed(&[&long, "end."]);
-        assert!(
-            pieces.iter().all(|p| p.len() <= MAX_PIECE_CHARS),
-            "{pieces:?}"
-        );
+        // Nor can a mark past the limit stretch a piece beyond it.
+        for text in [format!("{long}end."), format!("{long}end. More")] {
+            let pieces = feed(&[&text]);
+            assert!(
+                pieces.iter().all(|p| p.len() <= MAX_PIECE_BYTES),
+                "{pieces:?}"
+            );
+        }
         // Multi-byte text never panics on a cut.
         let pieces = feed(&[&"é".repeat(400)]);
         assert_eq!(pieces.concat().chars().count(), 400);
