@@ -92,6 +92,7 @@ pub fn open(
         ended: VecDeque::new(),
         notices,
         notices_tx,
+        notice: None,
         input_done: false,
     };
     Ok((input, output))
@@ -174,6 +175,10 @@ pub struct CallOutput {
     ended: VecDeque<TurnId>,
     notices: mpsc::Receiver<ServerEvent>,
     notices_tx: mpsc::Sender<ServerEvent>,
+    /// A notice taken off `notices` while waiting for a frame: it goes out
+    /// next, before any notice sent after it (queued behind the pipeline's
+    /// items it was overtaken by a later one).
+    notice: Option<ServerEvent>,
     input_done: bool,
 }
 
@@ -200,7 +205,7 @@ impl CallOutput {
     /// off a queue before it is returned.
     pub async fn next(&mut self) -> Option<Outbound> {
         loop {
-            if let Ok(notice) = self.notices.try_recv() {
+            if let Some(notice) = self.notice.take().or_else(|| self.notices.try_recv().ok()) {
                 return Some(Outbound::Event(notice));
             }
             if let Some(event) = self.barge_in(Instant::now()) {
@@ -302,9 +307,7 @@ impl CallOutput {
                 return;
             }
             notice = self.notices.recv() => {
-                if let Some(notice) = notice {
-                    self.pending.push_back(Pending::Event(notice));
-                }
+                self.notice = notice;
                 return;
             }
         };
