@@ -14,20 +14,29 @@
 //!    (default 1000) calls are opened and left quiet (within the server's
 //!    30 s idle timeout), divided by their number.
 //! 2. **Ramp**: for each N in `PARLOR_BENCH_CALLS` (default
-//!    `10,50,100,250,500,1000`), N calls whose starts are staggered over one
-//!    second each stream 20 ms frames in real time: a spoken question
-//!    (espeak-ng), then silence until the reply is done, twice. Per N: p50
+//!    `10,50,100,250,500,1000`), N calls each stream 20 ms frames in real
+//!    time: a spoken question (espeak-ng), then silence until the reply is
+//!    done, four times over. Their starts are spread evenly over one such
+//!    turn (`PARLOR_BENCH_STAGGER_MS` to choose another spread), so turns
+//!    arrive at an even rate, as from callers who did not all dial in the
+//!    same second; only the middle two turns of each call are counted, which
+//!    run while all N calls are open (the first and last overlap the ramp up
+//!    and down). Per N: p50
 //!    and p99 added latency (and its p99 at each of stt, planner and tts's
 //!    first output, to show where a tail builds up), turns answered,
-//!    errors, server RSS and CPU, and the callers' frame-send lateness. The ramp stops after two steps over
+//!    errors, server RSS and CPU, how long the server's threads (and the
+//!    upstream's) waited for a core each time they ran, and the callers'
+//!    frame-send lateness. The ramp stops after two steps over
 //!    20 ms p99 or any error.
 //!
 //! The callers run in this process on the same 2 cores as the server, so
 //! their CPU is counted against the machine, not the server.
-//! `PARLOR_BENCH_CALLERS_NICE=10` runs them (not the upstream) at a lower
-//! priority than the server, as callers on other machines would be: the
-//! server's figures then show its own capacity, and the callers' frame
-//! lateness shows what they gave up for it.
+//! `PARLOR_BENCH_CALLERS=nice:10` runs them (not the upstream) at a lower
+//! priority than the server, and `PARLOR_BENCH_CALLERS=idle` on Linux's
+//! `SCHED_IDLE` (a core only when nothing else wants it), as callers on
+//! other machines would be: the server's figures then show its own
+//! capacity, and the callers' frame lateness shows what they gave up for
+//! it. The default, `same`, leaves them at the server's priority.
 //!
 //! Needs espeak-ng and an open-files limit above twice the largest N
 //! (`ulimit -n 4096`). Run: `cargo bench --bench concurrent_calls`.
@@ -81,7 +90,9 @@ const REPLY_PCM_BYTES: usize = 24_000;
 
 const QUESTION: &str = "What is the capital of France?";
 const FRAME_SAMPLES: usize = 320; // 20 ms at 16 kHz
-const TURNS_PER_CALL: usize = 2;
+const TURNS_PER_CALL: usize = 4;
+/// The turns of a call that are counted: every call is open during them.
+const COUNTED_TURNS: std::ops::Range<usize> = 1..TURNS_PER_CALL - 1;
 /// A turn that has not ended this long after its question was sent failed.
 const TURN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Over this p99 added latency a step counts as overloaded.
@@ -136,9 +147,22 @@ fn start_upstream() -> Upstream {
     upstream.recv().expect("the upstream started")
 }
 
+/// How late the upstream's delays ended, in ms: the timer's ms grain plus
+/// any wait for its thread to get a core. Part of the added latency that is
+/// the bench's, not parlor's; reported per step.
+static UPSTREAM_LATENESS: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
+
+/// The upstream's fixed delay, and what it overran by.
+async fn upstream_delay(delay: Duration) {
+    let start = Instant::now();
+    tokio::time::sleep(delay).await;
+    let late = start.elapsed().saturating_sub(delay).as_secs_f32() * 1e3;
+    UPSTREAM_LATENESS.lock().unwrap().push(late);
+}
+
 /// The body (a multipart WAV) is read and ignored: the transcript is fixed.
 async fn transcribe(_body: Bytes) -> axum::Json<serde_json::Value> {
-    tokio::time::sleep(STT_DELAY).await;
+    upstream_delay(STT_DELAY).await;
     axum::Json(json!({ "text": TRANSCRIPT }))
 }
 
@@ -146,7 +170,7 @@ async fn transcribe(_body: Bytes) -> axum::Json<serde_json::Value> {
 /// content chunk after the first-token delay, then a finish chunk and
 /// `[DONE]`, in the server-sent-event shape async-openai parses.
 async fn chat(_body: Bytes) -> Response {
-    tokio::time::sleep(LLM_FIRST_TOKEN_DELAY).await;
+    upstream_delay(LLM_FIRST_TOKEN_DELAY).await;
     let chunk = |delta: serde_json::Value, finish: Option<&str>| {
         json!({
             "id": "chatcmpl-bench",
@@ -169,7 +193,7 @@ async fn chat(_body: Bytes) -> Response {
 
 /// Raw 24 kHz PCM (the tts backend asks `response_format: "pcm"`), quiet.
 async fn speech(_body: Bytes) -> Response {
-    tokio::time::sleep(TTS_FIRST_AUDIO_DELAY).await;
+    upstream_delay(TTS_FIRST_AUDIO_DELAY).await;
     Response::builder()
         .header(CONTENT_TYPE, "audio/pcm")
         .body(Body::from(vec![0u8; REPLY_PCM_BYTES]))
@@ -231,6 +255,56 @@ fn cpu_s(pid: &str) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// Time the threads of `pid` spent runnable but waiting for a core, and
+/// how many times they were put on one, summed over its threads (from
+/// `/proc/<pid>/task/*/schedstat`; a thread that ended is not counted).
+/// Tells a tail made by the machine (threads waiting for a CPU) from one
+/// made by parlor (tasks waiting in its own queues).
+fn run_queue(pid: &str) -> RunQueue {
+    let mut total = RunQueue::default();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return total;
+    };
+    for task in tasks.flatten() {
+        let thread = thread_run_queue(&task.path());
+        total.waited_ns += thread.waited_ns;
+        total.slices += thread.slices;
+    }
+    total
+}
+
+/// One thread's [`run_queue`] figures, from its `/proc/.../task/<tid>` dir.
+fn thread_run_queue(task: &std::path::Path) -> RunQueue {
+    let stat = std::fs::read_to_string(task.join("schedstat")).unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    match fields[..] {
+        [_, waited_ns, slices] => RunQueue { waited_ns, slices },
+        _ => RunQueue::default(),
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct RunQueue {
+    waited_ns: u64,
+    slices: u64,
+}
+
+impl RunQueue {
+    /// Mean wait for a core per time a thread was put on one, in µs.
+    fn mean_wait_us_since(self, before: RunQueue) -> f64 {
+        let waited = self.waited_ns.saturating_sub(before.waited_ns) as f64 / 1e3;
+        waited / self.slices.saturating_sub(before.slices).max(1) as f64
+    }
+
+    /// Total wait for a core over `seconds`, as a share of one thread's time.
+    fn wait_pct_since(self, before: RunQueue, seconds: f64) -> f64 {
+        self.waited_ns.saturating_sub(before.waited_ns) as f64 / 1e9 / seconds * 100.0
+    }
+}
+
 // ------------------------------------------------------------------ caller
 
 /// The question as 20 ms binary frames, encoded once and shared by every
@@ -266,6 +340,17 @@ impl Frames {
             .collect();
         let silence = (0..50).map(|_| encode(&[])).collect();
         Self { question, silence }
+    }
+
+    /// Over how long call starts are spread: one turn (the question, about
+    /// a second to answer, the reply's half second), unless
+    /// `PARLOR_BENCH_STAGGER_MS` says otherwise.
+    fn stagger(&self) -> Duration {
+        let turn = Duration::from_millis(20 * self.question.len() as u64 + 1_500);
+        std::env::var("PARLOR_BENCH_STAGGER_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(turn, Duration::from_millis)
     }
 
     /// The `n`th frame of a turn: the question, then the hiss.
@@ -335,8 +420,9 @@ async fn run_call(url: String, frames: std::sync::Arc<Frames>, delay: Duration) 
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     // Delay, not Burst: a late caller does not catch up with a flood.
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    for _ in 0..TURNS_PER_CALL {
-        if let Err(e) = one_turn(&mut tx, &mut rx, &frames, &mut tick, &mut result).await {
+    for turn in 0..TURNS_PER_CALL {
+        let counted = COUNTED_TURNS.contains(&turn);
+        if let Err(e) = one_turn(&mut tx, &mut rx, &frames, &mut tick, counted, &mut result).await {
             result.errors.push(e);
             break;
         }
@@ -346,12 +432,13 @@ async fn run_call(url: String, frames: std::sync::Arc<Frames>, delay: Duration) 
 }
 
 /// Streams the question then silence, reading events as they come, until
-/// the turn's `turn.done`.
+/// the turn's `turn.done`. A turn not `counted` adds only its errors.
 async fn one_turn(
     tx: &mut CallerTx,
     rx: &mut CallerRx,
     frames: &Frames,
     tick: &mut tokio::time::Interval,
+    counted: bool,
     result: &mut CallResult,
 ) -> Result<(), String> {
     let started = Instant::now();
@@ -369,9 +456,12 @@ async fn one_turn(
             }
             incoming = rx.next() => match incoming {
                 Ok(Some(Incoming::Event(ServerEvent::TurnDone { voice_to_voice_ms, stages, .. }))) => {
-                    record_stages(&stages, &mut result.stage_added_ms);
                     match voice_to_voice_ms {
-                        Some(ms) => result.added_ms.push(ms - UPSTREAM_MS),
+                        Some(_) if !counted => {}
+                        Some(ms) => {
+                            record_stages(&stages, &mut result.stage_added_ms);
+                            result.added_ms.push(ms - UPSTREAM_MS);
+                        }
                         None => result.errors.push("turn.done without audio".into()),
                     }
                     return Ok(());
@@ -419,6 +509,8 @@ struct Step {
     p99_ms: f64,
     /// p99 added latency at each API stage's first output.
     stage_p99_ms: [f64; STAGES],
+    /// p50 added latency at each API stage's first output.
+    stage_p50_ms: [f64; STAGES],
     lateness_p99_ms: f64,
     rss_kib: u64,
     /// Server RSS growth over the step's start, per call.
@@ -426,28 +518,46 @@ struct Step {
     cpu_pct: f64,
     /// The bench process's own CPU (callers plus upstream), same scale.
     bench_cpu_pct: f64,
+    /// The server's threads: mean wait for a core each time one ran (µs),
+    /// and their summed wait as a share of one thread's time.
+    server_wait_us: f64,
+    server_wait_pct: f64,
+    /// The same for the upstream's one thread.
+    upstream_wait_us: f64,
+    /// p99 of how late the upstream's fixed delays ended (ms).
+    upstream_late_p99_ms: f64,
 }
 
-async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usize) -> Step {
+async fn ramp_step(
+    served: &Served,
+    upstream: &std::path::Path,
+    frames: &std::sync::Arc<Frames>,
+    calls: usize,
+) -> Step {
     let rss_before = served.rss_kib();
     let cpu_before = cpu_s(&served.pid().to_string());
     let bench_cpu_before = cpu_s("self");
+    let queue_before = run_queue(&served.pid().to_string());
+    let upstream_before = thread_run_queue(upstream);
+    UPSTREAM_LATENESS.lock().unwrap().clear();
     let wall = Instant::now();
     let mut tasks = Vec::with_capacity(calls);
+    let stagger = frames.stagger();
     for i in 0..calls {
-        // Starts spread over one second so turns do not all align.
-        let delay = Duration::from_secs_f64(i as f64 / calls as f64);
+        // Starts spread over a turn so turns do not align.
+        let delay = stagger.mul_f64(i as f64 / calls as f64);
         tasks.push(tokio::spawn(run_call(served.url(), frames.clone(), delay)));
     }
-    // Memory while all calls are up: sampled in the middle of the step.
+    // Memory while all calls are up: sampled once the last has started.
     let rss_sampler = async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(stagger + Duration::from_secs(1)).await;
         served.rss_kib()
     };
     let (results, rss_kib) = tokio::join!(futures::future::join_all(tasks), rss_sampler);
     let seconds = wall.elapsed().as_secs_f64();
     let cpu_pct = (cpu_s(&served.pid().to_string()) - cpu_before) / seconds * 100.0;
     let bench_cpu_pct = (cpu_s("self") - bench_cpu_before) / seconds * 100.0;
+    let queue = run_queue(&served.pid().to_string());
     let mut added = Vec::new();
     let mut lateness = Vec::new();
     let mut errors = Vec::new();
@@ -463,10 +573,16 @@ async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usiz
     }
     added.sort_by(f64::total_cmp);
     lateness.sort_by(f64::total_cmp);
-    let stage_p99_ms = stage_added.map(|mut a| {
+    let mut upstream_late: Vec<f64> = std::mem::take(&mut *UPSTREAM_LATENESS.lock().unwrap())
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    upstream_late.sort_by(f64::total_cmp);
+    for a in &mut stage_added {
         a.sort_by(f64::total_cmp);
-        percentile(&a, 99.0)
-    });
+    }
+    let stage_p99_ms = stage_added.each_ref().map(|a| percentile(a, 99.0));
+    let stage_p50_ms = stage_added.each_ref().map(|a| percentile(a, 50.0));
     Step {
         calls,
         turns: added.len(),
@@ -475,43 +591,96 @@ async fn ramp_step(served: &Served, frames: &std::sync::Arc<Frames>, calls: usiz
         p50_ms: percentile(&added, 50.0),
         p99_ms: percentile(&added, 99.0),
         stage_p99_ms,
+        stage_p50_ms,
         lateness_p99_ms: percentile(&lateness, 99.0),
         rss_kib,
         rss_per_call_kib: rss_kib.saturating_sub(rss_before) as f64 / calls as f64,
         cpu_pct,
         bench_cpu_pct,
+        server_wait_us: queue.mean_wait_us_since(queue_before),
+        server_wait_pct: queue.wait_pct_since(queue_before, seconds),
+        upstream_wait_us: thread_run_queue(upstream).mean_wait_us_since(upstream_before),
+        upstream_late_p99_ms: percentile(&upstream_late, 99.0),
+    }
+}
+
+/// The callers' priority against the server's (`PARLOR_BENCH_CALLERS`).
+#[derive(Clone, Copy, Debug)]
+enum CallerPriority {
+    /// The server's: they compete for the cores on equal terms.
+    Same,
+    /// A nice value above the server's 0.
+    Nice(i32),
+    /// `SCHED_IDLE`: a core only when no thread at normal priority wants it.
+    Idle,
+}
+
+impl CallerPriority {
+    fn from_env() -> Self {
+        let value = std::env::var("PARLOR_BENCH_CALLERS").unwrap_or_default();
+        match value.as_str() {
+            "" | "same" => Self::Same,
+            "idle" => Self::Idle,
+            other => match other.strip_prefix("nice:").and_then(|n| n.parse().ok()) {
+                Some(nice) => Self::Nice(nice),
+                None => panic!("PARLOR_BENCH_CALLERS is same, idle or nice:N, not {other:?}"),
+            },
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Same => "at the server's priority".into(),
+            Self::Nice(n) => format!("at nice {n}"),
+            Self::Idle => "at SCHED_IDLE".into(),
+        }
     }
 }
 
 /// Lower the callers' priority below the server's, which keeps nice 0:
-/// every thread of this process but the upstream's (Linux keeps a nice
-/// value per thread, and threads started later inherit their creator's). Callers on the far side of a network
-/// take none of the server's CPU; on one machine, with the same priority,
-/// they take what the server would use at the knee. Their own lateness is
-/// reported per step, so what this costs them stays in view.
-fn yield_to_the_server(nice: i32, upstream: libc::pid_t) {
+/// every thread of this process but the upstream's (Linux keeps a
+/// priority per thread, and threads started later inherit their
+/// creator's). Callers on the far side of a network take none of the
+/// server's CPU; on one machine, with the same priority, they take what the
+/// server would use at the knee. Their own lateness is reported per step,
+/// so what this costs them stays in view.
+fn yield_to_the_server(priority: CallerPriority, upstream: libc::pid_t) {
     let tasks = std::fs::read_dir("/proc/self/task").expect("list this process's threads");
     for task in tasks.flatten() {
         let Some(tid) = task
             .file_name()
             .to_str()
-            .and_then(|t| t.parse::<libc::id_t>().ok())
+            .and_then(|t| t.parse::<libc::pid_t>().ok())
         else {
             continue;
         };
-        if tid as libc::pid_t == upstream {
+        if tid == upstream {
             continue;
         }
-        // SAFETY: setpriority reads only its arguments.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+        let result = match priority {
+            CallerPriority::Same => return,
+            // SAFETY: setpriority reads only its arguments.
+            CallerPriority::Nice(nice) => unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+            },
+            CallerPriority::Idle => {
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: param outlives the call, which only reads it.
+                unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) }
+            }
+        };
+        if result != 0 {
             let error = std::io::Error::last_os_error();
             // A blocking-pool thread may have idled out since the listing.
             if error.raw_os_error() != Some(libc::ESRCH) {
-                panic!("setpriority({tid}, {nice}): {error}");
+                panic!("{priority:?} for thread {tid}: {error}");
             }
         }
     }
-    println!("callers at nice {nice}, the server and the upstream at 0");
+    println!(
+        "callers {}, the server and the upstream at nice 0",
+        priority.describe()
+    );
 }
 
 /// RSS before and after `n` quiet calls; KiB per call.
@@ -543,12 +712,12 @@ fn ramp_sizes() -> Vec<usize> {
 
 fn print_table(steps: &[Step]) {
     println!(
-        "\n| calls | turns | errors | added p50 (ms) | added p99 (ms) | caller frame lateness p99 (ms) | server RSS (MiB) | RSS growth per call (KiB) | server CPU (% of one core) | callers + upstream CPU (%) |"
+        "\n| calls | turns | errors | added p50 (ms) | added p99 (ms) | caller frame lateness p99 (ms) | server RSS (MiB) | RSS growth per call (KiB) | server CPU (% of one core) | callers + upstream CPU (%) | server threads' wait for a core (µs per run, % of one thread) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for s in steps {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0}, {:.1} % |",
             s.calls,
             s.turns,
             s.errors,
@@ -558,7 +727,9 @@ fn print_table(steps: &[Step]) {
             s.rss_kib as f64 / 1024.0,
             s.rss_per_call_kib,
             s.cpu_pct,
-            s.bench_cpu_pct
+            s.bench_cpu_pct,
+            s.server_wait_us,
+            s.server_wait_pct
         );
     }
 }
@@ -567,7 +738,7 @@ fn write_json(
     idle: (usize, u64, u64, f64),
     steps: &[Step],
     best: Option<usize>,
-    callers_nice: usize,
+    callers: CallerPriority,
 ) {
     let steps: Vec<_> = steps
         .iter()
@@ -581,8 +752,16 @@ fn write_json(
                     .zip(s.stage_p99_ms)
                     .map(|((stage, _), ms)| (stage.to_string(), json!(ms)))
                     .collect::<serde_json::Map<_, _>>(),
+                "added_p50_ms_at_first_output": STAGE_UPSTREAM
+                    .iter()
+                    .zip(s.stage_p50_ms)
+                    .map(|((stage, _), ms)| (stage.to_string(), json!(ms)))
+                    .collect::<serde_json::Map<_, _>>(),
                 "caller_lateness_p99_ms": s.lateness_p99_ms,
                 "server_rss_kib": s.rss_kib, "rss_per_call_kib": s.rss_per_call_kib, "server_cpu_pct": s.cpu_pct, "bench_cpu_pct": s.bench_cpu_pct,
+                "server_wait_for_core_us_per_run": s.server_wait_us, "server_wait_for_core_pct": s.server_wait_pct,
+                "upstream_wait_for_core_us_per_run": s.upstream_wait_us,
+                "upstream_delay_late_p99_ms": s.upstream_late_p99_ms,
             })
         })
         .collect();
@@ -592,7 +771,7 @@ fn write_json(
         "ramp": steps,
         "largest_calls_under_budget": best,
         "budget_ms": BUDGET_MS,
-        "callers_nice": callers_nice,
+        "callers": callers.describe(),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
     std::fs::create_dir_all(&dir).unwrap();
@@ -610,14 +789,13 @@ async fn main() {
     let spec = write_spec(&upstream.base_url);
     let mut served = Served::start(Some(&spec), most + 16);
     served.ready().await;
-    let callers_nice = env_usize("PARLOR_BENCH_CALLERS_NICE", 0);
-    if callers_nice > 0 {
-        yield_to_the_server(callers_nice as i32, upstream.thread);
-    }
+    let callers = CallerPriority::from_env();
+    yield_to_the_server(callers, upstream.thread);
     println!(
         "upstream: STT {STT_DELAY:?}, LLM first token {LLM_FIRST_TOKEN_DELAY:?}, TTS first audio {TTS_FIRST_AUDIO_DELAY:?}; \
          added latency = voice to voice - {UPSTREAM_MS} ms. Callers and server share the same 2 cores \
-         (callers at nice {callers_nice})."
+         (callers {}).",
+        callers.describe()
     );
 
     let (before, after, per_call) = idle_memory(&served, idle_calls).await;
@@ -626,13 +804,16 @@ async fn main() {
     );
 
     let frames = std::sync::Arc::new(Frames::new(&espeak(QUESTION).await));
+    let upstream_task = std::path::PathBuf::from(format!("/proc/self/task/{}", upstream.thread));
     let mut steps = Vec::new();
     let mut over = 0;
     for calls in sizes {
-        let step = ramp_step(&served, &frames, calls).await;
+        let step = ramp_step(&served, &upstream_task, &frames, calls).await;
         println!(
             "{calls} calls: {} turns, {} errors{}, added p50 {:.1} ms p99 {:.1} ms \
-             (p99 at the first output of {}), server CPU {:.0}%, callers + upstream CPU {:.0}%",
+             (p50/p99 at the first output of {}), server CPU {:.0}%, callers + upstream CPU {:.0}%, \
+             server threads waited {:.0} µs for a core per run ({:.1}% of one thread), \
+             the upstream {:.0} µs (its delays ended {:.1} ms late at p99)",
             step.turns,
             step.errors,
             step.first_error
@@ -642,12 +823,16 @@ async fn main() {
             step.p99_ms,
             STAGE_UPSTREAM
                 .iter()
-                .zip(step.stage_p99_ms)
-                .map(|((stage, _), ms)| format!("{stage} {ms:.1}"))
+                .zip(step.stage_p50_ms.iter().zip(step.stage_p99_ms))
+                .map(|((stage, _), (p50, p99))| format!("{stage} {p50:.1}/{p99:.1}"))
                 .collect::<Vec<_>>()
                 .join(", "),
             step.cpu_pct,
-            step.bench_cpu_pct
+            step.bench_cpu_pct,
+            step.server_wait_us,
+            step.server_wait_pct,
+            step.upstream_wait_us,
+            step.upstream_late_p99_ms
         );
         let errors = step.errors > 0;
         // NaN (no turn answered) counts as over budget.
@@ -680,11 +865,6 @@ async fn main() {
         }
         None => println!("no step stayed within {BUDGET_MS} ms p99 without errors"),
     }
-    write_json(
-        (idle_calls, before, after, per_call),
-        &steps,
-        best,
-        callers_nice,
-    );
+    write_json((idle_calls, before, after, per_call), &steps, best, callers);
     let _ = std::fs::remove_file(spec);
 }
