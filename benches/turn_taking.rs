@@ -11,11 +11,13 @@
 //! - **after the decision**: from the VAD's end-of-turn decision to the
 //!   first reply audio sent (`voice_to_voice_ms`).
 //!
-//! A variant is `END/EARLY/GUESS[/FLOOR]`: the vad's `end_of_turn_ms`, its
-//! `early_stt_ms` (0: transcribe only once the turn is over), the
-//! planner's `speculate` (`on`/`off`) and, optionally, the vad's
-//! `quiet_dbfs` (-100: the detector alone decides where speech ends; the
-//! spec's own value when left out). `PARLOR_BENCH_VARIANTS` lists them,
+//! A variant is `END/EARLY/GUESS[/FLOOR[/WINDOW]]`: the vad's
+//! `end_of_turn_ms`, its `early_stt_ms` (0: transcribe only once the turn
+//! is over), the planner's `speculate` (`on`/`off`) and, optionally, the
+//! vad's `quiet_dbfs` (-100: the detector alone decides where speech ends)
+//! and the stt's Whisper `audio_ctx` (`auto`: picked per utterance); the
+//! spec's own value for what is left out or `-`. Each turn's transcript is
+//! printed, so a faster variant that mishears shows. `PARLOR_BENCH_VARIANTS` lists them,
 //! comma-separated (default below); `PARLOR_BENCH_PIPELINE` is the spec
 //! (default `benches/pipelines/chat-fast.toml`, with small talk; set
 //! `PARLOR_BENCH_QUESTIONS=shop` for a spec with the shop's tools);
@@ -49,16 +51,22 @@ struct Variant {
     early_stt_ms: u32,
     speculate: bool,
     quiet_dbfs: Option<i64>,
+    /// `Some(None)`: the automatic window; `None`: the spec's own.
+    audio_ctx: Option<Option<i64>>,
 }
 
 impl Variant {
     fn parse(text: &str) -> Self {
         let parts: Vec<&str> = text.trim().split('/').collect();
-        let (end, early, guess, floor) = match parts[..] {
-            [end, early, guess] => (end, early, guess, None),
-            [end, early, guess, floor] => (end, early, guess, Some(floor)),
-            _ => panic!("a variant is END/EARLY/GUESS[/FLOOR], e.g. 600/100/on; got {text:?}"),
+        let (end, early, guess, floor, window) = match parts[..] {
+            [end, early, guess] => (end, early, guess, None, None),
+            [end, early, guess, floor] => (end, early, guess, Some(floor), None),
+            [end, early, guess, floor, window] => (end, early, guess, Some(floor), Some(window)),
+            _ => panic!(
+                "a variant is END/EARLY/GUESS[/FLOOR[/WINDOW]], e.g. 600/100/on; got {text:?}"
+            ),
         };
+        let floor = floor.filter(|f| *f != "-");
         Self {
             end_of_turn_ms: end.parse().expect("END in milliseconds"),
             early_stt_ms: early.parse().expect("EARLY in milliseconds"),
@@ -68,6 +76,11 @@ impl Variant {
                 other => panic!("GUESS is on or off, got {other:?}"),
             },
             quiet_dbfs: floor.map(|f| f.parse().expect("FLOOR in dBFS, e.g. -60")),
+            audio_ctx: match window {
+                None | Some("-") => None,
+                Some("auto") => Some(None),
+                Some(n) => Some(Some(n.parse().expect("WINDOW is auto or frames, e.g. 768"))),
+            },
         }
     }
 
@@ -84,6 +97,11 @@ impl Variant {
         ) + &self
             .quiet_dbfs
             .map_or(String::new(), |f| format!(", quiet floor {f} dBFS"))
+            + &match self.audio_ctx {
+                None => String::new(),
+                Some(None) => ", window auto".to_string(),
+                Some(Some(n)) => format!(", window {n}"),
+            }
     }
 
     /// `base` with this variant's settings, written where `serve` can read
@@ -110,6 +128,15 @@ impl Variant {
                 Some("planner") => {
                     stage.insert("speculate".into(), self.speculate.into());
                 }
+                Some("stt") => match self.audio_ctx {
+                    Some(Some(frames)) => {
+                        stage.insert("audio_ctx".into(), frames.into());
+                    }
+                    Some(None) => {
+                        stage.remove("audio_ctx");
+                    }
+                    None => {}
+                },
                 _ => {}
             }
         }
@@ -173,9 +200,9 @@ async fn main() {
             for k in 0..servers.len() {
                 let i = (round + k) % servers.len();
                 match ask(&servers[i], audio).await {
-                    Some((felt, after)) => {
+                    Some((felt, after, heard)) => {
                         println!(
-                            "run {run}: {question:?} [{}]: felt {felt:.0} ms, {after:.0} ms after the decision",
+                            "run {run}: {question:?} [{}]: felt {felt:.0} ms, {after:.0} ms after the decision; heard {heard:?}",
                             variants[i].label()
                         );
                         measured[i].felt.push(felt);
@@ -218,6 +245,8 @@ async fn main() {
             "end_of_turn_ms": v.end_of_turn_ms,
             "early_stt_ms": v.early_stt_ms,
             "speculate": v.speculate,
+            "quiet_dbfs": v.quiet_dbfs,
+            "audio_ctx": v.audio_ctx.map(|w| w.map_or("auto".to_string(), |n| n.to_string())),
             "turns": m.felt.len(),
             "unanswered": m.unanswered,
             "felt_ms": m.felt,
@@ -229,24 +258,28 @@ async fn main() {
     println!("\nwritten to {}", out.display());
 }
 
-/// One question as a live call: (felt, after the decision) in ms, or
-/// `None` when no reply was spoken.
-async fn ask(served: &Served, audio: &parlor::frame::AudioChunk) -> Option<(f64, f64)> {
+/// One question as a live call: (felt, after the decision) in ms and the
+/// final transcript, or `None` when no reply was spoken.
+async fn ask(served: &Served, audio: &parlor::frame::AudioChunk) -> Option<(f64, f64, String)> {
     let mut after = None;
-    let recording = client::play_file(&served.url(), audio, &PlayOptions::default(), |e| {
-        if let ServerEvent::TurnDone {
+    let mut transcripts = Vec::new();
+    let recording = client::play_file(&served.url(), audio, &PlayOptions::default(), |e| match e {
+        ServerEvent::TurnDone {
             voice_to_voice_ms, ..
-        } = e
-        {
-            after = after.or(*voice_to_voice_ms);
-        }
+        } => after = after.or(*voice_to_voice_ms),
+        ServerEvent::Transcript {
+            text,
+            is_final: true,
+            ..
+        } => transcripts.push(text.clone()),
+        _ => {}
     })
     .await
     .expect("the call runs");
     let sent = recording.file_sent_at?;
     let heard = recording.first_audio_at?;
     let felt = heard.saturating_duration_since(sent) + trailing_silence(audio);
-    Some((felt.as_secs_f64() * 1e3, after?))
+    Some((felt.as_secs_f64() * 1e3, after?, transcripts.join(" / ")))
 }
 
 fn median(values: &[f64]) -> f64 {

@@ -191,6 +191,19 @@ enum Command {
         #[arg(long, conflicts_with = "load")]
         price_as: Option<PathBuf>,
     },
+    /// Rewrite a GGUF planner model in another quantization (once, at
+    /// set-up: `bash models/setup.sh` makes the 0.5B's IQ4_NL copy this
+    /// way). llama.cpp has fast repacked CPU kernels for IQ4_NL and q4_0
+    /// but not for the q5_0 most of the 0.5B's "Q4_K_M" file is in.
+    Requantize {
+        /// The GGUF model to read.
+        source: PathBuf,
+        /// Where to write the new file (replaced when it exists).
+        target: PathBuf,
+        /// The quantization to write.
+        #[arg(long = "type", value_enum, default_value_t = QuantizationArg::Iq4Nl)]
+        quantization: QuantizationArg,
+    },
     /// The MCP servers of a pipeline.
     Mcp {
         #[command(subcommand)]
@@ -201,6 +214,17 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+/// The quantizations `parlor requantize` writes.
+#[derive(Clone, Copy, ValueEnum)]
+enum QuantizationArg {
+    #[value(name = "iq4_nl")]
+    Iq4Nl,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q8_0")]
+    Q8_0,
 }
 
 /// A framework `parlor bench --peers` compares with.
@@ -438,6 +462,11 @@ fn main() -> ExitCode {
             Command::Audit {
                 command: AuditCommand::Stress { file, count },
             } => run_audit_stress(&file, count).await,
+            Command::Requantize {
+                source,
+                target,
+                quantization,
+            } => run_requantize(&source, &target, quantization),
         }
     });
     match result {
@@ -561,6 +590,36 @@ async fn run_ask(question: &str, path: Option<&Path>, json: bool) -> Result<(), 
             outcome.tools.len()
         );
     }
+    Ok(())
+}
+
+fn run_requantize(
+    source: &Path,
+    target: &Path,
+    quantization: QuantizationArg,
+) -> Result<(), Failure> {
+    use parlor::llm::requantize::{requantize, Quantization};
+    let quantization = match quantization {
+        QuantizationArg::Iq4Nl => Quantization::Iq4Nl,
+        QuantizationArg::Q4_0 => Quantization::Q4_0,
+        QuantizationArg::Q8_0 => Quantization::Q8_0,
+    };
+    eprintln!(
+        "re-quantizing {} as {} (IQ4_NL takes about a minute on 2 cores)",
+        source.display(),
+        quantization.name()
+    );
+    let started = std::time::Instant::now();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    requantize(source, target, quantization, threads).map_err(Failure::input)?;
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64;
+    println!(
+        "{}: {:.0} MiB -> {:.0} MiB in {:.1} s",
+        target.display(),
+        size(source),
+        size(target),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -325,6 +325,68 @@ fn a_missing_model_says_how_to_get_it() {
     assert!(err.to_string().contains("models/setup.sh"), "{err}");
 }
 
+/// `parlor requantize`: a rewritten model loads and still answers, the file
+/// appears whole or not at all, and a bad source or target is named.
+#[test]
+fn a_requantized_model_loads_and_answers() {
+    use parlor::llm::requantize::{requantize, Quantization};
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // q4_0 rather than the IQ4_NL that models/setup.sh makes: seconds, not
+    // a minute, through the same call. The IQ4_NL file is checked below.
+    let target = dir.path().join("q4_0.gguf");
+    requantize(&model_path(), &target, Quantization::Q4_0, 2).expect("requantize");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["q4_0.gguf"], "no partial file left behind");
+    let smaller = std::fs::metadata(&target).unwrap().len();
+    assert!(smaller < std::fs::metadata(model_path()).unwrap().len());
+
+    let made_by_setup = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/qwen2.5-coder-0.5b-instruct-iq4_nl.gguf");
+    for path in [target.as_path(), made_by_setup.as_path()] {
+        let mut llm = LocalLlm::load(
+            path,
+            LocalLlmOptions {
+                threads: 2,
+                context_len: 512,
+                max_tokens: 24,
+                ..LocalLlmOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("load {}: {e}", path.display()));
+        let text = llm
+            .complete(
+                &[
+                    ChatMessage::system("Answer in one short sentence."),
+                    ChatMessage::user("What is the capital of France?"),
+                ],
+                |_| std::ops::ControlFlow::Continue(()),
+            )
+            .unwrap();
+        assert!(text.contains("Paris"), "{}: {text:?}", path.display());
+    }
+
+    let err = requantize(
+        Path::new("models/no-such-model.gguf"),
+        &dir.path().join("x.gguf"),
+        Quantization::Q4_0,
+        2,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no-such-model.gguf"), "{err}");
+    let err = requantize(
+        &model_path(),
+        &dir.path().join("no/such/dir/x.gguf"),
+        Quantization::Q4_0,
+        2,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("re-quantize"), "{err}");
+}
+
 /// With no tools to offer, the planner asks the model for plain text: no
 /// tool-choice prompt (so fewer input tokens than a `say` decision would
 /// take) and no JSON in the reply, streamed as it is written.

@@ -1,6 +1,7 @@
 //! Planner language models: the shared chat vocabulary ([`chat`]), the
 //! tool-choice grammar ([`grammar`]), the in-process llama.cpp backend
-//! ([`local`]) and the OpenAI-compatible ones ([`openai`]: Chat Completions;
+//! ([`local`]; [`requantize`] rewrites its model files at set-up) and the
+//! OpenAI-compatible ones ([`openai`]: Chat Completions;
 //! [`openai_responses`]: the Responses API, for hosted MCP servers).
 //!
 //! A planner request is a conversation plus the tools on offer; the answer
@@ -13,6 +14,7 @@ pub mod grammar;
 pub mod local;
 pub mod openai;
 pub mod openai_responses;
+pub mod requantize;
 
 use std::path::PathBuf;
 
