@@ -17,8 +17,8 @@
 //! vad's `quiet_dbfs` (-100: the detector alone decides where speech ends)
 //! and the stt's Whisper `audio_ctx` (`auto`: picked per utterance); the
 //! spec's own value for what is left out or `-`. Each turn's transcript is
-//! printed, so a faster variant that mishears shows. `PARLOR_BENCH_VARIANTS` lists them,
-//! comma-separated (default below); `PARLOR_BENCH_PIPELINE` is the spec
+//! printed, so a faster variant that mishears shows.
+//! `PARLOR_BENCH_VARIANTS` lists them, comma-separated (default below); `PARLOR_BENCH_PIPELINE` is the spec
 //! (default `benches/pipelines/chat-fast.toml`, with small talk; set
 //! `PARLOR_BENCH_QUESTIONS=shop` for a spec with the shop's tools);
 //! `PARLOR_BENCH_RUNS` rounds over the questions (default 2). Results also

@@ -604,8 +604,15 @@ fn run_requantize(
         QuantizationArg::Q4_0 => Quantization::Q4_0,
         QuantizationArg::Q8_0 => Quantization::Q8_0,
     };
+    // IQ4_NL searches for its levels per block: about a minute for the
+    // 0.5B on 2 cores, where q4_0 and q8_0 take seconds.
+    let wait = if quantization == Quantization::Iq4Nl {
+        ", about a minute"
+    } else {
+        ""
+    };
     eprintln!(
-        "re-quantizing {} as {} (IQ4_NL takes about a minute on 2 cores)",
+        "re-quantizing {} as {}{wait}",
         source.display(),
         quantization.name()
     );
