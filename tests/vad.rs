@@ -358,31 +358,67 @@ impl Detected {
     }
 }
 
+/// How the test feeds the VAD stage.
+#[derive(Clone, Copy)]
+enum Feeding {
+    /// Through the pipeline's input channel, the stage in a task of its own.
+    Task,
+    /// Inline in the feeding task, as a live call runs it
+    /// (`Pipeline::inline_front`).
+    Inline,
+}
+
 /// Run `audio` through the VAD stage in pieces of `piece` samples; check
 /// that every turn comes as SpeechStarted, SpeechEnded, EndOfTurn.
 async fn run_vad(spec: &VadSpec, audio: &[f32], piece: usize) -> Vec<Detected> {
+    run_vad_fed(spec, audio, piece, Feeding::Task).await
+}
+
+async fn run_vad_fed(
+    spec: &VadSpec,
+    audio: &[f32],
+    piece: usize,
+    feeding: Feeding,
+) -> Vec<Detected> {
     let stage = vad::build(spec).unwrap_or_else(|e| panic!("{e:#}"));
     let mut pipeline = Pipeline::new(32.try_into().unwrap())
         .barge_in(false)
+        .inline_front(matches!(feeding, Feeding::Inline))
         .stage(stage)
         .start();
-    let input = pipeline.input_handle();
-    pipeline.close_input();
-    let audio = audio.to_vec();
-    let feeder = tokio::spawn(async move {
-        for chunk in audio.chunks(piece) {
-            if input
-                .send(Frame::Audio(AudioChunk::new(
-                    PIPELINE_SAMPLE_RATE,
-                    chunk.to_vec(),
-                )))
-                .await
-                .is_err()
-            {
-                break;
-            }
+    let frames: Vec<Frame> = audio
+        .chunks(piece)
+        .map(|chunk| Frame::Audio(AudioChunk::new(PIPELINE_SAMPLE_RATE, chunk.to_vec())))
+        .collect();
+    let feeder = match feeding {
+        Feeding::Task => {
+            assert!(pipeline.take_front().is_none(), "not asked to run inline");
+            let input = pipeline.input_handle();
+            pipeline.close_input();
+            tokio::spawn(async move {
+                for frame in frames {
+                    if input.send(frame).await.is_err() {
+                        break;
+                    }
+                }
+            })
         }
-    });
+        Feeding::Inline => {
+            let mut front = pipeline.take_front().expect("the VAD runs inline");
+            assert!(
+                pipeline.input().is_none(),
+                "no input channel beside the front"
+            );
+            tokio::spawn(async move {
+                for frame in frames {
+                    if !front.push(frame).await.expect("the VAD takes the audio") {
+                        return;
+                    }
+                }
+                front.finish().await.expect("the VAD ends its last turn");
+            })
+        }
+    };
     let mut frames = Vec::new();
     while let Some(frame) = pipeline.output().recv().await {
         frames.push(frame);
@@ -706,7 +742,7 @@ async fn silence_and_noise_alone_give_no_turn() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn frame_size_does_not_change_the_turns() {
+async fn frame_size_and_feeding_do_not_change_the_turns() {
     let clips = clips();
     let scene = with_noise(&scene(&clips[..clips.len().min(4)]), Noise::Pink, 10.0, 5);
     for (backend, name) in backends() {
@@ -714,7 +750,17 @@ async fn frame_size_does_not_change_the_turns() {
         let small = run_vad(&spec, &scene.audio, CALL_FRAME).await;
         let odd = run_vad(&spec, &scene.audio, 1_234).await;
         let whole = run_vad(&spec, &scene.audio, scene.audio.len()).await;
+        let inline = run_vad_fed(&spec, &scene.audio, CALL_FRAME, Feeding::Inline).await;
         assert!(!small.is_empty(), "{name}: no turns at all");
+        assert_eq!(small, inline, "{name}: in a task vs inline in the feeder");
+        // Audio that stops mid-speech: the end of the input ends the turn,
+        // whether the channel closes or the front is finished.
+        let (start, end) = *scene.truth.last().expect("speech");
+        let cut = &scene.audio[..(start + end) / 2];
+        let closed = run_vad(&spec, cut, CALL_FRAME).await;
+        let finished = run_vad_fed(&spec, cut, CALL_FRAME, Feeding::Inline).await;
+        assert_eq!(closed.len(), small.len(), "{name}: the cut turn is ended");
+        assert_eq!(closed, finished, "{name}: cut audio, in a task vs inline");
         assert_eq!(small, whole, "{name}: 20 ms frames vs one chunk");
         assert_eq!(small, odd, "{name}: 20 ms frames vs 1234-sample pieces");
     }

@@ -29,7 +29,7 @@ use super::protocol::ServerEvent;
 use crate::audio::{pcm16_le_bytes, pcm16_le_samples, AudioError, StreamResampler};
 use crate::file_call::{Reports, TurnReport};
 use crate::frame::{AudioChunk, Frame, TurnId};
-use crate::runner::RunningPipeline;
+use crate::runner::{InlineFront, RunningPipeline};
 use crate::turns::Turns;
 
 /// Reply audio goes out in frames this long: the most a barge-in can
@@ -72,8 +72,12 @@ pub fn open(
         same if same == rate => None,
         other => Some(StreamResampler::with_chunk(other, rate, OUTPUT_FRAME)?),
     };
+    let feed = match running.take_front() {
+        Some(front) => Feed::Inline(front),
+        None => Feed::Channel(running.input_handle()),
+    };
     let input = CallInput {
-        tx: running.input_handle(),
+        feed,
         rate,
         resampler,
         samples: Vec::new(),
@@ -108,9 +112,17 @@ pub enum InputError {
     Closed,
 }
 
+/// Where a call's audio goes: the pipeline's first stage run right here,
+/// in the task reading the caller (a live call's VAD: see
+/// [`crate::runner::Pipeline::inline_front`]), or the channel to its task.
+enum Feed {
+    Inline(InlineFront),
+    Channel(mpsc::Sender<Frame>),
+}
+
 /// The caller's side: audio in.
 pub struct CallInput {
-    tx: mpsc::Sender<Frame>,
+    feed: Feed,
     /// The pipeline's input rate.
     rate: u32,
     resampler: Option<StreamResampler>,
@@ -137,10 +149,25 @@ impl CallInput {
         if samples.is_empty() {
             return Ok(());
         }
-        self.tx
-            .send(Frame::Audio(AudioChunk::new(self.rate, samples)))
-            .await
-            .map_err(|_| InputError::Closed)
+        let frame = Frame::Audio(AudioChunk::new(self.rate, samples));
+        match &mut self.feed {
+            Feed::Inline(front) => match front.push(frame).await {
+                Ok(true) => Ok(()),
+                // A failure is logged by the front, and ends the call.
+                Ok(false) | Err(_) => Err(InputError::Closed),
+            },
+            Feed::Channel(tx) => tx.send(frame).await.map_err(|_| InputError::Closed),
+        }
+    }
+
+    /// The caller has ended its audio: the pipeline finishes the turn in
+    /// progress. (Dropping the input instead ends the audio as well, but
+    /// an inline VAD's held speech is lost with it.)
+    pub async fn finish(self) {
+        if let Feed::Inline(front) = self.feed {
+            // A failure is logged by the front; the call is ending anyway.
+            let _ = front.finish().await;
+        }
     }
 }
 

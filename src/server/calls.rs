@@ -346,7 +346,7 @@ async fn run_call(
     let _counted = state.metrics.call_opened();
     tracing::info!(message = "Call started.", input_sample_rate = input_rate);
 
-    let running = call.barge_in(true).start();
+    let running = call.barge_in(true).inline_front(true).start();
     let (mut sink, mut stream) = socket.split();
     let (mut input, mut output) = match live::open(running, input_rate, output_rate, limits.lead) {
         Ok(halves) => halves,
@@ -395,7 +395,10 @@ async fn run_call(
                     Err(InputError::Closed) => return Ending::PipelineStopped,
                 },
                 Message::Text(text) => match ClientMessage::parse(&text) {
-                    Ok(ClientMessage::End) => return Ending::CallerEnded,
+                    Ok(ClientMessage::End) => {
+                        input.finish().await;
+                        return Ending::CallerEnded;
+                    }
                     Ok(ClientMessage::Confirm { id, approve }) => {
                         if let Err(error) = confirmer.answer(&id, approve) {
                             let _ = notices
@@ -414,7 +417,6 @@ async fn run_call(
                 Message::Ping(_) => {}
             }
         }
-        // `input` drops here: the pipeline sees the end of the audio.
     };
     let write_timeout = limits.write_timeout;
     let metrics = &state.metrics;

@@ -149,7 +149,7 @@ async fn run_session(
     let _counted = state.metrics.call_opened();
     tracing::info!(message = "Realtime session started.", model = %about.model);
 
-    let running = call.barge_in(true).start();
+    let running = call.barge_in(true).inline_front(true).start();
     let (mut sink, mut stream) = socket.split();
     let (mut input, mut output) = match live::open(running, PCM_RATE, about.voice_rate, limits.lead)
     {

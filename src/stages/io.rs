@@ -36,6 +36,27 @@ impl StageIo {
         }
     }
 
+    /// The io of an [`super::InlineStage`]: frames are handed to it, so it
+    /// has an output only (its input reads as closed).
+    pub fn output_only(name: impl Into<Arc<str>>, output: Sender<Frame>) -> Self {
+        Self::new(name, tokio::sync::mpsc::channel(1).1, output)
+    }
+
+    /// An inline stage was handed `frame`: the clock as [`Self::recv`]
+    /// leaves it. Pair with [`Self::handled`].
+    pub fn handed(&mut self, frame: &Frame) {
+        self.clock.settle_input();
+        self.clock.busy();
+        self.clock.received(frame.turn());
+    }
+
+    /// An inline stage is done with the frame it was handed: the clock as
+    /// [`Self::recv`] leaves it while waiting.
+    pub fn handled(&mut self) {
+        self.clock.settle_input();
+        self.clock.idle();
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

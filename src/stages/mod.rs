@@ -22,6 +22,7 @@ mod io;
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
+use crate::frame::Frame;
 use crate::spec::StageSpec;
 use crate::turns::Turns;
 use std::sync::Arc;
@@ -72,6 +73,38 @@ pub trait Stage: Send + 'static {
     /// and must forward [`crate::frame::Frame::EndOfTurn`] only after its
     /// own output for that turn.
     async fn run(self: Box<Self>, io: StageIo, cx: StageContext) -> Result<(), StageError>;
+
+    /// This stage as an [`InlineStage`], for a pipeline that runs its first
+    /// stage in the task that feeds it ([`crate::runner::Pipeline::inline_front`]).
+    /// `None` (the default) for a stage that needs a task of its own. After
+    /// `Some`, the runner drops the stage without running it.
+    fn inline(&mut self) -> Option<Box<dyn InlineStage>> {
+        None
+    }
+}
+
+/// A stage that can run inside the task that produces its input, handed one
+/// frame at a time instead of reading a channel: for a cheap step whose
+/// state is per call and which turns most frames into nothing (the VAD
+/// over a live call's 20 ms frames). In a task of its own such a stage
+/// costs a channel send and a task wake per frame; inline it costs neither.
+/// Vector runs its stateless transforms inside the source's task for the
+/// same reason.
+///
+/// Sends still wait on the next stage (backpressure reaches the producer
+/// directly), and return early when `cx.shutdown` fires.
+#[async_trait]
+pub trait InlineStage: Send {
+    /// Take one input frame. `Ok(false)` when the pipeline is shutting down.
+    async fn push(
+        &mut self,
+        frame: Frame,
+        io: &mut StageIo,
+        cx: &StageContext,
+    ) -> Result<bool, StageError>;
+
+    /// The input has ended: send what is still held.
+    async fn finish(&mut self, io: &mut StageIo, cx: &StageContext) -> Result<(), StageError>;
 }
 
 /// Why a spec's stage could not be made into a running stage.

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::frame::{AudioChunk, Frame, TurnId, TurnMetrics, Utterance, PIPELINE_SAMPLE_RATE};
 use crate::spec::{VadBackend, VadSpec};
 
-use super::{Stage, StageContext, StageError, StageIo};
+use super::{InlineStage, Stage, StageContext, StageError, StageIo};
 
 pub use self::earshot::EarshotDetector;
 pub use segmenter::{SegmentEvent, Segmenter, SegmenterConfig, SpeechSegment};
@@ -142,15 +142,21 @@ pub fn build(spec: &VadSpec) -> Result<Box<dyn Stage>, anyhow::Error> {
 /// for long nor delays a shutdown.
 const SLICE: usize = 4_096;
 
-/// The VAD pipeline stage.
+/// The VAD pipeline stage: a task around a [`VadFront`], or the front
+/// alone, run inline by the task that reads the caller's audio
+/// ([`Stage::inline`]).
 pub struct VadStage {
-    segmenter: Segmenter,
+    front: Option<VadFront>,
 }
 
 impl VadStage {
     pub fn new(config: SegmenterConfig, detector: Box<dyn SpeechDetector>) -> Self {
         Self {
-            segmenter: Segmenter::new(config, detector),
+            front: Some(VadFront {
+                segmenter: Segmenter::new(config, detector),
+                events: Vec::with_capacity(4),
+                turn: None,
+            }),
         }
     }
 }
@@ -162,9 +168,7 @@ impl Stage for VadStage {
     }
 
     async fn run(self: Box<Self>, mut io: StageIo, cx: StageContext) -> Result<(), StageError> {
-        let mut segmenter = self.segmenter;
-        let mut events = Vec::with_capacity(4);
-        let mut turn: Option<TurnId> = None;
+        let mut front = self.front.expect("a VAD taken inline is not run");
         // Made once, not per frame: each new one registers with the
         // token's waiter list and leaves it again when a frame wins.
         let mut shutdown = pin!(cx.shutdown.cancelled());
@@ -175,50 +179,75 @@ impl Stage for VadStage {
                 frame = io.recv() => frame,
             };
             match frame {
-                None => {
-                    segmenter.finish(&mut events);
-                    emit(&mut io, &cx, &mut events, &mut turn).await?;
-                    return Ok(());
-                }
-                Some(Frame::Audio(chunk)) => {
-                    if chunk.sample_rate != PIPELINE_SAMPLE_RATE {
-                        return Err(StageError::failed(
-                            "vad",
-                            format!(
-                                "audio at {} Hz; the pipeline runs at {PIPELINE_SAMPLE_RATE} Hz (resample before the VAD)",
-                                chunk.sample_rate
-                            ),
-                        ));
-                    }
-                    let big = chunk.samples.len() > SLICE;
-                    segmenter.set_playing(cx.turns.is_playing());
-                    for slice in chunk.samples.chunks(SLICE) {
-                        segmenter
-                            .push(slice, &mut events)
-                            .map_err(|e| StageError::failed("vad", e.to_string()))?;
-                        if !emit(&mut io, &cx, &mut events, &mut turn).await? {
-                            return Ok(());
-                        }
-                        if big {
-                            tokio::task::yield_now().await;
-                            if cx.shutdown.is_cancelled() {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-                Some(other) => {
-                    let forwarded = tokio::select! {
-                        biased;
-                        () = &mut shutdown => false,
-                        sent = io.forward(other) => sent.map(|()| true)?,
-                    };
-                    if !forwarded {
+                None => return front.finish(&mut io, &cx).await,
+                Some(frame) => {
+                    if !front.push(frame, &mut io, &cx).await? {
                         return Ok(());
                     }
                 }
             }
         }
+    }
+
+    fn inline(&mut self) -> Option<Box<dyn InlineStage>> {
+        self.front
+            .take()
+            .map(|front| Box::new(front) as Box<dyn InlineStage>)
+    }
+}
+
+/// The VAD's work on one call's audio, wherever it runs.
+pub struct VadFront {
+    segmenter: Segmenter,
+    events: Vec<SegmentEvent>,
+    /// The turn the caller is speaking, once it has started.
+    turn: Option<TurnId>,
+}
+
+#[async_trait]
+impl InlineStage for VadFront {
+    async fn push(
+        &mut self,
+        frame: Frame,
+        io: &mut StageIo,
+        cx: &StageContext,
+    ) -> Result<bool, StageError> {
+        let chunk = match frame {
+            Frame::Audio(chunk) => chunk,
+            other => return send_or_forward(io, &cx.shutdown, other, false).await,
+        };
+        if chunk.sample_rate != PIPELINE_SAMPLE_RATE {
+            return Err(StageError::failed(
+                "vad",
+                format!(
+                    "audio at {} Hz; the pipeline runs at {PIPELINE_SAMPLE_RATE} Hz (resample before the VAD)",
+                    chunk.sample_rate
+                ),
+            ));
+        }
+        let big = chunk.samples.len() > SLICE;
+        self.segmenter.set_playing(cx.turns.is_playing());
+        for slice in chunk.samples.chunks(SLICE) {
+            self.segmenter
+                .push(slice, &mut self.events)
+                .map_err(|e| StageError::failed("vad", e.to_string()))?;
+            if !emit(io, cx, &mut self.events, &mut self.turn).await? {
+                return Ok(false);
+            }
+            if big {
+                tokio::task::yield_now().await;
+                if cx.shutdown.is_cancelled() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn finish(&mut self, io: &mut StageIo, cx: &StageContext) -> Result<(), StageError> {
+        self.segmenter.finish(&mut self.events);
+        emit(io, cx, &mut self.events, &mut self.turn).await?;
+        Ok(())
     }
 }
 
@@ -293,9 +322,25 @@ async fn send(
     shutdown: &CancellationToken,
     frame: Frame,
 ) -> Result<bool, StageError> {
+    send_or_forward(io, shutdown, frame, true).await
+}
+
+/// [`send`] a frame the VAD made (`made`), or forward one it passes on.
+async fn send_or_forward(
+    io: &mut StageIo,
+    shutdown: &CancellationToken,
+    frame: Frame,
+    made: bool,
+) -> Result<bool, StageError> {
     tokio::select! {
         biased;
         _ = shutdown.cancelled() => Ok(false),
-        sent = io.send(frame) => sent.map(|()| true),
+        sent = async {
+            if made {
+                io.send(frame).await
+            } else {
+                io.forward(frame).await
+            }
+        } => sent.map(|()| true),
     }
 }
