@@ -21,7 +21,8 @@ use crate::frame::{Frame, StageTiming, TurnId, Usage};
 /// stops at its transcript, not at a frame it merely forwarded.
 pub struct StageIo {
     name: Arc<str>,
-    input: Receiver<Frame>,
+    /// `None` for an inline stage, which is handed its frames.
+    input: Option<Receiver<Frame>>,
     output: Sender<Frame>,
     clock: StageClock,
 }
@@ -30,7 +31,7 @@ impl StageIo {
     pub fn new(name: impl Into<Arc<str>>, input: Receiver<Frame>, output: Sender<Frame>) -> Self {
         Self {
             name: name.into(),
-            input,
+            input: Some(input),
             output,
             clock: StageClock::default(),
         }
@@ -39,7 +40,12 @@ impl StageIo {
     /// The io of an [`super::InlineStage`]: frames are handed to it, so it
     /// has an output only (its input reads as closed).
     pub fn output_only(name: impl Into<Arc<str>>, output: Sender<Frame>) -> Self {
-        Self::new(name, tokio::sync::mpsc::channel(1).1, output)
+        Self {
+            name: name.into(),
+            input: None,
+            output,
+            clock: StageClock::default(),
+        }
     }
 
     /// An inline stage was handed `frame`: the clock as [`Self::recv`]
@@ -66,7 +72,10 @@ impl StageIo {
     pub async fn recv(&mut self) -> Option<Frame> {
         self.clock.settle_input();
         self.clock.idle();
-        let frame = self.input.recv().await;
+        let frame = match &mut self.input {
+            Some(input) => input.recv().await,
+            None => None,
+        };
         self.clock.busy();
         if let Some(frame) = &frame {
             self.clock.received(frame.turn());
