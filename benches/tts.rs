@@ -2,6 +2,9 @@
 //! first audio piece (what a caller waits for after the planner's first
 //! sentence), and the whole sentence (real-time factor = time / audio
 //! length, printed before the groups run along with Piper's load time).
+//! Piper twice: streamed (`piper`, encoder once, then the decoder window by
+//! window: src/stages/tts/piper_stream.rs) and `piper-whole` (one model
+//! call per sentence).
 //!
 //! `cargo bench --bench tts` (Piper needs `bash models/setup.sh` first).
 
@@ -19,19 +22,28 @@ use tokio::sync::mpsc;
 const REPLY: &str = "Your order ships on Friday and should arrive by Tuesday.";
 
 fn voices() -> Vec<(&'static str, Arc<dyn Voice>)> {
-    let started = Instant::now();
-    let piper = PiperVoice::load(
+    let (model, runtime) = (
         Path::new("models/en_US-joe-medium.onnx"),
         Path::new("models/libonnxruntime.so"),
-        1.0,
-    )
-    .expect("Piper voice (run bash models/setup.sh)");
+    );
+    let started = Instant::now();
+    let piper =
+        PiperVoice::load(model, runtime, 1.0).expect("Piper voice (run bash models/setup.sh)");
     eprintln!(
         "piper load: {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
+    assert!(
+        piper.streams(),
+        "the voice's halves are missing: run bash models/setup.sh"
+    );
+    let whole = PiperVoice::load_whole(model, runtime, 1.0).expect("Piper voice");
     let espeak = EspeakVoice::new("en-us", 1.0).expect("espeak-ng");
-    vec![("piper", Arc::new(piper)), ("espeak", Arc::new(espeak))]
+    vec![
+        ("piper", Arc::new(piper)),
+        ("piper-whole", Arc::new(whole)),
+        ("espeak", Arc::new(espeak)),
+    ]
 }
 
 /// Time to the first audio piece, then the voice is stopped by dropping

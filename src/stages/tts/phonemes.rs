@@ -8,8 +8,8 @@
 //! (the pad follows BOS too), then EOS `$` (`phoneme_ids.cpp`,
 //! `interspersePad`).
 //!
-//! parlor runs the `espeak-ng --ipa` command instead of linking the library.
-//! It prints one line per clause but drops the punctuation, so the text is
+//! parlor calls the same function in process ([`super::espeak_ipa`]). It
+//! gives one line per clause but drops the punctuation, so the text is
 //! split into clauses here the way espeak-ng splits them (at `.,;:?!`
 //! followed by a space or the end) and each line gets its clause's
 //! punctuation back. When the counts differ (espeak-ng also breaks very
@@ -183,15 +183,17 @@ fn strip_language_switches(line: &str) -> String {
 
 /// `text` as sentences of IPA phonemes in espeak-ng's `voice`.
 ///
+/// Microseconds of work: call it from async code directly.
+///
 /// # Errors
-/// [`TtsError::EspeakMissing`] or [`TtsError::Espeak`].
-pub async fn phonemize(text: &str, voice: &str) -> Result<Vec<String>, TtsError> {
+/// [`TtsError::Espeak`]: the library is missing or the voice unknown.
+pub fn phonemize(text: &str, voice: &str) -> Result<Vec<String>, TtsError> {
     let clauses = clauses(text);
     if clauses.is_empty() {
         return Ok(Vec::new());
     }
-    let ipa = super::espeak::run(&["-q", "--ipa", "-v", voice], text).await?;
-    Ok(sentences(&String::from_utf8_lossy(&ipa), &clauses))
+    let ipa = super::espeak_ipa::ipa(text, voice)?;
+    Ok(sentences(&ipa, &clauses))
 }
 
 #[cfg(test)]

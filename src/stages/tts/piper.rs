@@ -1,10 +1,13 @@
 //! A Piper voice: a VITS model (ONNX) run through onnxruntime, fed phoneme
-//! ids made from espeak-ng's IPA ([`super::phonemes`]).
+//! ids made from espeak-ng's IPA ([`super::phonemes`], [`super::espeak_ipa`]).
 //!
-//! The model is one call per sentence: phoneme ids in, the whole sentence's
-//! audio out at the config's rate (22 050 Hz for medium voices). A text of
-//! several sentences is synthesised sentence by sentence, so the first one
-//! is heard while the next is being made.
+//! A text of several sentences is synthesised sentence by sentence, so the
+//! first one is heard while the next is being made. When the voice's two
+//! halves are there (`models/split_piper.py`), a sentence is streamed too:
+//! its first ~0.3 s is heard while the rest is decoded
+//! ([`super::piper_stream`]). Otherwise the model is one call per sentence:
+//! phoneme ids in, the whole sentence's audio out at the config's rate
+//! (22 050 Hz for medium voices).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -16,6 +19,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use super::phonemes::{self, PhonemeIdMap};
+use super::piper_stream::{self, Loudness, SplitModel};
 use super::voice::{send_pieces, TtsError, Voice};
 use crate::frame::AudioChunk;
 
@@ -54,11 +58,20 @@ struct InferenceConfig {
     noise_w: f32,
 }
 
-/// A loaded Piper voice. Cheap to share: the session sits behind a mutex
-/// (ort 2.0.0-rc.12's `Session::run` takes `&mut self`), so sentences from
+/// How a voice's model runs. Sessions sit behind mutexes (ort
+/// 2.0.0-rc.12's `Session::run` takes `&mut self`), so sentences from
 /// concurrent callers take turns, each already using [`INTRA_THREADS`].
+#[derive(Clone)]
+enum Model {
+    /// The whole model, one call per sentence.
+    Whole(Arc<Mutex<Session>>),
+    /// Encoder and decoder, a sentence streamed window by window.
+    Split(Arc<SplitModel>),
+}
+
+/// A loaded Piper voice. Cheap to share.
 pub struct PiperVoice {
-    session: Arc<Mutex<Session>>,
+    model_run: Model,
     ids: PhonemeIdMap,
     espeak_voice: String,
     sample_rate: u32,
@@ -75,6 +88,7 @@ impl std::fmt::Debug for PiperVoice {
             .field("espeak_voice", &self.espeak_voice)
             .field("sample_rate", &self.sample_rate)
             .field("scales", &self.scales)
+            .field("streams", &self.streams())
             .finish_non_exhaustive()
     }
 }
@@ -82,12 +96,26 @@ impl std::fmt::Debug for PiperVoice {
 impl PiperVoice {
     /// Load the Piper model at `model` (its config is `model` + `.json`)
     /// on the onnxruntime library `runtime`, speaking at `speed` times the
-    /// trained rate. Blocking: ~0.5 s.
+    /// trained rate. Streams sentences when the model's halves are beside
+    /// it ([`piper_stream::parts`]). Blocking: ~0.5 s.
     ///
     /// # Errors
     /// [`TtsError::ModelMissing`], [`TtsError::BadConfig`],
     /// [`TtsError::ModelLoad`], [`TtsError::Runtime`].
     pub fn load(model: &Path, runtime: &Path, speed: f32) -> Result<Self, TtsError> {
+        Self::load_as(model, runtime, speed, true)
+    }
+
+    /// [`Self::load`], but one model call per sentence even when the
+    /// halves are there: the way to compare the two side by side.
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn load_whole(model: &Path, runtime: &Path, speed: f32) -> Result<Self, TtsError> {
+        Self::load_as(model, runtime, speed, false)
+    }
+
+    fn load_as(model: &Path, runtime: &Path, speed: f32, stream: bool) -> Result<Self, TtsError> {
         if !model.is_file() {
             return Err(TtsError::ModelMissing {
                 path: model.to_path_buf(),
@@ -110,31 +138,23 @@ impl PiperVoice {
             )));
         }
         let ids = PhonemeIdMap::from_json(&config.phoneme_id_map).map_err(bad_config)?;
+        // A missing espeak-ng or voice fails here, not on the first reply.
+        super::espeak_ipa::check(&config.espeak.voice)?;
 
         // The one place onnxruntime is loaded (shared with the Silero VAD).
         crate::stages::vad::silero::init_onnxruntime(runtime)
             .map_err(|e| TtsError::Runtime(e.to_string()))?;
-        // The builder's steps fail with different error types; only the
-        // message matters here.
-        let load_err = |e: &dyn std::fmt::Display| TtsError::ModelLoad {
-            path: model.to_path_buf(),
-            message: e.to_string(),
+        let model_run = match piper_stream::parts(model).filter(|_| stream) {
+            Some((encoder, decoder)) => Model::Split(Arc::new(SplitModel::load(
+                &encoder,
+                &decoder,
+                INTRA_THREADS,
+            )?)),
+            None => Model::Whole(Arc::new(Mutex::new(load_whole_model(model)?))),
         };
-        let session = cpu_session(model, INTRA_THREADS).map_err(|e| load_err(&e))?;
-        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        for expected in ["input", "input_lengths", "scales"] {
-            if !names.contains(&expected) {
-                return Err(TtsError::ModelLoad {
-                    path: model.to_path_buf(),
-                    message: format!(
-                        "it has inputs {names:?}, but a Piper model has input, input_lengths and scales"
-                    ),
-                });
-            }
-        }
         let inference = config.inference;
         Ok(Self {
-            session: Arc::new(Mutex::new(session)),
+            model_run,
             ids,
             espeak_voice: config.espeak.voice,
             sample_rate: config.audio.sample_rate,
@@ -147,6 +167,21 @@ impl PiperVoice {
         })
     }
 
+    /// The same voice with no sampling noise (in the phonemes' durations
+    /// or the sound): the same ids always give the same audio, so two ways
+    /// of running the model can be compared sample by sample.
+    #[must_use]
+    pub fn without_noise(mut self) -> Self {
+        self.scales[0] = 0.0;
+        self.scales[2] = 0.0;
+        self
+    }
+
+    /// Whether sentences are streamed (the model's halves were loaded).
+    pub fn streams(&self) -> bool {
+        matches!(self.model_run, Model::Split(_))
+    }
+
     /// The rate of the audio this voice makes.
     pub fn sample_rate(&self) -> u32 {
         self.sample_rate
@@ -156,8 +191,8 @@ impl PiperVoice {
     ///
     /// # Errors
     /// espeak-ng's errors.
-    pub async fn phoneme_ids(&self, text: &str) -> Result<Vec<Vec<i64>>, TtsError> {
-        let sentences = phonemes::phonemize(text, &self.espeak_voice).await?;
+    pub fn phoneme_ids(&self, text: &str) -> Result<Vec<Vec<i64>>, TtsError> {
+        let sentences = phonemes::phonemize(text, &self.espeak_voice)?;
         Ok(sentences
             .iter()
             .map(|s| {
@@ -178,8 +213,82 @@ impl PiperVoice {
     /// # Errors
     /// [`TtsError::Inference`].
     pub fn synthesize(&self, ids: &[i64]) -> Result<Vec<f32>, TtsError> {
-        synthesize(&self.session, ids, self.scales)
+        match &self.model_run {
+            Model::Whole(session) => synthesize(session, ids, self.scales),
+            Model::Split(split) => {
+                let latent = split.encode(ids, self.scales)?;
+                let mut audio = split.decode(&latent, 0..latent.frames())?;
+                normalize(&mut audio);
+                Ok(audio)
+            }
+        }
     }
+
+    /// One sentence through the whole model, streamed or not: to `out` in
+    /// pieces; `false` when `out` closed (the turn was cancelled).
+    async fn speak_sentence(
+        &self,
+        ids: Vec<i64>,
+        scales: [f32; 3],
+        out: &mpsc::Sender<AudioChunk>,
+    ) -> Result<bool, TtsError> {
+        let failed = |e: tokio::task::JoinError| {
+            TtsError::Inference(format!("the synthesis task failed: {e}"))
+        };
+        match self.model_run.clone() {
+            Model::Whole(session) => {
+                // The model run cannot be interrupted; a cancelled turn
+                // stops before the next sentence instead.
+                let audio = tokio::task::spawn_blocking(move || synthesize(&session, &ids, scales))
+                    .await
+                    .map_err(failed)??;
+                Ok(send_pieces(out, self.sample_rate, &audio).await)
+            }
+            Model::Split(split) => {
+                let encoder = Arc::clone(&split);
+                let latent = Arc::new(
+                    tokio::task::spawn_blocking(move || encoder.encode(&ids, scales))
+                        .await
+                        .map_err(failed)??,
+                );
+                let mut loudness = Loudness::default();
+                // A cancelled turn stops at the next window.
+                for window in piper_stream::windows(latent.frames()) {
+                    if out.is_closed() {
+                        return Ok(false);
+                    }
+                    let (split, latent) = (Arc::clone(&split), Arc::clone(&latent));
+                    let mut audio =
+                        tokio::task::spawn_blocking(move || split.decode(&latent, window))
+                            .await
+                            .map_err(failed)??;
+                    loudness.apply(&mut audio);
+                    if !send_pieces(out, self.sample_rate, &audio).await {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// The whole model at `model`, checked to have Piper's inputs.
+fn load_whole_model(model: &Path) -> Result<Session, TtsError> {
+    let load_err = |message: String| TtsError::ModelLoad {
+        path: model.to_path_buf(),
+        message,
+    };
+    let session = cpu_session(model, INTRA_THREADS).map_err(|e| load_err(e.to_string()))?;
+    let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    for expected in ["input", "input_lengths", "scales"] {
+        if !names.contains(&expected) {
+            return Err(load_err(format!(
+                "it has inputs {names:?}, but a Piper model has input, input_lengths and scales"
+            )));
+        }
+    }
+    Ok(session)
 }
 
 fn synthesize(
@@ -187,6 +296,18 @@ fn synthesize(
     ids: &[i64],
     scales: [f32; 3],
 ) -> Result<Vec<f32>, TtsError> {
+    let (_, mut audio) = run_on_ids(session, ids, scales)?;
+    normalize(&mut audio);
+    Ok(audio)
+}
+
+/// Runs a model with Piper's inputs (the whole voice, or its encoder) on
+/// one sentence's ids: its first output's shape and data. Blocking.
+pub(super) fn run_on_ids(
+    session: &Mutex<Session>,
+    ids: &[i64],
+    scales: [f32; 3],
+) -> Result<(Vec<i64>, Vec<f32>), TtsError> {
     let err = |e: ort::Error| TtsError::Inference(e.to_string());
     let input = Tensor::from_array(([1usize, ids.len()], ids.to_vec())).map_err(err)?;
     let lengths = Tensor::from_array(([1usize], vec![ids.len() as i64])).map_err(err)?;
@@ -201,28 +322,16 @@ fn synthesize(
             "scales" => scales,
         ])
         .map_err(err)?;
-    let (_, audio) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
-    let mut audio = audio.to_vec();
-    normalize(&mut audio);
-    Ok(audio)
+    let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(err)?;
+    Ok((shape.to_vec(), data.to_vec()))
 }
 
 /// Scales the sentence to full range, as Piper does: VITS output level
 /// varies from sentence to sentence. Near-silence is left alone rather
 /// than amplified into noise.
 fn normalize(audio: &mut [f32]) {
-    let peak = audio
-        .iter()
-        .filter(|s| s.is_finite())
-        .fold(0f32, |m, s| m.max(s.abs()));
-    let gain = 1.0 / peak.max(0.01);
-    for s in audio.iter_mut() {
-        *s = if s.is_finite() {
-            (*s * gain).clamp(-1.0, 1.0)
-        } else {
-            0.0
-        };
-    }
+    let gain = 1.0 / piper_stream::peak(audio).max(0.01);
+    piper_stream::scale(audio, gain);
 }
 
 #[async_trait::async_trait]
@@ -240,23 +349,11 @@ impl Voice for PiperVoice {
         if text.trim().is_empty() || out.is_closed() {
             return Ok(());
         }
-        let sentences = tokio::select! {
-            ids = self.phoneme_ids(text) => ids?,
-            () = out.closed() => return Ok(()),
-        };
+        let sentences = self.phoneme_ids(text)?;
+        let [noise, length, noise_w] = self.scales;
+        let scales = [noise, length / speed, noise_w];
         for ids in sentences {
-            if out.is_closed() {
-                return Ok(());
-            }
-            let session = Arc::clone(&self.session);
-            let [noise, length, noise_w] = self.scales;
-            let scales = [noise, length / speed, noise_w];
-            // The model run cannot be interrupted; a cancelled turn stops
-            // before the next sentence instead.
-            let audio = tokio::task::spawn_blocking(move || synthesize(&session, &ids, scales))
-                .await
-                .map_err(|e| TtsError::Inference(format!("the synthesis task failed: {e}")))??;
-            if !send_pieces(out, self.sample_rate, &audio).await {
+            if out.is_closed() || !self.speak_sentence(ids, scales, out).await? {
                 return Ok(());
             }
         }
