@@ -152,6 +152,13 @@ impl PiperVoice {
             )?)),
             None => Model::Whole(Arc::new(Mutex::new(load_whole_model(model)?))),
         };
+        // Say which, so a voice left without its halves (streaming lost:
+        // the first audio waits for the whole sentence) shows in the log.
+        tracing::info!(
+            message = "Piper voice loaded.",
+            model = %model.display(),
+            streams = matches!(model_run, Model::Split(_)),
+        );
         let inference = config.inference;
         Ok(Self {
             model_run,
