@@ -223,6 +223,23 @@ async fn streamed_windows_join_to_the_whole_sentence() {
     assert!(diff < 1e-4, "the windows differ from the whole by {diff}");
 }
 
+#[test]
+fn halves_that_do_not_fit_are_refused_at_load() {
+    let _ = piper_voice(); // initialises onnxruntime
+    let (encoder, decoder) =
+        piper_stream::parts(&support::model("en_US-joe-medium.onnx")).expect("the voice's halves");
+    // Swapped: the "encoder" does not take phoneme ids.
+    let err = SplitModel::load(&decoder, &encoder, 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("input_lengths"), "{err}");
+    // The VAD's model as the decoder: it does not take the latent frames.
+    let err = SplitModel::load(&encoder, &support::model("silero_vad.onnx"), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("split_piper.py"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn piper_speaks_sentence_by_sentence() {
     let voice = piper_voice();

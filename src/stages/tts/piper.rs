@@ -231,8 +231,8 @@ impl PiperVoice {
         }
     }
 
-    /// One sentence through the whole model, streamed or not: to `out` in
-    /// pieces; `false` when `out` closed (the turn was cancelled).
+    /// One sentence's audio to `out` in pieces, streamed window by window
+    /// or made whole; `false` when `out` closed (the turn was cancelled).
     async fn speak_sentence(
         &self,
         ids: Vec<i64>,
@@ -282,20 +282,29 @@ impl PiperVoice {
 
 /// The whole model at `model`, checked to have Piper's inputs.
 fn load_whole_model(model: &Path) -> Result<Session, TtsError> {
-    let load_err = |message: String| TtsError::ModelLoad {
+    let session = cpu_session(model, INTRA_THREADS).map_err(|e| TtsError::ModelLoad {
         path: model.to_path_buf(),
-        message,
-    };
-    let session = cpu_session(model, INTRA_THREADS).map_err(|e| load_err(e.to_string()))?;
+        message: e.to_string(),
+    })?;
+    check_inputs(&session, model)?;
+    Ok(session)
+}
+
+/// That `session` (the whole model at `path`, or its encoder) takes
+/// Piper's inputs, so a wrong file fails at load, not on the first reply.
+pub(super) fn check_inputs(session: &Session, path: &Path) -> Result<(), TtsError> {
     let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
     for expected in ["input", "input_lengths", "scales"] {
         if !names.contains(&expected) {
-            return Err(load_err(format!(
-                "it has inputs {names:?}, but a Piper model has input, input_lengths and scales"
-            )));
+            return Err(TtsError::ModelLoad {
+                path: path.to_path_buf(),
+                message: format!(
+                    "it has inputs {names:?}, but a Piper model has input, input_lengths and scales"
+                ),
+            });
         }
     }
-    Ok(session)
+    Ok(())
 }
 
 fn synthesize(

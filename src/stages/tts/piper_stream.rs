@@ -100,8 +100,9 @@ impl SplitModel {
     /// Load both halves, `threads` each. onnxruntime must be initialised.
     ///
     /// # Errors
-    /// [`TtsError::ModelLoad`] when a half does not load or they do not fit
-    /// together (the encoder's one output is not the decoder's one input).
+    /// [`TtsError::ModelLoad`] when a half does not load, the encoder lacks
+    /// Piper's inputs, or they do not fit together (the encoder's one
+    /// output is not the decoder's one input).
     pub fn load(encoder: &Path, decoder: &Path, threads: usize) -> Result<Self, TtsError> {
         let load = |path: &Path| {
             cpu_session(path, threads).map_err(|e| TtsError::ModelLoad {
@@ -110,6 +111,7 @@ impl SplitModel {
             })
         };
         let (enc, dec) = (load(encoder)?, load(decoder)?);
+        super::piper::check_inputs(&enc, encoder)?;
         let outputs: Vec<&str> = enc.outputs().iter().map(|o| o.name()).collect();
         let inputs: Vec<&str> = dec.inputs().iter().map(|i| i.name()).collect();
         let ([latent], [wanted]) = (outputs.as_slice(), inputs.as_slice()) else {
