@@ -46,11 +46,7 @@ async fn run(args: &[&str], text: &str) -> Result<Vec<u8>, TtsError> {
             _ => TtsError::Espeak(format!("cannot start it: {e}")),
         })?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
-    // Newlines would end espeak-ng's clause (and its input line) early.
-    let line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let line = one_line(text);
     let write = async move {
         stdin.write_all(line.as_bytes()).await?;
         stdin.write_all(b"\n").await?;
@@ -146,4 +142,13 @@ impl Voice for EspeakVoice {
         send_pieces(out, audio.sample_rate, &audio.samples).await;
         Ok(())
     }
+}
+
+/// `text` with each control character as a space, for espeak-ng: a newline
+/// would end a clause (and the process's input line) where the text does
+/// not, and a NUL would end the text.
+pub(super) fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }

@@ -17,6 +17,7 @@ use std::sync::{Mutex, OnceLock};
 
 use libloading::Library;
 
+use super::espeak::one_line;
 use super::voice::TtsError;
 
 const LIBRARY: &str = "libespeak-ng.so.1";
@@ -124,13 +125,7 @@ pub fn ipa(text: &str, voice: &str) -> Result<String, TtsError> {
         }
         espeak.voice = Some(voice.to_string());
     }
-    // A newline or other control character would end a clause where the
-    // text does not; a NUL would end the text.
-    let line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    let line = CString::new(line).expect("control characters were replaced");
+    let line = CString::new(one_line(text)).expect("control characters were replaced");
     let mut next: *const c_void = line.as_ptr().cast();
     let mut out = String::new();
     while !next.is_null() {
