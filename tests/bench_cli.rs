@@ -242,8 +242,11 @@ fn two_tasks_as_two_calls_at_once_each_talked_over() {
             "reacted" => {
                 let ms = barge["reaction_ms"].as_f64().unwrap();
                 // The echo guard wants 400 ms of speech before it cuts in;
-                // anything under that was not this interruption.
-                assert!(ms >= 400.0, "{barge}");
+                // anything under that was not this interruption. The
+                // interruption's first 20 ms frame goes at once and each
+                // next one 20 ms later, so its 400 ms are all sent 380 ms
+                // after the first (seen: 399.9 ms on a slow machine).
+                assert!(ms >= 380.0, "{barge}");
                 reactions.push(ms);
             }
             "reply_finished_first" | "missed" => {
