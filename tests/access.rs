@@ -6,7 +6,7 @@
 //! role and rate-limit tests call the tool layer (`Toolbox`) directly, as
 //! the planner does, bound to a caller with `for_caller` as each session is.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -15,7 +15,7 @@
 //! Needs the models and the Python venv: `bash models/setup.sh`. The tests
 //! share one model and take turns on it.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! commit), every kind of tampering named, torn tails from a SIGKILLed
 //! writer, redaction, and real tool calls through the MCP pool.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

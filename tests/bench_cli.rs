@@ -5,7 +5,7 @@
 //!
 //! Needs the models: `bash models/setup.sh`.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -6,7 +6,7 @@
 //! The server runs on the test's own runtime so its tasks can be counted.
 //! Needs the models: `bash models/setup.sh`. One test at a time (two cores).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

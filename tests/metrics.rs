@@ -5,7 +5,7 @@
 //! Needs the models: `bash models/setup.sh`. The pipeline is the listening
 //! half only (Silero, Whisper tiny.en), the cheapest one that makes turns.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -10,7 +10,7 @@
 //!
 //! Needs `bash models/setup.sh`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

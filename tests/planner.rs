@@ -6,7 +6,7 @@
 //! SDK peer over stdio, parlor's own servers). The end-to-end tests use the
 //! real local model.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 //! request evaluates ~1,200 prompt tokens), so the tests share one planner
 //! and run one at a time.
 
-mod support;
+use crate::support;
 
 use parlor::planner::setup::{self, ConnectedPlanner};
 use parlor::planner::{History, TurnOutcome};

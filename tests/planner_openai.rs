@@ -5,7 +5,7 @@
 //! Needs `bash models/setup.sh`. One server for the whole file; tests run
 //! one at a time (two cores, one model).
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};

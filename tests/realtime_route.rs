@@ -10,7 +10,7 @@
 //! Needs `bash models/setup.sh` (models, and the venv with `openai` and
 //! `websockets`). One test at a time (two cores).
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 

@@ -15,7 +15,7 @@
 //!
 //! Needs `bash models/setup.sh`. One test at a time (two cores).
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;

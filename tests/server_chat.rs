@@ -7,7 +7,7 @@
 //! One server for the whole file, on 127.0.0.1:0 in a thread of its own;
 //! tests run one at a time (two cores, one model).
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

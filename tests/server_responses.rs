@@ -7,7 +7,7 @@
 //! Needs `bash models/setup.sh`. One model server and one knowledge server
 //! for the whole file; tests run one at a time (two cores, one model).
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, OnceLock};
 

@@ -4,7 +4,7 @@
 //! scan, `parlor mcp trust` / `parlor mcp scan`, shadowing, and a rug pull
 //! mid-session and across runs.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

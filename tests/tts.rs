@@ -3,7 +3,7 @@
 //! over real HTTP, with parlor's OpenAI voice and the official OpenAI
 //! Python client as clients.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -5,8 +5,6 @@
 //! espeak-ng is the voice here (fast, no model file); Piper is covered by
 //! tests/tts.rs and the whole chain by tests/voice_turns.rs.
 
-mod support;
-
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

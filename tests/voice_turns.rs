@@ -7,7 +7,7 @@
 //! Needs the models: `bash models/setup.sh`. Each test loads the default
 //! pipeline; they run one at a time (two cores).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //!
 //! Needs the models and chromium: `bash models/setup.sh`.
 
-mod support;
+use crate::support;
 
 #[path = "support/browser.rs"]
 mod browser;
