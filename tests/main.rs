@@ -1,14 +1,15 @@
 //! The integration tests, as one test binary: each file beside this one is
-//! a module (`cargo test --release --test suite access::` runs one file).
+//! a module (`cargo test --release --test suite access:: --
+//! --test-threads=1` runs one file).
 //!
 //! One binary, not one per file: each test binary links the whole library
 //! with whisper.cpp and llama.cpp and its debug info, and monomorphises the
 //! same async code again, so 29 binaries took most of CI's time to build
-//! (26 minutes on a slow machine; about 3 as one). Two files stay binaries of their
-//! own, declared in Cargo.toml: `oauth.rs` and `stt.rs` each install the
-//! process's one global tracing subscriber to check what parlor logged,
-//! and `oauth.rs` sets `PARLOR_CREDENTIALS`, which would reach the parlor
-//! processes other files start.
+//! (26 min 13 s on a slow machine; this one, 2 min 45 s). Two files stay
+//! binaries of their own, declared in Cargo.toml: `oauth.rs` and `stt.rs`
+//! each install the process's one global tracing subscriber to check what
+//! parlor logged, and `oauth.rs` sets `PARLOR_CREDENTIALS`, which would
+//! reach the parlor processes other files start.
 //!
 //! tests/run.sh runs this binary with `--test-threads=1`. Most tests here
 //! run the real models with a thread per core, and llama.cpp's and
