@@ -127,20 +127,25 @@ async fn main() {
                 }
                 _ => None,
             };
-            println!(
-                "run {run}: {question:?}: {ms:.0} ms after the VAD's decision, {} ms after the caller stopped; heard {transcript:?} -> {reply:?}",
-                caller_ms.map_or("?".into(), |c| format!("{c:.0}"))
-            );
-            v2v.push(ms);
-            felt.extend(caller_ms);
+            // Each stage's first output in this turn, so a slow turn shows
+            // which stage its time went to.
+            let mut this_turn = Vec::new();
             for s in timings.as_array().into_iter().flatten() {
                 if let (Some(name), Some(at)) = (
                     s["stage"].as_str(),
                     s["first_output_after_speech_end"].as_f64(),
                 ) {
                     stages.entry(name.to_string()).or_default().push(at);
+                    this_turn.push(format!("{name} {at:.0}"));
                 }
             }
+            println!(
+                "run {run}: {question:?}: {ms:.0} ms after the VAD's decision, {} ms after the caller stopped ({}); heard {transcript:?} -> {reply:?}",
+                caller_ms.map_or("?".into(), |c| format!("{c:.0}")),
+                this_turn.join(", ")
+            );
+            v2v.push(ms);
+            felt.extend(caller_ms);
         }
     }
     v2v.sort_by(f64::total_cmp);

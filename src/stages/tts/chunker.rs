@@ -5,12 +5,29 @@
 //! token. So the reply is spoken sentence by sentence, and the *first* piece
 //! may end at a clause (`,` `;` `:`) once it is long enough: the caller hears
 //! "Your order 1042 shipped on Monday," while the planner is still writing
-//! the rest. Markdown the model may write (`**bold**`, bullets, headings) is
+//! the rest. A first sentence with no such mark may break before a word that
+//! opens a phrase ("Curse is a curse | that affects people's lives"), since
+//! otherwise its first word waits for its last. Markdown the model may write (`**bold**`, bullets, headings) is
 //! cleaned away, since a voice would read the symbols out or stumble on them.
 
 /// The first piece of a reply may end at a clause boundary once it has at
 /// least this many characters (shorter ones sound clipped: "Sure,").
 const MIN_FIRST_CLAUSE_CHARS: usize = 12;
+
+/// The first piece may end before a phrase opener once it has at least this
+/// many words (besides [`MIN_FIRST_CLAUSE_CHARS`] characters): "It is |
+/// that" would leave a voice nothing to shape.
+const MIN_FIRST_PHRASE_WORDS: usize = 3;
+
+/// Words that open a phrase of their own, before which a voice may pause
+/// without breaking one up: conjunctions and relative pronouns, and the
+/// prepositions that open an adverbial. Not "of", "to", "in", "for": "a cup
+/// | of tea" or "want | to go" would sound broken.
+const PHRASE_OPENERS: &[&str] = &[
+    "and", "but", "or", "so", "because", "that", "which", "who", "whose", "where", "when", "while",
+    "if", "unless", "until", "since", "although", "though", "with", "without", "after", "before",
+    "during",
+];
 
 /// A piece with no boundary in sight is cut at a space within this many
 /// bytes, so a run-on reply cannot hold speech back indefinitely.
@@ -75,6 +92,21 @@ impl SentenceChunker {
 
     /// Byte index just past the first complete piece in `pending`, if any.
     fn boundary(&self) -> Option<usize> {
+        let at_mark = self.mark_boundary();
+        if self.pieces > 0 {
+            return at_mark;
+        }
+        // The first piece ends at whichever comes first, so where it ends
+        // does not depend on how the reply was cut into tokens.
+        match (phrase_break(&self.pending), at_mark) {
+            (Some(phrase), Some(mark)) => Some(phrase.min(mark)),
+            (phrase, mark) => phrase.or(mark),
+        }
+    }
+
+    /// Byte index just past the first piece that a mark (or a newline, or
+    /// the length limit) ends in `pending`, if any.
+    fn mark_boundary(&self) -> Option<usize> {
         let text = &self.pending;
         let mut chars = text.char_indices().peekable();
         while let Some((i, c)) = chars.next() {
@@ -144,6 +176,47 @@ impl SentenceChunker {
             && before.trim().chars().count() >= MIN_FIRST_CLAUSE_CHARS;
         sentence_end || clause_end
     }
+}
+
+/// Byte index of the first place a first piece with no mark may end: just
+/// before an opening quote or bracket, or a whole word of
+/// [`PHRASE_OPENERS`], with enough said before it. Used for the first
+/// piece only: it is the one the caller waits for, and the rest of the
+/// reply goes by sentences, as a voice phrases best.
+fn phrase_break(text: &str) -> Option<usize> {
+    let mut words_before = 0;
+    let mut prev_space = true;
+    for (i, c) in text.char_indices() {
+        if i >= MAX_PIECE_BYTES {
+            break;
+        }
+        if c.is_whitespace() {
+            prev_space = true;
+            continue;
+        }
+        if !prev_space {
+            continue;
+        }
+        prev_space = false;
+        let enough = words_before >= MIN_FIRST_PHRASE_WORDS
+            && text[..i].trim().chars().count() >= MIN_FIRST_CLAUSE_CHARS;
+        words_before += 1;
+        if !enough {
+            continue;
+        }
+        if matches!(c, '"' | '“' | '(') {
+            return Some(i);
+        }
+        // The word must be whole: "so" may yet become "some".
+        let rest = &text[i..];
+        let Some(len) = rest.find(|c: char| !c.is_alphabetic()) else {
+            continue;
+        };
+        if PHRASE_OPENERS.contains(&rest[..len].to_lowercase().as_str()) {
+            return Some(i);
+        }
+    }
+    None
 }
 
 /// Characters that close a quote, a bracket or emphasis after a mark.
@@ -246,6 +319,53 @@ mod tests {
             feed(&["Sure, it ships today."]),
             vec!["Sure, it ships today."]
         );
+    }
+
+    #[test]
+    fn a_first_sentence_with_no_mark_may_break_before_a_phrase() {
+        // Token by token, as a planner writes: the piece before "that" is
+        // spoken once "that" is known to be a whole word.
+        let mut chunker = SentenceChunker::new();
+        assert!(chunker.push("Curse is a curse").is_empty());
+        assert!(chunker.push(" that").is_empty(), "may yet be \"thatch\"");
+        assert_eq!(chunker.push(" affects"), vec!["Curse is a curse"]);
+        assert_eq!(
+            chunker.push(" people's lives. So"),
+            vec!["that affects people's lives."]
+        );
+        // Later pieces go by sentences: "So" does not break them.
+        assert!(chunker.push(" it goes on and").is_empty());
+        assert_eq!(chunker.push(" on."), vec!["So it goes on and on."]);
+        assert_eq!(chunker.finish(), None);
+        // An opening quote or bracket needs nothing after it.
+        let mut chunker = SentenceChunker::new();
+        assert_eq!(
+            chunker.push("A great book is \"To"),
+            vec!["A great book is"]
+        );
+        assert_eq!(
+            feed(&["A great book is \"To Kill a Mockingbird.\""]),
+            vec!["A great book is", "\"To Kill a Mockingbird.\""]
+        );
+        // A mark comes first when it is first; later pieces go by sentences.
+        assert_eq!(
+            feed(&["Your order shipped Monday, and it arrives Friday and not later."]),
+            vec![
+                "Your order shipped Monday,",
+                "and it arrives Friday and not later."
+            ]
+        );
+        // Too little before the opener, or no opener: one piece.
+        assert_eq!(
+            feed(&["Cats and dogs sleep because they can."]),
+            vec!["Cats and dogs sleep", "because they can."]
+        );
+        assert_eq!(feed(&["It is so hot."]), vec!["It is so hot."]);
+        assert_eq!(
+            feed(&["Bread, butter and jam."]),
+            vec!["Bread, butter and jam."]
+        );
+        assert_eq!(feed(&["He's a red man."]), vec!["He's a red man."]);
     }
 
     #[test]
