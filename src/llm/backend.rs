@@ -168,6 +168,16 @@ impl PlannerModel for LocalPlanner {
                 llm.decide_with(&messages, &tools, choice, on_piece)?
             };
             let stats = llm.last_stats();
+            // Where a slow first word went: a long uncached suffix (history
+            // that fell out of the cache) or a slow machine.
+            tracing::debug!(
+                prompt_tokens = stats.prompt_tokens,
+                reused_tokens = stats.reused_tokens,
+                first_token_ms = stats.time_to_first_token.as_secs_f64() * 1e3,
+                generated_tokens = stats.generated_tokens,
+                tokens_per_second = stats.tokens_per_second(),
+                "local planner request"
+            );
             let usage = crate::frame::Usage {
                 input_text_tokens: stats.prompt_tokens as u64,
                 cached_input_text_tokens: stats.reused_tokens as u64,
