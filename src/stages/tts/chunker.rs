@@ -7,8 +7,9 @@
 //! "Your order 1042 shipped on Monday," while the planner is still writing
 //! the rest. A first sentence with no such mark may break before a word that
 //! opens a phrase ("Curse is a curse | that affects people's lives"), since
-//! otherwise its first word waits for its last. Markdown the model may write (`**bold**`, bullets, headings) is
-//! cleaned away, since a voice would read the symbols out or stumble on them.
+//! otherwise its first word waits for its last. Markdown the model may write
+//! (`**bold**`, bullets, headings) is cleaned away, since a voice would read
+//! the symbols out or stumble on them.
 
 /// The first piece of a reply may end at a clause boundary once it has at
 /// least this many characters (shorter ones sound clipped: "Sure,").
@@ -212,7 +213,8 @@ fn phrase_break(text: &str) -> Option<usize> {
         let Some(len) = rest.find(|c: char| !c.is_alphabetic()) else {
             continue;
         };
-        if PHRASE_OPENERS.contains(&rest[..len].to_lowercase().as_str()) {
+        let word = &rest[..len];
+        if PHRASE_OPENERS.iter().any(|o| o.eq_ignore_ascii_case(word)) {
             return Some(i);
         }
     }
@@ -355,11 +357,12 @@ mod tests {
                 "and it arrives Friday and not later."
             ]
         );
-        // Too little before the opener, or no opener: one piece.
+        // Too little before "and", enough before "because".
         assert_eq!(
             feed(&["Cats and dogs sleep because they can."]),
             vec!["Cats and dogs sleep", "because they can."]
         );
+        // Too little before the opener, or no opener: one piece.
         assert_eq!(feed(&["It is so hot."]), vec!["It is so hot."]);
         assert_eq!(
             feed(&["Bread, butter and jam."]),
