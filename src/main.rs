@@ -709,6 +709,7 @@ async fn build_server(
         .unwrap_or_else(|| parlor::spec::DEFAULT_LOCAL_PLANNER_MODEL.into());
     let llm_options = LocalLlmOptions {
         max_tokens: 512,
+        prefix_store: parlor::llm::prefix_store::default_dir(),
         ..LocalLlmOptions::default()
     };
     let llm = LocalLlm::load(&path, llm_options).map_err(Failure::input)?;

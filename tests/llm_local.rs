@@ -220,6 +220,77 @@ fn prefix_reuse_gives_the_same_output_as_a_cold_run() {
     );
 }
 
+/// A context made in another "process" (a fresh context, as after a
+/// restart) reads the system turn another one stored, and decides exactly
+/// as an evaluation would; a damaged file is evaluated again and replaced.
+#[test]
+fn a_stored_system_turn_is_read_by_a_fresh_context_and_a_damaged_one_replaced() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let set = question_set();
+    let dir = tempfile::tempdir().unwrap();
+    let stored = || {
+        LocalLlm::load(
+            model_path(),
+            LocalLlmOptions {
+                threads: 2,
+                context_len: 2048,
+                max_tokens: 96,
+                prefix_store: Some(dir.path().to_path_buf()),
+                ..LocalLlmOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let question = conversation(&set, "Please cancel order 1042, I ordered it by mistake.");
+    let kv_files = || -> Vec<PathBuf> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+
+    // The first start evaluates the system turn and stores it.
+    let mut first = stored();
+    let evaluated = first.decide(&question, &set.tools, |_| {}).unwrap();
+    assert_eq!(first.last_stats().reused_tokens, 0);
+    let files = kv_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    drop(first);
+
+    // The next reads it: most of the prompt is not evaluated, and the
+    // decision is the same as the evaluated one's.
+    let mut second = stored();
+    let read = second.decide(&question, &set.tools, |_| {}).unwrap();
+    let stats = second.last_stats().clone();
+    assert!(
+        stats.reused_tokens * 10 >= stats.prompt_tokens * 7,
+        "the system turn should come from the file: {stats:?}"
+    );
+    assert_eq!(
+        read, evaluated,
+        "the stored system turn changed the decision"
+    );
+    drop(second);
+
+    // A file cut short (a crash mid-write by something else) is refused,
+    // evaluated again, and written anew.
+    let bytes = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&files[0], &bytes[..bytes.len() / 2]).unwrap();
+    let mut third = stored();
+    let recovered = third.decide(&question, &set.tools, |_| {}).unwrap();
+    assert_eq!(third.last_stats().reused_tokens, 0);
+    assert_eq!(recovered, evaluated);
+    assert_eq!(std::fs::read(&files[0]).unwrap().len(), bytes.len());
+    println!(
+        "first token {} ms after evaluating, {} ms after reading {} of {} tokens from a {} MB file",
+        third.last_stats().time_to_first_token.as_millis(),
+        stats.time_to_first_token.as_millis(),
+        stats.reused_tokens,
+        stats.prompt_tokens,
+        bytes.len() / 1_000_000
+    );
+}
+
 #[test]
 fn multi_turn_conversation_reuses_the_cache() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

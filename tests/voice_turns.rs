@@ -29,9 +29,12 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 async fn load_default() -> LoadedPipeline {
     let root = support::root();
     let spec = PipelineSpec::local_default(root).expect("the default spec");
-    LoadedPipeline::load(&spec, root)
+    let pipeline = LoadedPipeline::load(&spec, root)
         .await
-        .expect("load the default pipeline")
+        .expect("load the default pipeline");
+    // As a server does before it takes calls (tests/support, VoiceServer).
+    pipeline.warm_up().await;
+    pipeline
 }
 
 fn question() -> &'static Path {

@@ -41,6 +41,7 @@ use serde_json::json;
 
 use super::chat::{ChatMessage, Decision, ToolChoice, ToolSpec, SAY};
 use super::grammar::{self, SayStream};
+use super::prefix_store::PrefixStore;
 use super::LlmError;
 use crate::first_audio::FirstAudio;
 
@@ -66,6 +67,11 @@ pub struct LocalLlmOptions {
     /// Feed the text the tool-choice grammar forces in batches instead of
     /// sampling it ([`grammar::ForcedText`]). Off only to measure without.
     pub forced_text: bool,
+    /// A directory where the system turn's keys and values outlive the
+    /// process ([`PrefixStore`]), so a cold context reads them instead of
+    /// evaluating them. `None` (the default): every cold context evaluates.
+    /// Needs `prefix_cache`.
+    pub prefix_store: Option<PathBuf>,
 }
 
 impl Default for LocalLlmOptions {
@@ -80,6 +86,7 @@ impl Default for LocalLlmOptions {
             max_tokens: 192,
             prefix_cache: true,
             forced_text: true,
+            prefix_store: None,
         }
     }
 }
@@ -128,6 +135,7 @@ pub struct LocalLlm {
     cached: Vec<LlamaToken>,
     options: LocalLlmOptions,
     stats: GenerationStats,
+    store: Option<PrefixStore>,
 }
 
 // SAFETY: a llama.cpp context has no thread affinity; it must only not be
@@ -199,12 +207,18 @@ impl LocalLlm {
                 path: path.to_path_buf(),
                 message: format!("cannot create a context: {e}"),
             })?;
+        let store = options
+            .prefix_store
+            .clone()
+            .filter(|_| options.prefix_cache)
+            .and_then(|dir| PrefixStore::new(dir, model, path, options.context_len));
         Ok(Self {
             model,
             ctx,
             cached: Vec::new(),
             options,
             stats: GenerationStats::default(),
+            store,
         })
     }
 
@@ -373,8 +387,17 @@ impl LocalLlm {
             }
             self.cached.truncate(keep.min(self.cached.len()));
         }
+        let n_batch = self.options.batch.max(1) as usize;
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        // A cold context may read the system turn from disk instead.
+        let reused = self.cached.len();
+        let restored = if reused == 0 {
+            self.restore_or_store_head(&mut batch, tokens)?
+        } else {
+            0
+        };
+        self.stats.reused_tokens = reused + restored;
         let keep = self.cached.len();
-        self.stats.reused_tokens = keep;
 
         let model = self.model;
         let vocab = model.vocab();
@@ -390,8 +413,6 @@ impl LocalLlm {
             suffix.extend_from_slice(&run);
             output.push_str(text);
         }
-        let n_batch = self.options.batch.max(1) as usize;
-        let mut batch = LlamaBatch::new(n_batch, 1);
         self.evaluate(&mut batch, &suffix)?;
         if !output.is_empty() && on_piece(&output).is_break() {
             return Err(LlmError::Cancelled);
@@ -477,6 +498,45 @@ struct Constraint<'a> {
 }
 
 impl LocalLlm {
+    /// On an empty context, put `prompt`'s system turn in the KV cache from
+    /// the prefix store, or evaluate it and store it for the next process.
+    /// Returns how many tokens were read rather than evaluated (0 without a
+    /// store, or when the turn is short or new).
+    fn restore_or_store_head(
+        &mut self,
+        batch: &mut LlamaBatch,
+        prompt: &[LlamaToken],
+    ) -> Result<usize, LlmError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(0);
+        };
+        let Some(head) = store.head(prompt) else {
+            return Ok(0);
+        };
+        let path = store.path(head);
+        match store.load(&mut self.ctx, &path, head) {
+            Ok(true) => {
+                self.cached = head.to_vec();
+                return Ok(head.len());
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    error = %e,
+                    "a stored system prompt could not be read; evaluating it again"
+                );
+                self.clear_cache();
+            }
+        }
+        self.evaluate(batch, head)?;
+        if let Err(e) = store.save(&self.ctx, &path, head) {
+            // Only the next start is slower for it.
+            tracing::warn!(file = %path.display(), error = %e, "cannot store the system prompt");
+        }
+        Ok(0)
+    }
+
     /// Feed `tokens` to the context after what it holds, in batches, with
     /// logits for the last one only (it chooses the next token).
     fn evaluate(&mut self, batch: &mut LlamaBatch, tokens: &[LlamaToken]) -> Result<(), LlmError> {

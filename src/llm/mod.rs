@@ -1,6 +1,7 @@
 //! Planner language models: the shared chat vocabulary ([`chat`]), the
 //! tool-choice grammar ([`grammar`]), the in-process llama.cpp backend
-//! ([`local`]; [`requantize`] rewrites its model files at set-up) and the
+//! ([`local`]; [`prefix_store`] keeps its system prompt's evaluation on
+//! disk; [`requantize`] rewrites its model files at set-up) and the
 //! OpenAI-compatible ones ([`openai`]: Chat Completions;
 //! [`openai_responses`]: the Responses API, for hosted MCP servers).
 //!
@@ -14,6 +15,7 @@ pub mod grammar;
 pub mod local;
 pub mod openai;
 pub mod openai_responses;
+pub mod prefix_store;
 pub mod requantize;
 
 use std::path::PathBuf;

@@ -240,11 +240,15 @@ async fn model(
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let llm = tokio::task::spawn_blocking(move || {
-                LocalLlm::load(&path, LocalLlmOptions::default())
-            })
-            .await
-            .expect("model load panicked")?;
+            // The system turn is read from disk on a later start rather
+            // than evaluated again (`llm::prefix_store`).
+            let options = LocalLlmOptions {
+                prefix_store: crate::llm::prefix_store::default_dir(),
+                ..LocalLlmOptions::default()
+            };
+            let llm = tokio::task::spawn_blocking(move || LocalLlm::load(&path, options))
+                .await
+                .expect("model load panicked")?;
             Ok(Arc::new(LocalPlanner::new(llm, name)))
         }
         ModelBackend::Openai => {

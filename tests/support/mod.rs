@@ -323,6 +323,10 @@ impl VoiceServer {
                 .await
                 .expect("load"),
         );
+        // As `parlor serve` does before it takes calls: the first turn does
+        // not pay for the system prompt (~30 s of the 1.5B model on a slow
+        // two-core machine, which a turn's 60 s timeout does not cover).
+        pipeline.warm_up().await;
         let path = model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
         let llm = LocalLlm::load(&path, LocalLlmOptions::default()).unwrap();
         let mut state = AppState::new(ServedModel::new(llm, &path))
